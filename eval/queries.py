@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from eval.metrics import Prediction
+from retrieval.data import read_table, unsafe_id_reason  # noqa: F401  (re-exported: shared table validation)
 
 logger = logging.getLogger(__name__)
 
@@ -44,80 +45,6 @@ def atomic_path(out: PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
-
-
-def unsafe_id_reason(image_id: str) -> str | None:
-    """Why ``image_id`` cannot be used as a file name, or ``None`` if it can."""
-    if image_id == "":
-        return "empty id"
-    if image_id.startswith("/"):
-        return "starts with '/'"
-    for bad in ("/", "\\", "..", "\x00"):
-        if bad in image_id:
-            return f"contains {bad!r}"
-    return None
-
-
-def _line(row_index: int) -> int:
-    """1-based file line of a data row (header is line 1)."""
-    return int(row_index) + 2
-
-
-def read_table(csv_path: PathLike, required: Sequence[str] = ("id",)) -> pd.DataFrame:
-    """Read a CSV of string columns and validate its ``id`` column.
-
-    Blank lines are dropped (line numbers stay those of the file); ``id`` and
-    the ``required`` columns are stripped of surrounding whitespace. The
-    returned frame keeps a ``_line`` column with each row's file line.
-
-    Raises:
-        ValueError: missing/empty/unparsable file, missing columns, no data
-            rows, empty/unsafe/duplicate ids (naming ids and lines).
-    """
-    path = Path(csv_path)
-    if not path.is_file():
-        raise ValueError(f"{path}: file not found")
-    if path.stat().st_size == 0:
-        raise ValueError(f"{path}: file is empty")
-    try:
-        df = pd.read_csv(
-            path,
-            dtype=str,
-            keep_default_na=False,
-            na_filter=False,
-            skip_blank_lines=False,
-            encoding="utf-8-sig",
-        )
-    except pd.errors.EmptyDataError:
-        raise ValueError(f"{path}: file is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: cannot parse CSV: {exc}") from exc
-    df.columns = [str(c).strip() for c in df.columns]
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        raise ValueError(
-            f"{path}: missing required column(s) {missing}; expected {list(required)}, found {list(df.columns)}"
-        )
-    df["_line"] = [_line(i) for i in range(len(df))]
-    blank = (df.drop(columns="_line") == "").all(axis=1)
-    df = df.loc[~blank].reset_index(drop=True)
-    if df.empty:
-        raise ValueError(f"{path}: no data rows (header only)")
-    for col in required:
-        df[col] = df[col].str.strip()
-
-    for image_id, line in zip(df["id"], df["_line"]):
-        reason = unsafe_id_reason(image_id)
-        if reason is not None:
-            raise ValueError(f"{path}, line {line}: invalid id {image_id!r} ({reason}); ids must be safe file names")
-    dup = df["id"].duplicated(keep=False)
-    if dup.any():
-        dups = df.loc[dup]
-        groups = dups.groupby("id", sort=False)["_line"].apply(list)
-        first_id, lines = next(iter(groups.items()))
-        more = f" ({len(groups) - 1} more duplicated id(s))" if len(groups) > 1 else ""
-        raise ValueError(f"{path}: duplicate id {first_id!r} on lines {lines}{more}")
-    return df
 
 
 def read_solution(csv_path: PathLike) -> pd.DataFrame:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 
@@ -15,20 +16,79 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
 
-def validate_id(image_id: str, where: str = "") -> str:
-    """Return ``image_id`` if it is a safe file-name stem, else raise ValueError.
+def unsafe_id_reason(image_id: str) -> str | None:
+    """Why ``image_id`` cannot be used as a file name, or ``None`` if it can."""
+    if image_id == "":
+        return "empty id"
+    if image_id.startswith("/"):
+        return "starts with '/'"
+    for bad in ("/", "\\", "..", "\x00"):
+        if bad in image_id:
+            return f"contains {bad!r}"
+    return None
 
-    Ids are joined to the image folder, so one like ``../x`` or ``/etc/x``
-    would escape it.
+
+def _line(row_index: int) -> int:
+    """1-based file line of a data row (header is line 1)."""
+    return int(row_index) + 2
+
+
+def read_table(csv_path: str | Path, required: Sequence[str] = ("id",)) -> pd.DataFrame:
+    """Read a CSV of string columns and validate its ``id`` column.
+
+    Blank lines are dropped (line numbers stay those of the file); ``id`` and
+    the ``required`` columns are stripped of surrounding whitespace. The
+    returned frame keeps a ``_line`` column with each row's file line.
+
+    Raises:
+        ValueError: missing/empty/unparsable file, missing columns, no data
+            rows, empty/unsafe/duplicate ids (naming ids and lines).
     """
-    prefix = f"{where}: " if where else ""
-    if not image_id or not image_id.strip():
-        raise ValueError(f"{prefix}empty image id")
-    if image_id != image_id.strip():
-        raise ValueError(f"{prefix}image id {image_id!r} has leading or trailing spaces")
-    if "/" in image_id or "\\" in image_id or "\x00" in image_id or image_id in (".", "..") or ".." in image_id:
-        raise ValueError(f"{prefix}image id {image_id!r} is not a plain file name (it could escape the image folder)")
-    return image_id
+    path = Path(csv_path)
+    if not path.is_file():
+        raise ValueError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: file is empty")
+    try:
+        df = pd.read_csv(
+            path,
+            dtype=str,
+            keep_default_na=False,
+            na_filter=False,
+            skip_blank_lines=False,
+            encoding="utf-8-sig",
+        )
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{path}: file is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot parse CSV: {exc}") from exc
+    df.columns = [str(c).strip() for c in df.columns]
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise ValueError(
+            f"{path}: missing required column(s) {missing}; expected {list(required)}, found {list(df.columns)}"
+        )
+    df["_line"] = [_line(i) for i in range(len(df))]
+    blank = (df.drop(columns="_line") == "").all(axis=1)
+    df = df.loc[~blank].reset_index(drop=True)
+    if df.empty:
+        raise ValueError(f"{path}: no data rows (header only)")
+    for col in required:
+        df[col] = df[col].str.strip()
+
+    for image_id, line in zip(df["id"], df["_line"]):
+        reason = unsafe_id_reason(image_id)
+        if reason is not None:
+            raise ValueError(f"{path}, line {line}: invalid id {image_id!r} ({reason}); ids must be safe file names")
+    dup = df["id"].duplicated(keep=False)
+    if dup.any():
+        dups = df.loc[dup]
+        groups = dups.groupby("id", sort=False)["_line"].apply(list)
+        first_id, lines = next(iter(groups.items()))
+        more = f" ({len(groups) - 1} more duplicated id(s))" if len(groups) > 1 else ""
+        raise ValueError(f"{path}: duplicate id {first_id!r} on lines {lines}{more}")
+    return df
+
 
 
 def image_path_candidates(images_dir: Path, image_id: str) -> list[Path]:
@@ -53,43 +113,12 @@ def resolve_image_path(images_dir: Path, image_id: str) -> Path:
     return candidates[0]
 
 
-def read_table_csv(csv_path: Path, required: tuple[str, ...]) -> pd.DataFrame:
-    """Read a CSV as strings, checking required columns, empty and duplicate ids (errors name file and line)."""
-    csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise FileNotFoundError(f"CSV file not found: {csv_path}")
-    try:
-        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False, skipinitialspace=False)
-    except pd.errors.EmptyDataError:
-        raise ValueError(f"{csv_path}: empty CSV file (expected a header with columns {', '.join(required)})") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{csv_path}: malformed CSV ({exc})") from exc
-    df.columns = [c.strip() for c in df.columns]
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        raise ValueError(
-            f"{csv_path}: missing column(s) {', '.join(missing)}; found {', '.join(map(str, df.columns))}; "
-            f"expected {', '.join(required)}"
-        )
-    df["id"] = df["id"].str.strip()
-    for i, image_id in enumerate(df["id"]):
-        validate_id(image_id, f"{csv_path}, line {i + 2}")
-    dup = df["id"].duplicated(keep=False)
-    if dup.any():
-        first = df.loc[dup, "id"].iloc[0]
-        lines = [str(i + 2) for i in df.index[df["id"] == first]]
-        raise ValueError(
-            f"{csv_path}: duplicate id {first!r} on lines {', '.join(lines)} ({int(dup.sum())} rows with duplicated ids)"
-        )
-    return df
-
-
 def read_reference_csv(csv_path: str | Path, images_dir: str | Path) -> pd.DataFrame:
     """Read a GLDv2 ``id,landmark_id[,url]`` CSV and resolve each id's image path.
 
     Returns a DataFrame with columns ``id``, ``landmark_id`` ("" = non-landmark), ``path``.
     """
-    df = read_table_csv(Path(csv_path), ("id", "landmark_id"))
+    df = read_table(csv_path, ("id", "landmark_id"))
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise FileNotFoundError(f"image folder not found: {images_dir}")
@@ -145,7 +174,7 @@ def read_references(
     """References from a CSV (or the folder layout when no CSV), plus optional distractor ids (non-landmarks)."""
     df = read_reference_csv(csv_path, images_dir) if csv_path else read_folder_layout(images_dir)
     if distractors_csv:
-        extra = read_table_csv(Path(distractors_csv), ("id",))
+        extra = read_table(distractors_csv, ("id",))
         extra = pd.DataFrame(
             {
                 "id": extra["id"],

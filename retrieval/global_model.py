@@ -1,8 +1,8 @@
 """Global image descriptors: timm backbone -> GeM pooling -> optional projection -> L2.
 
-Images of different shapes are batched by padding them to the batch's largest
-height and width and pooling only over the valid area of the feature map
-(masked GeM), so aspect ratios are kept without one forward pass per image.
+Aspect ratios are kept; a batch is split into groups of equal input size so
+that no image is padded (padding would make a descriptor depend on its batch
+neighbours). GeM accepts a validity mask for callers that pad anyway.
 """
 from __future__ import annotations
 
@@ -202,37 +202,31 @@ class GlobalExtractor:
             if (h, w) != tuple(t.shape[-2:]):
                 t = F.interpolate(t[None].float(), size=(h, w), mode="bilinear", antialias=True, align_corners=False)[0]
             tensors.append(t)
-        batch, mask = self._pad_batch(tensors)
-        batch = (batch.to(self.device).float() - self.mean) / self.std
-        batch = batch * mask.to(self.device)  # padding is 0 after normalisation (the mean colour)
-        mask = mask.to(self.device)
+        # Images are batched only with others of the same input size: padding would change the
+        # descriptor of an image with its batch neighbours (border context), and the same photo must
+        # get the same descriptor as a reference and as a query.
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, t in enumerate(tensors):
+            groups.setdefault(tuple(t.shape[-2:]), []).append(i)
         desc = torch.zeros(len(images), self.dim, device=self.device)
-        for scale in self.conf["scales"]:
-            x, m = batch, mask
-            if float(scale) != 1.0:
-                size = (max(8, round(batch.shape[-2] * scale)), max(8, round(batch.shape[-1] * scale)))
-                x = F.interpolate(batch, size=size, mode="bilinear", antialias=scale < 1, align_corners=False)
-                m = F.interpolate(mask, size=size, mode="nearest")
-            desc += self._forward(x, m)
-            if self.conf["flip"]:
-                desc += self._forward(x.flip(-1), m.flip(-1))
+        for members in groups.values():
+            batch = torch.stack([tensors[i] for i in members]).to(self.device).float()
+            batch = (batch - self.mean) / self.std
+            acc = torch.zeros(len(members), self.dim, device=self.device)
+            for scale in self.conf["scales"]:
+                x = batch
+                if float(scale) != 1.0:
+                    size = (max(8, round(batch.shape[-2] * scale)), max(8, round(batch.shape[-1] * scale)))
+                    x = F.interpolate(batch, size=size, mode="bilinear", antialias=scale < 1, align_corners=False)
+                acc += self._forward(x)
+                if self.conf["flip"]:
+                    acc += self._forward(x.flip(-1))
+            desc[members] = acc
         return F.normalize(desc, dim=-1).float().cpu().numpy()
 
-    def _forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", dtype=torch.float16):
-                return self.net(x, mask).float()
-        return self.net(x, mask)
-
-    @staticmethod
-    def _pad_batch(tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pad (3, h, w) tensors at the bottom/right to one (B, 3, H, W) batch and its validity mask."""
-        height = max(t.shape[-2] for t in tensors)
-        width = max(t.shape[-1] for t in tensors)
-        batch = torch.zeros(len(tensors), 3, height, width, dtype=torch.float32)
-        mask = torch.zeros(len(tensors), 1, height, width, dtype=torch.float32)
-        for i, t in enumerate(tensors):
-            batch[i, :, : t.shape[-2], : t.shape[-1]] = t
-            mask[i, :, : t.shape[-2], : t.shape[-1]] = 1
-        return batch, mask
+                return self.net(x).float()
+        return self.net(x)

@@ -1,0 +1,366 @@
+"""The ``landmarks`` command line: thin typer wrappers around one function each."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Landmark recognition by retrieval: build a FAISS index of reference photos, query it, recognise "
+    "landmarks with local-feature verification, and measure GAP on a holdout.",
+)
+logger = logging.getLogger("landmarks")
+
+
+class CliError(Exception):
+    """An error to show the user as one line (exit code 2)."""
+
+
+def _setup_logging(verbose: bool, quiet: bool) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+def _guard(func):
+    """Run a command body and turn expected errors (bad input, missing files) into one clean line, exit 2."""
+    from index.database import IndexFormatError
+    from retrieval.models import WeightsUnavailableError
+
+    try:
+        return func()
+    except (ValueError, FileNotFoundError, IndexFormatError, WeightsUnavailableError, CliError) as exc:
+        _fail(str(exc))
+
+
+@app.callback()
+def _main(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Warnings and errors only."),
+) -> None:
+    _setup_logging(verbose, quiet)
+
+
+# ----------------------------------------------------------------------------- build-index
+
+
+@app.command("build-index")
+def build_index(
+    index: Path = typer.Option(..., "--index", help="Index directory to create, resume or extend."),
+    images: Path = typer.Option(..., "--images", help="Image folder: <id>.jpg, GLDv2 nested a/b/c/<id>.jpg, or <landmark>/<file> when no CSV is given."),
+    train: Optional[Path] = typer.Option(None, "--train", help="Reference CSV with columns id,landmark_id (empty landmark_id = non-landmark). Omit to read a folder per landmark."),
+    distractors: Optional[Path] = typer.Option(None, "--distractors", help="CSV of non-landmark image ids (column id) to index as distractors."),
+    conf: str = typer.Option("lite0-gem", "--conf", help="Global configuration name (see `landmarks confs`)."),
+    local_conf: str = typer.Option("none", "--local-conf", help="Local features to store: none, delf or rootsift (none: extracted on demand at verification)."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Backbone weights: a checkpoint file, 'timm' (online), 'random', or 'auto'."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Override the configuration's input size (pixels)."),
+    faiss_factory: Optional[str] = typer.Option(None, "--faiss", help="FAISS index_factory string, e.g. 'IVF4096,PQ64x4fs' (default: chosen from the collection size)."),
+    nprobe: Optional[int] = typer.Option(None, "--nprobe", help="IVF lists visited per query."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, mps (default: best available)."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding worker processes (default: cores-1, at most 4)."),
+) -> None:
+    """Extract descriptors of reference images and build (or resume, or extend) the index."""
+
+    def body():
+        from retrieval import extract
+        from retrieval.data import read_references
+        from retrieval.global_model import resolve_global_conf
+
+        references = read_references(train, images, distractors)
+        gconf = resolve_global_conf(conf, weights=weights, image_size=image_size)
+        lconf = extract.resolve_local_conf_name(local_conf)
+        stats = extract.main(
+            references, index, gconf, lconf, device=device, batch_size=batch_size, num_workers=workers,
+            factory=faiss_factory, nprobe=nprobe,
+        )
+        typer.echo(
+            f"index {index}: {stats['n_total']} images ({stats['n_added']} added, {stats['already_stored']} already "
+            f"stored, {stats['skipped']} skipped), FAISS {stats['faiss']['factory']}, {stats['seconds_total']:.1f} s"
+        )
+        if stats["skipped"]:
+            typer.echo(f"skipped images and reasons: {index / 'skipped.csv'}")
+
+    _guard(body)
+
+
+# ----------------------------------------------------------------------------- query
+
+
+@app.command("query")
+def query(
+    images: List[Path] = typer.Argument(..., help="Query image files."),
+    index: Path = typer.Option(..., "--index", help="Index directory built by build-index."),
+    k: int = typer.Option(10, "--k", "-k", help="Number of neighbours."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per query image (JSON lines)."),
+    device: Optional[str] = typer.Option(None, "--device"),
+) -> None:
+    """Find the most similar reference images (cosine similarity of global descriptors)."""
+
+    def body():
+        from retrieval import query as query_mod
+
+        if k < 1:
+            raise CliError(f"--k must be >= 1, got {k}")
+        results = query_mod.main(index, images, k=k, device=device)
+        for res in results:
+            if as_json:
+                typer.echo(json.dumps(res))
+            elif "error" in res:
+                typer.secho(f"{res['image']}: error: {res['error']}", err=True, fg=typer.colors.RED)
+            else:
+                typer.echo(f"{res['image']}")
+                for n in res["neighbours"]:
+                    typer.echo(f"  {n['rank']:>3}  {n['score']:.4f}  landmark {n['landmark_id'] or '-':>8}  {n['id']}  {n['path']}")
+        if any("error" in r for r in results):
+            raise typer.Exit(code=1)
+
+    _guard(body)
+
+
+# ----------------------------------------------------------------------------- recognition
+
+_K = typer.Option(None, "--k", help="Neighbours from the global search (default 30).")
+_C = typer.Option(None, "--candidates", help="Candidate landmarks verified per query (default 3).")
+_R = typer.Option(None, "--refs-per-candidate", help="Images verified per candidate (default 5).")
+_THR = typer.Option(None, "--inlier-threshold", help="Inliers needed to accept a landmark (default: the index manifest's tuned value, else 20).")
+
+
+def _overrides(k, candidates, refs, threshold) -> dict:
+    return {"k": k, "num_candidates": candidates, "refs_per_candidate": refs, "inlier_threshold": threshold}
+
+
+@app.command("recognize")
+def recognize(
+    images: List[Path] = typer.Argument(..., help="Query image files."),
+    index: Path = typer.Option(..., "--index", help="Index directory."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per image (JSON lines)."),
+    k: Optional[int] = _K, candidates: Optional[int] = _C, refs: Optional[int] = _R, threshold: Optional[int] = _THR,
+    device: Optional[str] = typer.Option(None, "--device"),
+) -> None:
+    """Say which landmark each photo shows (with confidence), or "no landmark"."""
+
+    def body():
+        from retrieval.image_io import ImageError
+        from retrieval.recognize import Recognizer
+
+        rec = Recognizer.from_index(index, device=device, **_overrides(k, candidates, refs, threshold))
+        failed = 0
+        for image in images:
+            try:
+                pred = rec.recognize(image)
+            except ImageError as exc:
+                failed += 1
+                if as_json:
+                    typer.echo(json.dumps({"image": str(image), "error": str(exc)}))
+                else:
+                    typer.secho(f"{image}: error: {exc}", err=True, fg=typer.colors.RED)
+                continue
+            if as_json:
+                typer.echo(json.dumps(pred.to_json(str(image))))
+            elif pred.landmark_id is None:
+                typer.echo(f"{image}: no landmark (best guess {pred.guess or '-'}, {pred.inliers} inliers, "
+                           f"threshold {rec.conf['inlier_threshold']})")
+            else:
+                typer.echo(f"{image}: landmark {pred.landmark_id}  confidence {pred.confidence:.3f}  ({pred.inliers} inliers)")
+        if failed:
+            raise typer.Exit(code=1)
+
+    _guard(body)
+
+
+@app.command("predict")
+def predict(
+    index: Path = typer.Option(..., "--index", help="Index directory."),
+    queries: Path = typer.Option(..., "--queries", help="CSV with an id column (the query images)."),
+    images: Path = typer.Option(..., "--images", help="Folder of the query images (<id>.jpg or GLDv2 nested)."),
+    out: Path = typer.Option(..., "--out", help="Submission CSV to write (id,landmarks)."),
+    no_guesses: bool = typer.Option(False, "--no-guesses", help="Leave unverified queries empty instead of a low-confidence guess ranked below every verified answer."),
+    k: Optional[int] = _K, candidates: Optional[int] = _C, refs: Optional[int] = _R, threshold: Optional[int] = _THR,
+    device: Optional[str] = typer.Option(None, "--device"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0),
+) -> None:
+    """Write a Kaggle recognition submission; resumes an interrupted run (evidence kept in OUT.evidence.jsonl)."""
+
+    def body():
+        from eval import predict as predict_mod
+
+        stats = predict_mod.main(index, queries, images, out, device=device, keep_guesses=not no_guesses,
+                                 overrides=_overrides(k, candidates, refs, threshold), num_workers=workers)
+        typer.echo(f"{out}: {stats['queries']} queries, {stats['verified']} verified landmarks, "
+                   f"{stats['guesses']} low-confidence guesses, {stats['unreadable']} unreadable images")
+
+    _guard(body)
+
+
+@app.command("show-matches")
+def show_matches(
+    image: Path = typer.Argument(..., help="Query image."),
+    index: Path = typer.Option(..., "--index", help="Index directory."),
+    out: Path = typer.Option(Path("matches.png"), "--out", help="PNG to write."),
+    candidates: int = typer.Option(3, "--candidates", min=1, help="Candidates to draw."),
+    device: Optional[str] = typer.Option(None, "--device"),
+) -> None:
+    """Draw the query beside its best candidates with the RANSAC inlier correspondences."""
+
+    def body():
+        from retrieval import visualize
+
+        path, pred = visualize.main(index, image, out, max_candidates=candidates, device=device)
+        answer = f"landmark {pred.landmark_id}" if pred.landmark_id is not None else "no landmark"
+        typer.echo(f"{image}: {answer} ({pred.inliers} inliers); drawing written to {path}")
+
+    _guard(body)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@app.command("split")
+def split(
+    train: Path = typer.Option(..., "--train", help="Labelled CSV (id,landmark_id) to split."),
+    out: Path = typer.Option(..., "--out", help="Folder for index.csv, holdout.csv and split.json."),
+    query_fraction: float = typer.Option(0.1, "--query-fraction", help="Share of the images of multi-image landmarks held out as queries."),
+    unseen_fraction: float = typer.Option(0.05, "--unseen-fraction", help="Share of landmarks removed from the index entirely (their queries' answer is 'no landmark')."),
+    distractors: Optional[Path] = typer.Option(None, "--distractors", help="CSV of non-landmark image ids to draw distractor queries from."),
+    distractor_rate: float = typer.Option(0.5, "--distractor-rate", help="Share of non-landmark queries among all queries."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Split a labelled collection into an index part and a holdout of queries."""
+
+    def body():
+        from eval import split as split_mod
+
+        out_dir = split_mod.main(train, out, query_fraction, unseen_fraction, distractors, distractor_rate, seed)
+        info = json.loads((Path(out_dir) / "split.json").read_text())
+        counts = {k: v for k, v in info.items() if k.startswith("n_") or k.startswith("distractor_rate")}
+        typer.echo(f"{out_dir}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+    _guard(body)
+
+
+def _print_report(report: dict) -> None:
+    def line(name, r):
+        lo, hi = r["gap_ci95"]
+        fmt = lambda x: "n/a" if x is None else f"{x:.3f}"
+        return (f"  {name:24s} GAP {fmt(r['gap'])} [{fmt(lo)}, {fmt(hi)}]  top-1 {fmt(r['top1_accuracy'])}  "
+                f"non-landmark answered {fmt(r['nonlandmark_prediction_rate'])}  GAP(landmark queries) {fmt(r['gap_landmark_queries_only'])}")
+
+    typer.echo(f"{report['n_queries']} queries ({report['n_landmark_queries']} landmark, {report['n_nonlandmark_queries']} non-landmark), "
+               f"inlier threshold {report['thresholds']['inlier_threshold']}")
+    typer.echo(line("full (submission)", report))
+    typer.echo(line("full (strict)", report["strict"]))
+    typer.echo(line("global kNN only", report["global_only"]))
+    typer.echo(line("global, no discount", report["global_only_no_discount"]))
+    lat = report.get("latency_ms") or {}
+    if lat:
+        typer.echo("  median ms per query: " + ", ".join(f"{k[:-3]} {v}" for k, v in lat.items()))
+
+
+@app.command("evaluate")
+def evaluate(
+    index: Path = typer.Option(..., "--index", help="Index directory."),
+    queries: Path = typer.Option(..., "--queries", help="Labelled queries: id,landmark_id (empty = no landmark) or Kaggle id,landmarks."),
+    images: Path = typer.Option(..., "--images", help="Folder of the query images."),
+    out: Path = typer.Option(..., "--out", help="Report folder (report.json, predictions.csv, evidence.jsonl, plots)."),
+    k: Optional[int] = _K, candidates: Optional[int] = _C, refs: Optional[int] = _R, threshold: Optional[int] = _THR,
+    n_boot: int = typer.Option(1000, "--bootstrap", min=10, help="Bootstrap resamples for the GAP interval."),
+    device: Optional[str] = typer.Option(None, "--device"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0),
+) -> None:
+    """GAP (with a bootstrap 95% interval) of global kNN alone and of the full pipeline on labelled queries."""
+
+    def body():
+        from eval import evaluate as evaluate_mod
+
+        report = evaluate_mod.main(index, queries, images, out, device=device, n_boot=n_boot,
+                                   overrides=_overrides(k, candidates, refs, threshold), num_workers=workers)
+        _print_report(report)
+        typer.echo(f"report: {out / 'report.json'}")
+
+    _guard(body)
+
+
+@app.command("tune-threshold")
+def tune_threshold(
+    index: Path = typer.Option(..., "--index", help="Index directory (the chosen threshold is written into its manifest)."),
+    queries: Path = typer.Option(..., "--queries", help="Labelled queries (as for evaluate)."),
+    out: Path = typer.Option(..., "--out", help="Report folder; evidence.jsonl there from evaluate is reused."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Query images (only needed when no evidence is stored)."),
+    evidence: Optional[Path] = typer.Option(None, "--evidence", help="Evidence file from evaluate (default OUT/evidence.jsonl)."),
+    folds: int = typer.Option(5, "--folds", min=2, help="Cross-validation folds."),
+    strict: bool = typer.Option(False, "--strict", help="Tune for strict answers (unverified = no landmark) instead of a submission with guesses."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Report only; do not write the manifest."),
+    device: Optional[str] = typer.Option(None, "--device"),
+) -> None:
+    """Choose the inlier threshold that maximises GAP, with a cross-validated estimate, and store it in the index."""
+
+    def body():
+        from eval import evaluate as evaluate_mod
+
+        res = evaluate_mod.tune(index, queries, images, out, evidence_path=evidence, n_folds=folds,
+                                mode="strict" if strict else "submission", write=not dry_run, device=device)
+        typer.echo(
+            f"inlier threshold {res['previous_inlier_threshold']} -> {res['chosen_inlier_threshold']:g}: in-sample GAP "
+            f"{res['in_sample_gap']:.3f}, cross-validated GAP {res['cv_gap']:.3f} +- {res['cv_gap_std']:.3f} "
+            f"({len(res['folds'])} folds, {res['n_values']} values)"
+        )
+        typer.echo(("written to " + str(index / "manifest.json")) if res["written_to_manifest"] else "manifest unchanged (--dry-run)")
+        typer.echo(f"plot: {out / 'gap_vs_threshold.png'}")
+
+    _guard(body)
+
+
+# ----------------------------------------------------------------------------- confs
+
+
+@app.command("confs")
+def confs() -> None:
+    """List the named global and local configurations."""
+    from retrieval.global_model import global_confs
+    from retrieval.local_features import local_confs
+
+    typer.echo("global configurations (--conf):")
+    for name, c in global_confs.items():
+        typer.echo(f"  {name:16s} {json.dumps(c)}")
+    typer.echo("local configurations (--local-conf):")
+    typer.echo("  none             no stored local features (extracted on demand when verifying)")
+    for name, c in local_confs.items():
+        typer.echo(f"  {name:16s} {json.dumps(c, default=str)}")
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+@app.command("demo")
+def demo(
+    work_dir: Path = typer.Option(Path("landmarks-demo"), "--work-dir", help="Folder for the generated data, the index and the report."),
+    n_landmarks: int = typer.Option(24, "--landmarks", min=2, help="Synthetic landmarks to generate."),
+    seed: int = typer.Option(0, "--seed"),
+    conf: str = typer.Option("lite0-gem", "--conf", help="Global configuration."),
+    local_conf: str = typer.Option("rootsift", "--local-conf", help="Local features for verification."),
+    device: Optional[str] = typer.Option(None, "--device"),
+) -> None:
+    """Generate synthetic landmark photos, build an index, recognise the holdout queries, print figures."""
+
+    def body():
+        from eval import demo as demo_mod
+
+        summary = demo_mod.main(work_dir, n_landmarks=n_landmarks, seed=seed, conf=conf, local_conf=local_conf, device=device)
+        typer.echo(demo_mod.format_summary(summary))
+
+    _guard(body)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

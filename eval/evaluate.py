@@ -1,0 +1,220 @@
+"""``evaluate`` and ``tune-threshold``: GAP of the full pipeline on a holdout, and the inlier threshold.
+
+``evaluate`` runs the recognizer once per query with full verification (no
+early exit, so inlier counts are exact for any threshold), stores the evidence
+(``evidence.jsonl``), and scores three systems from that one run: global kNN
+alone, the full pipeline as a submission (verified answers first, unverified
+guesses ranked below them), and the full pipeline strict (unverified queries
+answer "no landmark"). ``tune-threshold`` re-decides from the stored evidence
+for each candidate threshold in milliseconds.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from index.manifest import atomic_write_text
+from retrieval.data import resolve_image_path
+from retrieval.recognize import (
+    Evidence, Recognizer, decide, global_only, resolve_recognition_conf, submission_answer, vote,
+)
+
+from . import metrics, plots, tuning
+from .queries import read_solution, solution_dict, write_submission
+from .runner import collect_evidence, read_evidence, timing_summary
+
+logger = logging.getLogger(__name__)
+
+EVIDENCE_FILE = "evidence.jsonl"
+
+
+def _query_paths(ids: list[str], images_dir: str | Path) -> list[str]:
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise FileNotFoundError(f"image folder not found: {images_dir}")
+    return [str(resolve_image_path(images_dir, i)) for i in ids]
+
+
+def predictions_from_evidence(
+    evidence: Mapping[str, Evidence | None], thresholds: Mapping[str, Any], mode: str = "submission",
+) -> dict[str, tuple[str, float] | None]:
+    """Predictions of one system from stored evidence.
+
+    mode: "submission" (verified answers, then unverified guesses below them), "strict" (unverified ->
+    no landmark) or "global" (top-voted landmark by similarity, no verification).
+    """
+    out: dict[str, tuple[str, float] | None] = {}
+    for qid, ev in evidence.items():
+        if ev is None:
+            out[qid] = None
+        elif mode == "global":
+            out[qid] = global_only(ev)
+        else:
+            pred = decide(ev, thresholds["inlier_threshold"], thresholds["inlier_cap"], thresholds["vote_weight"])
+            out[qid] = submission_answer(pred, keep_guesses=mode == "submission")
+    return out
+
+
+def global_only_without_discount(evidence: Mapping[str, Evidence | None], conf: Mapping[str, Any]) -> dict[str, Any]:
+    """Global kNN predictions re-voted from the stored neighbours with the distractor discount off."""
+    out: dict[str, tuple[str, float] | None] = {}
+    for qid, ev in evidence.items():
+        if ev is None or not ev.neighbours:
+            out[qid] = None
+            continue
+        sims = np.array([n[2] for n in ev.neighbours])
+        cands, _ = vote(sims, [n[1] for n in ev.neighbours], conf["alpha"], False, conf["distractor_k"])
+        out[qid] = (cands[0].landmark_id, cands[0].sim) if cands else None
+    return out
+
+
+def main(
+    index_dir: str | Path,
+    queries_csv: str | Path,
+    images_dir: str | Path,
+    out_dir: str | Path,
+    device: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    n_boot: int = 1000,
+    progress: bool = True,
+    num_workers: int | None = None,
+) -> dict[str, Any]:
+    """Evaluate the index on labelled queries; writes report.json, predictions.csv, evidence and plots."""
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sol_df = read_solution(queries_csv)
+    solution = solution_dict(sol_df)
+    ids = list(sol_df["id"])
+    paths = _query_paths(ids, images_dir)
+    rec = Recognizer.from_index(index_dir, device=device, **dict(overrides or {}))
+    records = collect_evidence(rec, ids, paths, out_dir / EVIDENCE_FILE, verify=True, early_exit=False,
+                               progress=progress, num_workers=num_workers)
+    evidence = {q: r["evidence"] for q, r in records.items()}
+    errors = {q: r["error"] for q, r in records.items() if r["error"]}
+    thresholds = {k: rec.conf[k] for k in ("inlier_threshold", "inlier_cap", "vote_weight")}
+
+    systems = {
+        "submission": predictions_from_evidence(evidence, thresholds, "submission"),
+        "strict": predictions_from_evidence(evidence, thresholds, "strict"),
+        "global_only": predictions_from_evidence(evidence, thresholds, "global"),
+        "global_only_no_discount": global_only_without_discount(evidence, rec.conf),
+    }
+    report: dict[str, Any] = dict(metrics.summary(systems["submission"], solution, n_boot=n_boot))
+    for name in ("strict", "global_only", "global_only_no_discount"):
+        report[name] = metrics.summary(systems[name], solution, n_boot=n_boot)
+    report.update(
+        index=str(index_dir), queries=str(queries_csv), thresholds=thresholds,
+        recognition={k: v for k, v in rec.conf.items()}, n_unreadable_queries=len(errors),
+        latency_ms=timing_summary(records), seconds=round(time.perf_counter() - start, 2),
+    )
+    write_submission(systems["submission"], ids, out_dir / "predictions.csv")
+    plots.plot_precision_vs_rank(systems["submission"], solution, out_dir / "precision_vs_rank.png")
+    plots.plot_confidence_histogram(systems["submission"], solution, out_dir / "confidence_histogram.png")
+    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
+    if errors:
+        logger.warning("%d query images could not be read (no prediction); e.g. %s", len(errors), next(iter(errors.values())))
+    return report
+
+
+# ----------------------------------------------------------------------------- tune-threshold
+
+
+def load_evidence_for(index_dir: str | Path, evidence_path: str | Path, solution: Mapping[str, Any]) -> dict[str, Evidence | None]:
+    """Stored evidence for the solution's queries, checked against the index it must come from."""
+    from index.database import IndexDatabase
+
+    header, records = read_evidence(evidence_path)
+    if header is None:
+        raise FileNotFoundError(f"evidence file not found or empty: {evidence_path}")
+    db = IndexDatabase.open(index_dir)
+    if header.get("index_created") != db.manifest.get("created") or header.get("index_images") != db.size:
+        raise ValueError(
+            f"{evidence_path} was computed against another index ({header.get('index')}, "
+            f"{header.get('index_images')} images) than {index_dir} ({db.size} images); run evaluate again"
+        )
+    if header.get("early_exit"):
+        raise ValueError(f"{evidence_path} was made with early exit (inlier counts are lower bounds); use evaluate's evidence")
+    missing = [q for q in solution if q not in records]
+    if missing:
+        raise ValueError(f"{evidence_path} has no evidence for {len(missing)} queries, e.g. {missing[0]!r}; run evaluate first")
+    return {q: Evidence.from_json(records[q]["evidence"]) if records[q].get("evidence") else None for q in solution}
+
+
+def threshold_grid(evidence: Mapping[str, Evidence | None], max_value: int | None = None) -> list[float]:
+    """Candidate inlier thresholds: every distinct observed inlier count (plus 0 and one above the max)."""
+    seen = {0}
+    for ev in evidence.values():
+        if ev is not None:
+            seen.update(c.inliers for c in ev.candidates if c.verified_refs)
+    values = sorted(seen)
+    values.append(values[-1] + 1)  # a threshold nobody passes: the "never verified" end of the curve
+    if max_value is not None:
+        values = [v for v in values if v <= max_value]
+    return [float(v) for v in values]
+
+
+def tune(
+    index_dir: str | Path,
+    queries_csv: str | Path,
+    images_dir: str | Path | None,
+    out_dir: str | Path,
+    evidence_path: str | Path | None = None,
+    n_folds: int = 5,
+    mode: str = "submission",
+    write: bool = True,
+    device: str | None = None,
+    progress: bool = True,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Choose the inlier threshold maximising GAP; report a cross-validated estimate; store it in the manifest."""
+    from index.database import IndexDatabase
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sol_df = read_solution(queries_csv)
+    solution = solution_dict(sol_df)
+    evidence_path = Path(evidence_path) if evidence_path else out_dir / EVIDENCE_FILE
+    if not evidence_path.is_file():
+        if images_dir is None:
+            raise ValueError(f"no evidence at {evidence_path}: pass --images to compute it (or --evidence FILE)")
+        logger.info("no stored evidence at %s: running the recognizer on the queries first", evidence_path)
+        rec = Recognizer.from_index(index_dir, device=device)
+        ids = list(sol_df["id"])
+        collect_evidence(rec, ids, _query_paths(ids, images_dir), evidence_path, early_exit=False, progress=progress)
+    evidence = load_evidence_for(index_dir, evidence_path, solution)
+    db = IndexDatabase.open(index_dir)
+    base = resolve_recognition_conf(None, db.manifest.get("thresholds") or {})
+    grid = threshold_grid(evidence)
+    by_value = {}
+    for v in grid:
+        th = {"inlier_threshold": v, "inlier_cap": base["inlier_cap"], "vote_weight": base["vote_weight"]}
+        by_value[v] = predictions_from_evidence(evidence, th, mode)
+    table = tuning.sweep(by_value, solution, seed=seed)
+    cv = tuning.cross_validated_gap(by_value, solution, n_folds=n_folds, seed=seed)
+    chosen = cv["in_sample_value"]
+    previous = base["inlier_threshold"]
+    table.to_csv(out_dir / "threshold_sweep.csv", index=False)
+    plots.plot_gap_vs_value(table, out_dir / "gap_vs_threshold.png", chosen_value=chosen,
+                            title=f"GAP vs inlier threshold ({mode}); CV GAP {cv['cv_gap']:.3f}")
+    result = {
+        "chosen_inlier_threshold": chosen,
+        "previous_inlier_threshold": previous,
+        "in_sample_gap": cv["in_sample_gap"],
+        "cv_gap": cv["cv_gap"],
+        "cv_gap_std": cv["cv_gap_std"],
+        "folds": cv["folds"],
+        "n_values": len(grid),
+        "mode": mode,
+        "written_to_manifest": bool(write),
+        "evidence": str(evidence_path),
+    }
+    if write:
+        db.update_manifest(thresholds={"inlier_threshold": int(chosen)})
+    atomic_write_text(out_dir / "tune.json", json.dumps(result, indent=2, default=float) + "\n")
+    return result

@@ -1,0 +1,59 @@
+"""``predict``: a Kaggle recognition submission for a folder of query images.
+
+Streams the queries with a progress bar; per-query evidence goes to
+``<out>.evidence.jsonl`` as it is computed, so an interrupted run resumes
+where it stopped. The submission CSV itself is written atomically at the end.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+from retrieval.recognize import Recognizer, submission_answer
+
+from .evaluate import _query_paths
+from .queries import read_table, write_submission
+from .runner import collect_evidence
+
+logger = logging.getLogger(__name__)
+
+
+def evidence_path_for(out_csv: str | Path) -> Path:
+    """Where predict keeps its resumable per-query evidence."""
+    out_csv = Path(out_csv)
+    return out_csv.with_name(out_csv.name + ".evidence.jsonl")
+
+
+def main(
+    index_dir: str | Path,
+    queries_csv: str | Path,
+    images_dir: str | Path,
+    out_csv: str | Path,
+    device: str | None = None,
+    keep_guesses: bool = True,
+    overrides: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    num_workers: int | None = None,
+) -> dict[str, Any]:
+    """Recognise every query id of ``queries_csv`` (column ``id``); write ``id,landmarks``."""
+    table = read_table(queries_csv, required=("id",))
+    ids = list(table["id"])
+    paths = _query_paths(ids, images_dir)
+    rec = Recognizer.from_index(index_dir, device=device, **dict(overrides or {}))
+    records = collect_evidence(rec, ids, paths, evidence_path_for(out_csv), verify=True, early_exit=True,
+                               progress=progress, num_workers=num_workers)
+    predictions = {}
+    for qid, r in records.items():
+        predictions[qid] = None if r["evidence"] is None else submission_answer(rec.decide(r["evidence"]), keep_guesses)
+    write_submission(predictions, ids, out_csv)
+    n_verified = sum(1 for p in predictions.values() if p is not None and p[1] >= 0.5)
+    stats = {
+        "queries": len(ids),
+        "verified": n_verified,
+        "guesses": sum(1 for p in predictions.values() if p is not None) - n_verified,
+        "unreadable": sum(1 for r in records.values() if r["error"]),
+        "out": str(out_csv),
+    }
+    logger.info("predict: %s", stats)
+    return stats

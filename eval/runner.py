@@ -1,0 +1,163 @@
+"""Running the recognizer over many query images, streaming per-query evidence to a JSONL file.
+
+The evidence file makes long runs resumable (queries already in it are
+skipped; a line cut by a crash is dropped) and lets ``tune-threshold`` and
+later analyses re-decide without running any model again. Its first line
+identifies the index and the recognition settings; a file made against
+another index or with other settings is refused rather than mixed in.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from retrieval.recognize import Evidence, Recognizer
+
+logger = logging.getLogger(__name__)
+
+EVIDENCE_VERSION = 1
+# Parameters that change the evidence itself (not just the decision taken from it).
+EVIDENCE_KEYS = ("k", "alpha", "num_candidates", "refs_per_candidate", "max_verifications",
+                 "distractor_discount", "distractor_k", "on_demand_local")
+
+
+def evidence_header(rec: Recognizer, verify: bool, early_exit: bool) -> dict[str, Any]:
+    """What an evidence file was made with: the index identity and the evidence-shaping parameters."""
+    manifest = rec.db.manifest
+    return {
+        "evidence_version": EVIDENCE_VERSION,
+        "index": str(Path(rec.db.path).resolve()),
+        "index_created": manifest.get("created"),
+        "index_images": int(rec.db.size),
+        "params": {k: rec.conf[k] for k in EVIDENCE_KEYS},
+        "match_conf": rec.match_conf,
+        "verify": verify,
+        "early_exit": early_exit,
+        "confirm_inliers": rec.conf["confirm_inliers"] if early_exit else None,
+    }
+
+
+def read_evidence(path: str | Path) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]:
+    """(header, {query id: record}) from an evidence file; a truncated last line is ignored."""
+    path = Path(path)
+    if not path.is_file():
+        return None, {}
+    header = None
+    records: dict[str, dict[str, Any]] = {}
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            if n >= len(lines) - 1:  # the last line, cut by an interruption
+                logger.warning("%s: ignoring a truncated last line (%d)", path, n)
+                continue
+            raise ValueError(f"{path}, line {n}: not valid JSON") from None
+        if header is None:
+            if "evidence_version" not in obj:
+                raise ValueError(f"{path}: not an evidence file (no header line)")
+            header = obj
+        else:
+            records[obj["id"]] = obj
+    return header, records
+
+
+def _same_evidence(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    keys = ("evidence_version", "index", "index_created", "index_images", "params", "match_conf", "verify", "early_exit", "confirm_inliers")
+    return [k for k in keys if a.get(k) != b.get(k)]
+
+
+def collect_evidence(
+    rec: Recognizer,
+    ids: Sequence[str],
+    paths: Sequence[str],
+    evidence_path: str | Path,
+    verify: bool = True,
+    early_exit: bool = False,
+    progress: bool = True,
+    num_workers: int | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Evidence for every query, resuming from ``evidence_path``.
+
+    Returns {id: {"id", "evidence": Evidence | None, "error": str | None, "timings": {...}}}
+    (records for ids not asked for are ignored). ``early_exit=False`` verifies every planned pair so
+    that the stored inlier counts are exact for any threshold (what tuning needs).
+    """
+    evidence_path = Path(evidence_path)
+    evidence_path.parent.mkdir(parents=True, exist_ok=True)
+    header = evidence_header(rec, verify, early_exit)
+    old_header, records = read_evidence(evidence_path)
+    if old_header is not None and _same_evidence(old_header, header):
+        diff = _same_evidence(old_header, header)
+        raise ValueError(
+            f"{evidence_path} was made with other settings ({', '.join(diff)} differ); "
+            "delete it or choose another output folder"
+        )
+    if old_header is None:
+        with open(evidence_path, "w", encoding="utf-8") as f:
+            f.write(json.dumps(header) + "\n")
+    else:
+        # Rewrite without a possibly truncated last line, atomically, before appending.
+        tmp = evidence_path.with_name(evidence_path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps(old_header) + "\n")
+            for rec_ in records.values():
+                f.write(json.dumps(rec_) + "\n")
+        os.replace(tmp, evidence_path)
+    wanted = set(ids)
+    todo = [i for i, q in enumerate(ids) if q not in records]
+    if len(ids) - len(todo):
+        logger.info("%s: %d of %d queries already done, resuming", evidence_path, len(ids) - len(todo), len(ids))
+    bar = tqdm(total=len(todo), desc="queries", unit="img", disable=not progress)
+    with open(evidence_path, "a", encoding="utf-8") as f:
+        for pos, res in rec.fx.iter_paths([paths[i] for i in todo], num_workers=num_workers):
+            qid = ids[todo[pos]]
+            if isinstance(res, str):
+                logger.warning("query %s skipped: %s", qid, res)
+                record = {"id": qid, "evidence": None, "error": res, "timings": {}}
+            else:
+                ev, timings = rec.evidence(res, verify=verify, early_exit=early_exit)
+                record = {"id": qid, "evidence": ev.to_json(), "error": None,
+                          "timings": {k: round(v, 5) for k, v in {**res.timings, **timings}.items()}}
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            records[qid] = record
+            bar.update(1)
+    bar.close()
+    out = {}
+    for qid in ids:
+        r = records[qid]
+        out[qid] = {**r, "evidence": Evidence.from_json(r["evidence"]) if r.get("evidence") else None}
+    missing = wanted - set(out)
+    assert not missing
+    return out
+
+
+def timing_summary(records: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    """Median milliseconds per stage over the queries (and per RANSAC pair)."""
+    stages: dict[str, list[float]] = {}
+    per_pair: list[float] = []
+    for r in records.values():
+        t = r.get("timings") or {}
+        for k, v in t.items():
+            if k != "pairs":
+                stages.setdefault(k, []).append(v)
+        if t.get("pairs"):
+            per_pair.append(t["verify"] / t["pairs"])
+    out = {f"{k}_ms": round(1000 * float(np.median(v)), 2) for k, v in stages.items()}
+    if per_pair:
+        out["verify_per_pair_ms"] = round(1000 * float(np.median(per_pair)), 2)
+    totals = [sum(v for k, v in (r.get("timings") or {}).items() if k != "pairs") for r in records.values() if r.get("timings")]
+    if totals:
+        out["total_ms"] = round(1000 * float(np.median(totals)), 2)
+    return out

@@ -1,0 +1,451 @@
+"""FAISS parameter choice, build (train + add in chunks), exact re-scoring, and index file I/O.
+
+Metric: inner product on L2-normalised vectors, i.e. cosine similarity. The
+vectors handed to these functions must already be L2-normalised (the database
+normalises them before storing them as float16).
+
+Life-cycle (as in faiss ``benchs/bench_all_ivf``): choose parameters from the
+collection size, train on a seeded random sample, add in chunks, save the CPU
+index; later additions are ``add``-ed to the trained index without retraining.
+
+Parameter rules (:func:`choose_params`):
+
+* ``n < FLAT_MAX_N`` (10,000): exact ``IndexFlatIP``. PQ with 8-bit codes trains
+  256 centroids per sub-quantizer and faiss' k-means wants >= 39 points per
+  centroid, so about 39 * 256 = 9,984 training vectors are needed before PQ
+  codebooks are meaningful; below that, exact search is also cheap
+  (10k x 1280 x 4 B = 51 MB, about a millisecond per query with BLAS).
+* Otherwise IVF-PQ. ``nlist`` is the largest power of two
+  <= min(16 * sqrt(n), n / 39): the faiss guideline is 4..16 * sqrt(n) lists, and
+  every list must get >= 39 points to train. For n >= ~97k this lands inside
+  the guideline ([8, 16] * sqrt(n) from n >= ~390k); for smaller collections
+  the 39-points floor wins and gives fewer, better-trained lists.
+* PQ: ``m`` = the largest divisor of ``dim`` <= min(64, dim // 2), 8 bits each, so
+  a vector costs m bytes (64 for the usual 512..2048-d descriptors; at most
+  dim / 2 so each sub-quantizer sees >= 2 dimensions). When ``dim`` has no
+  divisor >= 3/4 of that target (e.g. a prime dimension), an OPQ rotation to
+  ``4 * m`` dimensions is prepended: ``OPQ{m}_{4m},IVF{nlist},PQ{m}``.
+* Training sample: 64 points per list (inside faiss' 39..256 range), at least
+  39 * 256 for the PQ codebooks, capped by n.
+* ``nprobe = clamp(nlist // 64, 16, nlist)``: scanning ~1.5 % of the lists is the
+  usual recall/speed knee at million scale; at least 16 so that small indexes
+  (few, large lists) do not lose recall. The shortlist is re-scored exactly, so
+  coarse recall matters more than PQ ranking.
+* Search returns a shortlist of ``max(k, shortlist)`` (default 100) that
+  :func:`rescore` re-ranks with exact inner products from the stored
+  descriptors; Flat indexes are already exact and skip it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from .manifest import IndexFormatError, atomic_output
+
+logger = logging.getLogger(__name__)
+
+FLAT_MAX_N = 10_000  # below this many vectors: exact search (see module docstring)
+MIN_POINTS_PER_LIST = 39  # faiss k-means warns below 39 training points per centroid
+NLIST_SQRT_FACTOR = 16  # nlist <= 16 * sqrt(n), the top of faiss' 4..16 * sqrt(n) guideline
+TRAIN_POINTS_PER_LIST = 64  # training sample per inverted list (faiss accepts 39..256)
+PQ_TARGET_BYTES = 64  # PQ code bytes per vector (m sub-quantizers x 8 bits)
+PQ_NBITS = 8
+OPQ_DIMS_PER_SUBQUANTIZER = 4  # OPQ output dim = 4 * m when dim has no good divisor
+NPROBE_FRACTION = 64  # default nprobe = nlist // 64 ...
+NPROBE_MIN = 16  # ... but at least 16
+DEFAULT_SHORTLIST = 100  # candidates re-scored exactly per query
+ADD_CHUNK = 65_536  # vectors per add() call: bounds memory when reading float16 from disk
+TRAIN_SEED = 0
+GPU_MODES = ("auto", "cpu", "gpu")
+
+
+def _largest_pow2_at_most(x: float) -> int:
+    return 1 << max(0, int(math.floor(math.log2(max(x, 1.0)))))
+
+
+def _largest_divisor_at_most(n: int, cap: int) -> int:
+    for m in range(max(1, min(cap, n)), 0, -1):
+        if n % m == 0:
+            return m
+    return 1
+
+
+def default_nprobe(nlist: int) -> int:
+    """Default number of probed lists for ``nlist`` inverted lists (see module docstring)."""
+    return int(min(nlist, max(NPROBE_MIN, nlist // NPROBE_FRACTION)))
+
+
+def describe_index(index: faiss.Index) -> dict[str, Any]:
+    """Structural description of a FAISS index: transforms, type, nlist, PQ m/nbits, nprobe, code size.
+
+    Used to record parameters in the manifest and to tell whether an existing
+    index was built with the factory string a caller asks for.
+    """
+    top = faiss.downcast_index(index)  # `index` stays referenced by the caller: no dangling wrapper
+    transforms: list[str] = []
+    inner = top
+    while isinstance(inner, faiss.IndexPreTransform):
+        for i in range(inner.chain.size()):
+            vt = faiss.downcast_VectorTransform(inner.chain.at(i))
+            transforms.append(f"{type(vt).__name__}({vt.d_in}->{vt.d_out})")
+        inner = faiss.downcast_index(inner.index)
+    out: dict[str, Any] = {
+        "type": type(inner).__name__,
+        "transforms": transforms,
+        "d": int(index.d),
+        "metric": "IP" if index.metric_type == faiss.METRIC_INNER_PRODUCT else "L2",
+        "nlist": None,
+        "m": None,
+        "nbits": None,
+        "nprobe": None,
+        "exact": isinstance(inner, faiss.IndexFlat) and not transforms,
+    }
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        ivf = None
+    pq = getattr(inner, "pq", None)
+    if pq is not None:
+        out["m"] = int(pq.M)
+        out["nbits"] = int(pq.nbits)
+    if ivf is not None:
+        out["nlist"] = int(ivf.nlist)
+        out["nprobe"] = int(ivf.nprobe)
+        out["bytes_per_vector"] = int(ivf.code_size)  # code bytes per vector in the lists (+8 B id)
+    else:
+        try:
+            out["bytes_per_vector"] = int(index.sa_code_size())
+        except RuntimeError:  # e.g. HNSW has no standalone codec
+            out["bytes_per_vector"] = None
+    return out
+
+
+def index_signature(desc: dict[str, Any]) -> tuple:
+    """The part of :func:`describe_index` that identifies how an index encodes vectors."""
+    return (
+        desc["type"],
+        tuple(desc["transforms"]),
+        desc["d"],
+        desc["metric"],
+        desc["nlist"],
+        desc["m"],
+        desc["nbits"],
+    )
+
+
+def factory_signature(factory: str, dim: int) -> tuple:
+    """Signature of the index that ``factory`` would build (ValueError for an invalid string)."""
+    return index_signature(describe_index(new_index(factory, dim)))
+
+
+def new_index(factory: str, dim: int) -> faiss.Index:
+    """An empty inner-product index from a ``faiss.index_factory`` string (ValueError if invalid)."""
+    try:
+        return faiss.index_factory(int(dim), factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        raise ValueError(f"invalid faiss factory string {factory!r} for dim {dim}: {e}") from e
+
+
+def choose_params(
+    n: int,
+    dim: int,
+    factory: str | None = None,
+    nprobe: int | None = None,
+    *,
+    shortlist: int | None = None,
+) -> dict[str, Any]:
+    """Resolve FAISS parameters for ``n`` vectors of dimension ``dim`` (rules in the module docstring).
+
+    Args:
+        n: number of database vectors the index will be trained on / hold.
+        dim: vector dimension.
+        factory: any ``faiss.index_factory`` string overriding the automatic choice.
+        nprobe: inverted lists probed per query (IVF only; ignored, with a log line, otherwise).
+        shortlist: candidates per query re-scored exactly (default 100).
+
+    Returns:
+        JSON-serialisable dict: factory, auto, exact, nlist, m, nbits, opq,
+        nprobe, ntrain, metric ("IP"), shortlist, bytes_per_vector, n, dim.
+
+    Raises:
+        ValueError: invalid arguments, an invalid factory string, or a factory
+            that needs more training vectors than ``n``.
+    """
+    if n < 0 or dim <= 0:
+        raise ValueError(f"need n >= 0 and dim > 0, got n={n}, dim={dim}")
+    if nprobe is not None and nprobe < 1:
+        raise ValueError(f"nprobe must be >= 1, got {nprobe}")
+    shortlist = DEFAULT_SHORTLIST if shortlist is None else int(shortlist)
+    if shortlist < 1:
+        raise ValueError(f"shortlist must be >= 1, got {shortlist}")
+    params: dict[str, Any] = {
+        "n": int(n),
+        "dim": int(dim),
+        "metric": "IP",
+        "auto": factory is None,
+        "shortlist": shortlist,
+        "opq": False,
+    }
+    if factory is None and n < FLAT_MAX_N:
+        params.update(factory="Flat", exact=True, nlist=None, m=None, nbits=None, nprobe=None, ntrain=0)
+        params["bytes_per_vector"] = 4 * dim
+        logger.info(
+            "%d vectors: exact IndexFlatIP (IVF-PQ needs >= %d to train its codebooks)", n, FLAT_MAX_N
+        )
+        if nprobe is not None:
+            logger.info("nprobe=%d ignored: exact index", nprobe)
+        return params
+
+    if factory is None:
+        nlist = _largest_pow2_at_most(min(NLIST_SQRT_FACTOR * math.sqrt(n), n / MIN_POINTS_PER_LIST))
+        m_target = max(1, min(PQ_TARGET_BYTES, dim // 2))
+        m = _largest_divisor_at_most(dim, m_target)
+        if 4 * m >= 3 * m_target:
+            factory = f"IVF{nlist},PQ{m}"
+        else:  # no divisor close to the target code size: rotate + reduce with OPQ
+            m = m_target
+            d_out = min(OPQ_DIMS_PER_SUBQUANTIZER * m, (dim // m) * m)
+            factory = f"OPQ{m}_{d_out},IVF{nlist},PQ{m}"
+
+    index = new_index(factory, dim)
+    desc = describe_index(index)
+    nlist, m, nbits = desc["nlist"], desc["m"], desc["nbits"]
+    params.update(
+        factory=factory,
+        exact=bool(desc["exact"]),
+        nlist=nlist,
+        m=m,
+        nbits=nbits,
+        opq=any(t.startswith("OPQ") for t in desc["transforms"]),
+        bytes_per_vector=desc["bytes_per_vector"],
+    )
+    if index.is_trained:
+        params["ntrain"] = 0
+    else:
+        need = max(nlist or 1, 2**nbits if nbits else 1)
+        if n < need:
+            raise ValueError(
+                f"faiss factory {factory!r} needs at least {need} training vectors, have {n}; "
+                "use a smaller nlist/nbits or the default (exact search below "
+                f"{FLAT_MAX_N} vectors)"
+            )
+        wanted = max(TRAIN_POINTS_PER_LIST * (nlist or 1), MIN_POINTS_PER_LIST * 2 ** (nbits or 8))
+        params["ntrain"] = int(min(n, wanted))
+    if nlist is not None:
+        params["nprobe"] = int(nprobe) if nprobe is not None else default_nprobe(nlist)
+    else:
+        params["nprobe"] = None
+        if nprobe is not None:
+            logger.info("nprobe=%d ignored: %s has no inverted lists", nprobe, factory)
+    logger.info(
+        "%d vectors: %s (nlist=%s, PQ m=%s x %s bits, %s bytes/vector, nprobe=%s, "
+        "train on %d, exact re-score of %d candidates)%s",
+        n,
+        factory,
+        nlist,
+        m,
+        nbits,
+        params["bytes_per_vector"],
+        params["nprobe"],
+        params["ntrain"],
+        shortlist,
+        "" if params["auto"] else " [factory given by caller]",
+    )
+    return params
+
+
+# --------------------------------------------------------------------------- GPU
+
+
+def use_gpu(gpu: str) -> bool:
+    """Whether to run FAISS on GPU: "auto" (when faiss sees one), "cpu" (never), "gpu" (required)."""
+    if gpu not in GPU_MODES:
+        raise ValueError(f"gpu must be one of {GPU_MODES}, got {gpu!r}")
+    if gpu == "cpu":
+        return False
+    n_gpus = getattr(faiss, "get_num_gpus", lambda: 0)()
+    if gpu == "gpu" and n_gpus == 0:
+        raise RuntimeError("gpu='gpu' but faiss sees no GPU (is faiss-cpu installed instead of faiss-gpu?)")
+    return n_gpus > 0
+
+
+def to_gpu(index: faiss.Index, gpu: str) -> tuple[faiss.Index, bool]:
+    """Clone ``index`` to all GPUs when allowed; fall back to the CPU index if the type is unsupported."""
+    if not use_gpu(gpu):
+        return index, False
+    try:
+        co = faiss.GpuMultipleClonerOptions()
+        co.useFloat16 = True  # needed for large PQ code sizes (m >= 56) on GPU
+        return faiss.index_cpu_to_all_gpus(index, co), True
+    except (RuntimeError, AttributeError) as e:
+        if gpu == "gpu":
+            raise
+        logger.warning("faiss GPU clone failed (%s): running on CPU", e)
+        return index, False
+
+
+def to_cpu(index: faiss.Index, on_gpu: bool) -> faiss.Index:
+    return faiss.index_gpu_to_cpu(index) if on_gpu else index
+
+
+# --------------------------------------------------------------------------- build / add
+
+
+def sample_rows(n: int, ntrain: int, seed: int = TRAIN_SEED) -> np.ndarray:
+    """Sorted, seeded random sample of ``min(n, ntrain)`` row numbers (sorted reads are disk-friendly)."""
+    if ntrain >= n:
+        return np.arange(n, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=ntrain, replace=False)).astype(np.int64)
+
+
+def add_rows(
+    index: faiss.Index, xb: Any, start: int, stop: int, chunk_size: int = ADD_CHUNK
+) -> None:
+    """Add ``xb[start:stop]`` (any sliceable (n, d) array, e.g. a float16 memmap) in chunks.
+
+    FAISS ids are sequential, so ``index.ntotal`` must equal ``start``: ids stay row numbers.
+    """
+    if index.ntotal != start:
+        raise RuntimeError(f"faiss index holds {index.ntotal} vectors, cannot add rows from {start}")
+    for a in range(start, stop, chunk_size):
+        b = min(stop, a + chunk_size)
+        index.add(np.ascontiguousarray(xb[a:b], dtype=np.float32))
+
+
+def build_faiss(
+    xb: Any,
+    params: dict[str, Any],
+    gpu: str = "auto",
+    *,
+    chunk_size: int = ADD_CHUNK,
+    seed: int = TRAIN_SEED,
+) -> faiss.Index:
+    """Build a CPU index from ``xb`` ((n, d) L2-normalised, any sliceable array) and resolved ``params``.
+
+    Trains on a seeded random sample of ``params["ntrain"]`` rows, then adds all
+    rows in chunks; ids are row numbers. Training and adding run on GPU when
+    ``gpu`` allows and faiss has one; the returned index is always on CPU.
+    """
+    n, d = int(xb.shape[0]), int(xb.shape[1])
+    index = new_index(params["factory"], d)
+    _disable_polysemous_training(index)
+    work, on_gpu = to_gpu(index, gpu)
+    if not work.is_trained:
+        rows = sample_rows(n, int(params.get("ntrain") or n), seed)
+        xt = np.ascontiguousarray(xb[rows], dtype=np.float32)
+        logger.info("training %s on %d of %d vectors%s", params["factory"], len(rows), n, " (GPU)" if on_gpu else "")
+        work.train(xt)
+        del xt
+    add_rows(work, xb, 0, n, chunk_size)
+    index = to_cpu(work, on_gpu)
+    set_nprobe(index, params.get("nprobe"))
+    return index
+
+
+def _disable_polysemous_training(index: faiss.Index) -> None:
+    """Skip IndexIVFPQ's polysemous code re-ordering (on by default via index_factory).
+
+    It only serves Hamming-distance pre-filtering (``polysemous_ht``), which we
+    never enable, and its simulated annealing dominates training time (~15 s
+    for a tiny 8-byte PQ, minutes for 64 bytes).
+    """
+    top = faiss.downcast_index(index)
+    inner = top
+    while isinstance(inner, faiss.IndexPreTransform):
+        inner = faiss.downcast_index(inner.index)
+    if hasattr(inner, "do_polysemous_training"):
+        inner.do_polysemous_training = False
+
+
+def set_nprobe(index: faiss.Index, nprobe: int | None) -> None:
+    """Set nprobe on an IVF index (no-op for indexes without inverted lists)."""
+    if nprobe is None:
+        return
+    try:
+        faiss.extract_index_ivf(index).nprobe = int(nprobe)
+    except RuntimeError:
+        pass
+
+
+# --------------------------------------------------------------------------- search
+
+
+def finalize_results(D: np.ndarray, I: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sort each row by score descending (ties: smaller id first), keep ``k``, pad with (-inf, -1).
+
+    Missing results (faiss id -1, e.g. fewer than k vectors) always come last
+    with score -inf, so the output is always (nq, k).
+    """
+    D = np.asarray(D, dtype=np.float32).copy()
+    I = np.asarray(I, dtype=np.int64)
+    D[I < 0] = -np.inf
+    order = np.lexsort((I, -D), axis=-1)
+    D = np.take_along_axis(D, order, axis=1)[:, :k]
+    I = np.take_along_axis(I, order, axis=1)[:, :k]
+    if I.shape[1] < k:
+        pad = k - I.shape[1]
+        D = np.concatenate([D, np.full((D.shape[0], pad), -np.inf, np.float32)], axis=1)
+        I = np.concatenate([I, np.full((I.shape[0], pad), -1, np.int64)], axis=1)
+    return D, I
+
+
+def rescore(
+    xq: np.ndarray,
+    I: np.ndarray,
+    fetch: Callable[[np.ndarray], np.ndarray],
+    k: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Re-rank a shortlist with exact inner products.
+
+    Args:
+        xq: (nq, d) float32 queries.
+        I: (nq, K) shortlist ids from faiss, -1 for missing.
+        fetch: sorted unique row ids (u,) -> (u, d) stored vectors (any float dtype).
+        k: results to keep.
+
+    Returns:
+        (D, I): (nq, k) float32 exact scores descending and int64 ids, padded with (-inf, -1).
+    """
+    I = np.asarray(I, dtype=np.int64)
+    nq, K = I.shape
+    valid = I >= 0
+    uniq = np.unique(I[valid])
+    D = np.full((nq, K), -np.inf, dtype=np.float32)
+    if len(uniq):
+        xb = np.asarray(fetch(uniq), dtype=np.float32)
+        pos = np.searchsorted(uniq, np.where(valid, I, uniq[0]))
+        # chunk the queries so the gathered (chunk, K, d) block stays ~16 MB
+        step = max(1, (1 << 22) // max(1, K * xb.shape[1]))
+        for a in range(0, nq, step):
+            b = min(nq, a + step)
+            D[a:b] = np.einsum("qd,qkd->qk", xq[a:b], xb[pos[a:b]])
+        D[~valid] = -np.inf
+    return finalize_results(D, I, k)
+
+
+# --------------------------------------------------------------------------- file I/O
+
+
+def read_index(path: str | Path) -> faiss.Index:
+    """Read a FAISS index file; IndexFormatError naming the file if it is truncated or invalid."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found")
+    try:
+        return faiss.read_index(str(path))
+    except RuntimeError as e:
+        raise IndexFormatError(f"{path}: cannot read faiss index (truncated or corrupt?): {e}") from e
+
+
+def write_index(index: faiss.Index, path: str | Path) -> None:
+    """Write ``index`` atomically (temp file, fsync, rename)."""
+    with atomic_output(path) as tmp:
+        faiss.write_index(index, str(tmp))

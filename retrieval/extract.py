@@ -1,0 +1,305 @@
+"""Feature extraction over image files and the ``build-index`` stage.
+
+Decoding runs in DataLoader worker processes so the model never waits on JPEG
+decode; a file that cannot be decoded becomes an error item (reported and
+skipped), never an exception that stops the job.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from index.database import IndexDatabase
+
+from .global_model import DEFAULT_GLOBAL, GlobalExtractor, resolve_global_conf, target_size
+from .image_io import ImageError, load_image, resize_max_side
+from .local_features import LocalExtractor, LocalFeatures, make_local_extractor, local_confs
+
+logger = logging.getLogger(__name__)
+
+# Local features are computed on the photo downscaled to at most this side (keypoints are mapped back to
+# original pixels); DELF and SIFT both work at roughly this resolution.
+DEFAULT_LOCAL_IMAGE_SIZE = 1024
+PCA_FIT_IMAGES = 300  # images whose raw local descriptors fit the local PCA (the first ones by id: deterministic)
+PCA_AUX = "local_pca"
+
+
+def default_workers() -> int:
+    """Decoding workers: leave a core for the model."""
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+@dataclass
+class Item:
+    """One decoded image: arrays for the global and local extractors, or the reason it failed."""
+
+    index: int
+    global_image: np.ndarray | None = None
+    local_image: np.ndarray | None = None
+    orig_size: tuple[int, int] = (0, 0)
+    error: str | None = None
+    seconds: float = 0.0
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Decodes images for the global model (resized) and optionally the local extractor."""
+
+    def __init__(self, paths: Sequence[str], global_conf: Mapping[str, Any], local_size: int | None = None):
+        self.paths = list(paths)
+        self.image_size = int(global_conf["image_size"])
+        self.resize = global_conf["resize"]
+        self.local_size = local_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> Item:
+        start = time.perf_counter()
+        # JPEG draft decode only as large as the largest consumer needs.
+        need = self.image_size if self.resize == "longer" else None
+        if need is not None and self.local_size:
+            need = max(need, self.local_size)
+        try:
+            image, orig = load_image(self.paths[i], max_side=need)
+        except ImageError as exc:
+            return Item(i, error=str(exc), seconds=time.perf_counter() - start)
+        w, h = target_size(image.shape[1], image.shape[0], self.image_size, self.resize)
+        g = image if (w, h) == (image.shape[1], image.shape[0]) else _resize(image, w, h)
+        local = resize_max_side(image, self.local_size) if self.local_size else None
+        return Item(i, g, local, orig, seconds=time.perf_counter() - start)
+
+
+def _resize(image: np.ndarray, w: int, h: int) -> np.ndarray:
+    import cv2
+
+    interp = cv2.INTER_AREA if w < image.shape[1] else cv2.INTER_LINEAR
+    return cv2.resize(image, (w, h), interpolation=interp)
+
+
+def _collate(items: list[Item]) -> list[Item]:
+    return items
+
+
+def iter_batches(
+    paths: Sequence[str], global_conf: Mapping[str, Any], local_size: int | None = None,
+    batch_size: int = 16, num_workers: int | None = None,
+) -> Iterator[list[Item]]:
+    """Decoded images in batches, in input order (decoded by worker processes)."""
+    dataset = ImageDataset(paths, global_conf, local_size)
+    workers = default_workers() if num_workers is None else num_workers
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
+        prefetch_factor=4 if workers else None,
+    )
+    yield from loader
+
+
+@dataclass
+class Features:
+    """Features of one image: global descriptor and optional local features (original-pixel keypoints)."""
+
+    global_desc: np.ndarray
+    local: LocalFeatures | None = None
+    orig_size: tuple[int, int] = (0, 0)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def scale_keypoints(feats: LocalFeatures, image: np.ndarray, orig_size: tuple[int, int]) -> LocalFeatures:
+    """Map keypoints (and scales) from the decoded array's pixels to the original photo's pixels."""
+    sx = orig_size[0] / image.shape[1]
+    sy = orig_size[1] / image.shape[0]
+    if abs(sx - 1) < 1e-9 and abs(sy - 1) < 1e-9:
+        return feats
+    kp = feats.keypoints.astype(np.float32).copy()
+    kp[:, 0] *= sx
+    kp[:, 1] *= sy
+    return LocalFeatures(kp, feats.scales * np.float32((sx + sy) / 2), feats.scores, feats.descriptors)
+
+
+class FeatureExtractor:
+    """Global (+ optional local) extraction with the configuration an index was built with."""
+
+    def __init__(
+        self, global_conf: str | Mapping[str, Any] = DEFAULT_GLOBAL, local_conf: str | Mapping[str, Any] | None = None,
+        device: str | None = None, local_image_size: int = DEFAULT_LOCAL_IMAGE_SIZE,
+    ):
+        self.global_extractor = GlobalExtractor(global_conf, device=device)
+        self.global_conf = self.global_extractor.conf
+        self.local_extractor: LocalExtractor | None = None
+        if local_conf not in (None, "none"):
+            self.local_extractor = make_local_extractor(local_conf, device=device)
+        self.local_conf = self.local_extractor.conf if self.local_extractor else None
+        self.local_image_size = local_image_size if self.local_extractor else None
+
+    def iter_paths(
+        self, paths: Sequence[str], batch_size: int = 16, num_workers: int | None = None, raw_local: bool = False,
+    ) -> Iterator[tuple[int, Features | str]]:
+        """(position, Features) for each path in order, or (position, error message) for a bad image."""
+        for batch in iter_batches(paths, self.global_conf, self.local_image_size, batch_size, num_workers):
+            good = [it for it in batch if it.error is None]
+            start = time.perf_counter()
+            descs = self.global_extractor([it.global_image for it in good]) if good else np.zeros((0, 0), np.float32)
+            g_time = (time.perf_counter() - start) / max(1, len(good))
+            by_index = {it.index: d for it, d in zip(good, descs)}
+            for it in batch:
+                if it.error is not None:
+                    yield it.index, it.error
+                    continue
+                timings = {"decode": it.seconds, "global": g_time}
+                local = None
+                if self.local_extractor is not None:
+                    start = time.perf_counter()
+                    ex = self.local_extractor.extract_raw if raw_local else self.local_extractor.extract
+                    local = scale_keypoints(ex(it.local_image), it.local_image, it.orig_size)
+                    timings["local"] = time.perf_counter() - start
+                yield it.index, Features(by_index[it.index], local, it.orig_size, timings)
+
+    def describe_image(self, path: str | Path) -> Features:
+        """Features of one image file; raises ImageError for a bad file."""
+        for _, result in self.iter_paths([str(path)], batch_size=1, num_workers=0):
+            if isinstance(result, str):
+                raise ImageError(result)
+            return result
+        raise AssertionError("unreachable")
+
+    def index_config(self) -> dict[str, Any]:
+        """The configuration written into the index manifest (compared when an index is reopened)."""
+        return {
+            "global": self.global_conf,
+            "local": self.local_conf,
+            "local_image_size": self.local_image_size,
+        }
+
+    def prepare_local_pca(self, db: IndexDatabase, references: pd.DataFrame, num_workers: int | None = None) -> None:
+        """Fit (once per index) or load the PCA whitening of local descriptors stored in the index."""
+        lex = self.local_extractor
+        if lex is None or not lex.needs_pca:
+            return
+        stored = db.read_aux(PCA_AUX)
+        if stored is not None:
+            lex.set_pca(stored)
+            return
+        sample = references.sort_values("id").head(PCA_FIT_IMAGES)
+        logger.info("fitting local PCA (%d dims) on the raw features of %d images", lex.dim, len(sample))
+        raw = [
+            res.local for _, res in tqdm(
+                self.iter_paths(list(sample["path"]), num_workers=num_workers, raw_local=True),
+                total=len(sample), desc="local PCA", unit="img", leave=False,
+            )
+            if not isinstance(res, str) and res.local is not None and len(res.local)
+        ]
+        if not raw:
+            raise ValueError("no local features could be extracted from the first images to fit the PCA")
+        arrays = lex.fit_pca(raw)
+        db.write_aux(PCA_AUX, arrays)
+        lex.set_pca(arrays)
+
+    @classmethod
+    def for_index(cls, db: IndexDatabase, device: str | None = None, need_local: bool = True) -> "FeatureExtractor":
+        """The extractor an index was built with (global and, when stored, local + its PCA)."""
+        config = db.manifest["config"]
+        local_conf = config.get("local") if need_local else None
+        fx = cls(config["global"], local_conf, device=device,
+                 local_image_size=config.get("local_image_size") or DEFAULT_LOCAL_IMAGE_SIZE)
+        if fx.local_extractor is not None and fx.local_extractor.needs_pca:
+            stored = db.read_aux(PCA_AUX)
+            if stored is None:
+                raise ValueError(f"{db.path}: the index has no fitted local PCA ({PCA_AUX}); rebuild it with build-index")
+            fx.local_extractor.set_pca(stored)
+        return fx
+
+
+def resolve_local_conf_name(name: str | None) -> str | None:
+    """Validate a --local-conf name ("none" = no local features)."""
+    if name in (None, "none"):
+        return None
+    if name not in local_confs:
+        raise ValueError(f"unknown local configuration {name!r}; choose one of: none, {', '.join(local_confs)}")
+    return name
+
+
+def main(
+    references: pd.DataFrame,
+    index_dir: str | Path,
+    global_conf: str | Mapping[str, Any] = DEFAULT_GLOBAL,
+    local_conf: str | Mapping[str, Any] | None = None,
+    device: str | None = None,
+    batch_size: int = 16,
+    num_workers: int | None = None,
+    shard_size: int = 256,
+    factory: str | None = None,
+    nprobe: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Build or extend the index at ``index_dir`` from a reference table (id, landmark_id, path).
+
+    Ids already stored are skipped, so a rerun after an interruption resumes and a
+    rerun with more rows adds them (incremental add). Returns build statistics.
+    """
+    start = time.perf_counter()
+    index_dir = Path(index_dir)
+    if isinstance(global_conf, str):
+        global_conf = resolve_global_conf(global_conf)
+    fx = FeatureExtractor(global_conf, local_conf, device=device)
+    db = IndexDatabase.create_or_open(index_dir, fx.index_config(), fx.global_extractor.dim)
+    done = db.done_ids()
+    todo = references[~references["id"].isin(done)].reset_index(drop=True)
+    logger.info(
+        "index %s: %d references, %d already stored, %d to extract (global %s, local %s)",
+        index_dir, len(references), len(references) - len(todo), len(todo),
+        fx.global_conf.get("name", fx.global_conf["model"]), (fx.local_conf or {}).get("name", "none"),
+    )
+    fx.prepare_local_pca(db, references, num_workers)
+
+    buffer: dict[str, list] = {k: [] for k in ("ids", "landmarks", "paths", "xb", "kp", "desc")}
+    n_skipped = n_done = 0
+
+    def flush() -> None:
+        if not buffer["ids"]:
+            return
+        db.write_shard(
+            buffer["ids"], buffer["landmarks"], buffer["paths"], np.stack(buffer["xb"]),
+            buffer["kp"] if fx.local_extractor else None, buffer["desc"] if fx.local_extractor else None,
+        )
+        for v in buffer.values():
+            v.clear()
+
+    bar = tqdm(total=len(todo), desc="extract", unit="img", disable=not progress)
+    for pos, result in fx.iter_paths(list(todo["path"]), batch_size, num_workers):
+        row = todo.iloc[pos]
+        bar.update(1)
+        if isinstance(result, str):
+            n_skipped += 1
+            logger.warning("skipped %s: %s", row["id"], result)
+            db.record_skipped(row["id"], row["path"], result)
+            continue
+        buffer["ids"].append(row["id"])
+        buffer["landmarks"].append(row["landmark_id"])
+        buffer["paths"].append(row["path"])
+        buffer["xb"].append(result.global_desc)
+        if result.local is not None:
+            kp, desc = result.local.pack()
+            buffer["kp"].append(kp)
+            buffer["desc"].append(desc)
+        n_done += 1
+        if len(buffer["ids"]) >= shard_size:
+            flush()
+    flush()
+    bar.close()
+    stats = db.commit(factory=factory, nprobe=nprobe)
+    stats.update(
+        extracted=n_done, skipped=n_skipped, already_stored=len(references) - len(todo),
+        seconds_total=round(time.perf_counter() - start, 2), index=str(index_dir),
+    )
+    if n_skipped:
+        logger.warning("%d images could not be used; see %s", n_skipped, index_dir / "skipped.csv")
+    return stats

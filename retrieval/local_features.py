@@ -1,0 +1,549 @@
+"""Local features for geometric verification: DELF-style CNN features and RootSIFT.
+
+Two named configurations live in :data:`local_confs` (hloc style); a caller
+picks one by name, optionally with overrides, and :func:`make_local_extractor`
+merges it over the extractor's commented ``default_conf``. The resolved
+``extractor.conf`` (JSON-friendly) is what goes into the index manifest, so the
+same extractor can be rebuilt with ``make_local_extractor(manifest_conf)``.
+
+- ``"delf"``: a stride-16 feature map of a timm backbone over an image pyramid
+  (DELF's scales 0.25 ... 2.0), top-N locations by score, keypoints at
+  receptive-field centres in original-image pixels, descriptors PCA-whitened to
+  40 dimensions (DELF's) and L2-normalised. The PCA is fitted on the index's own
+  features (:meth:`LocalExtractor.fit_pca`) and stored with the index
+  (:meth:`LocalExtractor.set_pca`).
+- ``"rootsift"``: OpenCV SIFT with RootSIFT descriptors; no weights, no PCA.
+
+Every extractor takes an RGB uint8 image ``(H, W, 3)`` (a grayscale ``(H, W)``
+image is accepted too) and returns :class:`LocalFeatures` whose keypoints are
+in the pixel coordinates of that image (pixel centres at integers, OpenCV's
+convention), whatever resizing happened inside.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import cv2
+import numpy as np
+import timm
+import torch
+
+from .models import create_backbone, select_device
+
+logger = logging.getLogger(__name__)
+
+_EPS = 1e-12
+
+
+# --------------------------------------------------------------------------------------------
+# Container
+# --------------------------------------------------------------------------------------------
+@dataclass
+class LocalFeatures:
+    """Local features of one image.
+
+    Attributes:
+        keypoints: ``(n, 2)`` float32, ``x, y`` in original-image pixels.
+        scales: ``(n,)`` float32, feature size in original-image pixels.
+        scores: ``(n,)`` float32, attention / detector response (higher is better).
+        descriptors: ``(n, d)`` float32, L2-normalised rows.
+    """
+
+    keypoints: np.ndarray
+    scales: np.ndarray
+    scores: np.ndarray
+    descriptors: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.keypoints = np.asarray(self.keypoints, dtype=np.float32).reshape(-1, 2)
+        self.scales = np.asarray(self.scales, dtype=np.float32).reshape(-1)
+        self.scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
+        self.descriptors = np.asarray(self.descriptors, dtype=np.float32)
+        if self.descriptors.ndim != 2:
+            raise ValueError(f"descriptors must be (n, d), got shape {self.descriptors.shape}")
+        n = len(self.keypoints)
+        if not (len(self.scales) == len(self.scores) == len(self.descriptors) == n):
+            raise ValueError(
+                f"inconsistent lengths: {n} keypoints, {len(self.scales)} scales, "
+                f"{len(self.scores)} scores, {len(self.descriptors)} descriptors"
+            )
+
+    def __len__(self) -> int:
+        return len(self.keypoints)
+
+    @property
+    def dim(self) -> int:
+        """Descriptor dimension (also defined when there are no features)."""
+        return int(self.descriptors.shape[1])
+
+    def pack(self) -> tuple[np.ndarray, np.ndarray]:
+        """Storage layout used by the index: ``((n, 4) float32 [x, y, scale, score], (n, d) float16)``."""
+        keypoints4 = np.concatenate([self.keypoints, self.scales[:, None], self.scores[:, None]], axis=1)
+        return keypoints4.astype(np.float32), self.descriptors.astype(np.float16)
+
+    @classmethod
+    def unpack(cls, keypoints4: np.ndarray, descriptors: np.ndarray) -> "LocalFeatures":
+        """Inverse of :meth:`pack` (descriptors come back as float32, with float16 rounding)."""
+        keypoints4 = np.asarray(keypoints4, dtype=np.float32)
+        if keypoints4.ndim != 2 or keypoints4.shape[1] != 4:
+            raise ValueError(f"keypoints4 must be (n, 4) [x, y, scale, score], got shape {keypoints4.shape}")
+        return cls(keypoints4[:, :2], keypoints4[:, 2], keypoints4[:, 3], np.asarray(descriptors, dtype=np.float32))
+
+    @classmethod
+    def empty(cls, dim: int) -> "LocalFeatures":
+        """No features, descriptors of dimension ``dim``."""
+        return cls(
+            np.zeros((0, 2), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros((0, dim), np.float32)
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Pure functions (the math, testable without a model)
+# --------------------------------------------------------------------------------------------
+def l2_normalize(x: np.ndarray, eps: float = _EPS) -> np.ndarray:
+    """Rows of ``x`` scaled to unit L2 norm (all-zero rows stay zero). float32."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+def rootsift(descriptors: np.ndarray, eps: float = _EPS) -> np.ndarray:
+    """RootSIFT (Arandjelovic & Zisserman 2012): L1-normalise, element-wise sqrt, L2-normalise.
+
+    After the sqrt of an L1-normalised non-negative vector the L2 norm is already 1;
+    the final L2 step only guards against rounding and all-zero rows.
+    """
+    d = np.asarray(descriptors, dtype=np.float32)
+    d = np.sqrt(np.maximum(d, 0) / np.maximum(np.abs(d).sum(axis=-1, keepdims=True), eps))
+    return l2_normalize(d, eps)
+
+
+def grid_to_image(rows: np.ndarray, cols: np.ndarray, stride: int, scale_x: float, scale_y: float) -> np.ndarray:
+    """Receptive-field centres, in original-image pixels, of feature-map cells.
+
+    Derivation. Pixel ``k`` of an image covers ``[k - 0.5, k + 0.5]`` (pixel centres at
+    integers, as OpenCV's keypoints). A cell ``j`` of a stride-``s`` map is computed, for
+    "same"-padded CNNs, from the block of input pixels ``j*s ... j*s + s - 1``; its centre is
+    ``x_s = (j + 0.5) * s - 0.5`` in the resized image. ``cv2.resize`` aligns pixel *areas*
+    (half-pixel centres), so a resized coordinate ``x_s`` maps back with
+    ``x = (x_s + 0.5) / f - 0.5``, ``f`` the resize factor along that axis. Together::
+
+        x = (j + 0.5) * s / f_x - 0.5,    y = (i + 0.5) * s / f_y - 0.5
+
+    The padding convention of a particular network (TF "same" pads bottom/right, PyTorch
+    pads symmetrically) moves the true centre by less than ``s / 2`` resized pixels, below
+    the spatial resolution of the map itself.
+
+    Args:
+        rows, cols: cell indices ``i, j`` (any matching shapes).
+        stride: the feature map's reduction ``s``.
+        scale_x, scale_y: resize factors ``f`` (resized size / original size).
+    Returns:
+        ``(..., 2)`` float32 array of ``x, y``.
+    """
+    x = (np.asarray(cols, dtype=np.float64) + 0.5) * stride / scale_x - 0.5
+    y = (np.asarray(rows, dtype=np.float64) + 0.5) * stride / scale_y - 0.5
+    return np.stack([x, y], axis=-1).astype(np.float32)
+
+
+def resized_to_original(points: np.ndarray, scale_x: float, scale_y: float) -> np.ndarray:
+    """Map ``(n, 2)`` pixel coordinates of a ``cv2.resize``-d image back to the original image."""
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    return np.stack([(points[:, 0] + 0.5) / scale_x - 0.5, (points[:, 1] + 0.5) / scale_y - 0.5], axis=1).astype(
+        np.float32
+    )
+
+
+def pyramid_sizes(
+    height: int, width: int, scales: Sequence[float], max_side: int | None, min_side: int
+) -> list[tuple[int, int]]:
+    """Image sizes ``(h, w)`` of an image pyramid, bounded in cost and never degenerate.
+
+    Each scale ``f`` is first capped so that the longer side is at most ``max_side``
+    (scales that collapse onto the same size after capping are kept once); a level whose
+    shorter side is below ``min_side`` is skipped. Sizes are unique and in the order of
+    ``scales``. An empty list means the image is too small for every scale.
+    """
+    longer = max(height, width)
+    sizes: list[tuple[int, int]] = []
+    for f in scales:
+        if max_side is not None and longer * f > max_side:
+            f = max_side / longer
+        size = (max(1, int(round(height * f))), max(1, int(round(width * f))))
+        if min(size) >= min_side and size not in sizes:
+            sizes.append(size)
+    return sizes
+
+
+def top_k_indices(scores: np.ndarray, k: int | None, threshold: float | None = None) -> np.ndarray:
+    """Indices of the ``k`` highest scores (above ``threshold`` when given), best first.
+
+    Ties keep input order (stable sort), so the selection is deterministic.
+    """
+    scores = np.asarray(scores)
+    order = np.argsort(-scores, kind="stable")
+    if threshold is not None:
+        order = order[scores[order] >= threshold]
+    return order if k is None else order[:k]
+
+
+def fit_pca_whitening(
+    x: np.ndarray, dim: int, max_samples: int | None = 100_000, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Fit a whitening PCA (scikit-learn, ``whiten=True``) on the rows of ``x``.
+
+    At most ``max_samples`` rows, drawn with a seeded generator, are used.
+    Returns ``{"mean": (d,), "components": (dim, d), "explained_variance": (dim,)}`` float32,
+    the arrays :func:`apply_pca_whitening` needs.
+    """
+    from sklearn.decomposition import PCA
+
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"PCA input must be (n, d), got shape {x.shape}")
+    n, d = x.shape
+    if dim > d:
+        raise ValueError(f"cannot reduce {d}-dimensional descriptors to pca_dim={dim}")
+    if n < dim:
+        raise ValueError(
+            f"PCA to {dim} dimensions needs at least {dim} descriptors, got {n}: "
+            "extract features from more (or larger) images before fitting"
+        )
+    if max_samples is not None and n > max_samples:
+        rows = np.sort(np.random.default_rng(seed).choice(n, size=max_samples, replace=False))
+        x = x[rows]
+    pca = PCA(n_components=dim, whiten=True, random_state=seed).fit(x)
+    return {
+        "mean": pca.mean_.astype(np.float32),
+        "components": pca.components_.astype(np.float32),
+        "explained_variance": pca.explained_variance_.astype(np.float32),
+    }
+
+
+def apply_pca_whitening(x: np.ndarray, arrays: Mapping[str, np.ndarray], eps: float = 1e-8) -> np.ndarray:
+    """Project rows of ``x`` with a fitted whitening PCA, then L2-normalise. float32 ``(n, dim)``."""
+    x = np.asarray(x, dtype=np.float32)
+    y = (x - arrays["mean"]) @ arrays["components"].T
+    y /= np.sqrt(np.maximum(arrays["explained_variance"], eps))
+    return l2_normalize(y)
+
+
+def _as_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """Check an input image: RGB ``(H, W, 3)`` uint8, or grayscale ``(H, W)`` / ``(H, W, 1)`` -> RGB."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image, got dtype {image.dtype}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an RGB image (H, W, 3), got shape {image.shape}")
+    return image
+
+
+def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``cv2.resize`` to ``(h, w)``: area averaging when shrinking (no aliasing), bilinear when enlarging."""
+    h, w = size
+    if (h, w) == image.shape[:2]:
+        return image
+    shrink = h * w < image.shape[0] * image.shape[1]
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+# --------------------------------------------------------------------------------------------
+# Extractors
+# --------------------------------------------------------------------------------------------
+class LocalExtractor:
+    """Base class (hloc ``BaseModel`` style): a commented ``default_conf`` merged with the user's.
+
+    Subclasses set ``default_conf``, ``dim`` and ``needs_pca`` and implement :meth:`extract_raw`.
+    An instance holds a model / OpenCV detector and is meant for one thread at a time; build one
+    per worker to extract in parallel.
+    Keys of the resolved ``conf`` that are not settings: ``extractor`` (the name in
+    :data:`extractors`) and ``output`` (a file-name stem that encodes the key settings).
+    """
+
+    name: str = ""
+    default_conf: dict[str, Any] = {}
+    _meta_keys = ("extractor", "output")
+    dim: int
+    needs_pca: bool = False
+
+    def __init__(self, conf: Mapping[str, Any] | None = None) -> None:
+        conf = dict(conf or {})
+        unknown = sorted(set(conf) - set(self.default_conf) - set(self._meta_keys))
+        if unknown:
+            raise ValueError(
+                f"unknown setting(s) {unknown} for local extractor {self.name!r}; valid: {sorted(self.default_conf)}"
+            )
+        if conf.get("extractor", self.name) != self.name:
+            raise ValueError(f"conf is for extractor {conf['extractor']!r}, not {self.name!r}")
+        self.conf = {"extractor": self.name, **self.default_conf, **conf}
+
+    def extract(self, image: np.ndarray) -> LocalFeatures:
+        """Local features of an RGB uint8 image ``(H, W, 3)``, ready to store and match."""
+        return self.extract_raw(image)
+
+    def extract_raw(self, image: np.ndarray) -> LocalFeatures:
+        """Local features before any PCA (identical to :meth:`extract` when ``needs_pca`` is False)."""
+        raise NotImplementedError
+
+    def fit_pca(self, raw: Sequence[LocalFeatures]) -> dict[str, np.ndarray]:
+        """Fit the descriptor PCA on raw features, install it, and return the arrays to store."""
+        return {}
+
+    def set_pca(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Install stored PCA arrays (from :meth:`fit_pca`)."""
+        if arrays:
+            raise ValueError(f"local extractor {self.name!r} uses no PCA, but PCA arrays {sorted(arrays)} were given")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.conf})"
+
+
+class RootSIFT(LocalExtractor):
+    """OpenCV SIFT keypoints with RootSIFT descriptors (128-d); no weights, no PCA."""
+
+    name = "rootsift"
+    default_conf = {
+        "max_keypoints": 1000,  # keep the strongest N keypoints by detector response
+        "resize_max": 1024,  # shrink so that the longer side is <= this (px) before detection; None: never
+        "contrast_threshold": 0.04,  # cv2.SIFT contrastThreshold (OpenCV default); lower finds more in flat images
+        "edge_threshold": 10,  # cv2.SIFT edgeThreshold (OpenCV default)
+        "n_octave_layers": 3,  # cv2.SIFT nOctaveLayers (Lowe's default)
+    }
+    dim = 128
+    needs_pca = False
+
+    def __init__(self, conf: Mapping[str, Any] | None = None, device: Any = None, weights: Any = None) -> None:
+        super().__init__(conf)
+        c = self.conf
+        # One detector per extractor; cv2.SIFT.detectAndCompute keeps no state between calls.
+        self._sift = cv2.SIFT_create(
+            nfeatures=c["max_keypoints"] or 0,
+            nOctaveLayers=c["n_octave_layers"],
+            contrastThreshold=c["contrast_threshold"],
+            edgeThreshold=c["edge_threshold"],
+        )
+
+    def extract_raw(self, image: np.ndarray) -> LocalFeatures:
+        image = _as_rgb_uint8(image)
+        gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+        h, w = gray.shape
+        size = (h, w)
+        if self.conf["resize_max"] is not None and max(h, w) > self.conf["resize_max"]:
+            f = self.conf["resize_max"] / max(h, w)
+            size = (max(1, int(round(h * f))), max(1, int(round(w * f))))
+            gray = _resize(gray, size)
+        keypoints, descriptors = self._sift.detectAndCompute(gray, None)
+        if not keypoints:
+            return LocalFeatures.empty(self.dim)
+        response = np.array([k.response for k in keypoints], dtype=np.float32)
+        keep = top_k_indices(response, self.conf["max_keypoints"])
+        sx, sy = size[1] / w, size[0] / h
+        xy = resized_to_original(np.array([keypoints[i].pt for i in keep], dtype=np.float32), sx, sy)
+        scales = np.array([keypoints[i].size for i in keep], dtype=np.float32) / np.sqrt(sx * sy)
+        return LocalFeatures(xy, scales, response[keep], rootsift(descriptors[keep]))
+
+
+def stage_for_stride(reductions: Sequence[int], stride: int) -> int:
+    """Index of the feature stage whose reduction equals ``stride`` (the last such stage)."""
+    matches = [i for i, r in enumerate(reductions) if r == stride]
+    if not matches:
+        raise ValueError(f"no feature stage with stride {stride}; the backbone's stage strides are {list(reductions)}")
+    return matches[-1]
+
+
+class DELF(LocalExtractor):
+    """DELF-style local features from a mid-level (stride-16) feature map of a timm backbone.
+
+    Scores. DELF ranks locations with a trained attention head. Until one is trained for
+    this backbone, the score is the L2 norm of the raw feature vector at each location:
+    ReLU/linear-bottleneck activations are large where the filters respond strongly
+    (textured, structured regions) and small on flat sky, walls or blur, so the norm is the
+    attention DELF's head learns to approximate in its untrained limit, and it needs no
+    weights beyond the backbone's (the same fallback as "DELF without attention" baselines).
+
+    Keypoints are receptive-field centres (:func:`grid_to_image`); the keypoint scale is
+    ``2 * stride / f`` original pixels, the width of about two feature cells at pyramid
+    factor ``f``: the effective receptive field of a mid-level feature is a few cells wide,
+    far smaller than its theoretical receptive field, so this is a comparable "size" across
+    pyramid levels (used for storage and display, not by RANSAC).
+    """
+
+    name = "delf"
+    default_conf = {
+        "model": "tf_efficientnet_lite0",  # timm backbone; ImageNet weights offline via weights="auto"
+        "stride": 16,  # use the feature stage with this reduction (lite0: stage 3, 112 ch; ResNet: layer3)
+        "scales": [0.25, 0.3536, 0.5, 0.7071, 1.0, 1.4142, 2.0],  # DELF's pyramid, sqrt(2) steps
+        "max_side": 1024,  # no pyramid level with a longer side above this (px): bounds cost on large images
+        "min_side": 32,  # skip pyramid levels whose shorter side is below this (px): too little context
+        "max_keypoints": 1000,  # keep the N highest-scoring locations across all scales (DELF: 1000)
+        "score_threshold": None,  # optionally drop locations scoring below this before the top-N
+        "pca_dim": 40,  # PCA-whitened descriptor dimension (DELF: 40); None: raw L2-normalised features
+        "pca_max_samples": 100_000,  # fit the PCA on at most this many descriptors (seeded sample)
+        "seed": 0,  # seed of the PCA sample and solver
+    }
+    needs_pca = True
+
+    def __init__(
+        self, conf: Mapping[str, Any] | None = None, device: Any = None, weights: str | Path = "auto"
+    ) -> None:
+        super().__init__(conf)
+        c = self.conf
+        self.device = select_device(device) if not isinstance(device, torch.device) else device
+        if not timm.is_model(c["model"]):
+            raise ValueError(f"unknown timm model {c['model']!r} (conf key 'model'; see timm.list_models())")
+        # Read the stage layout from a weightless copy on the meta device (no memory, no init cost),
+        # so that the real model is built once, truncated after the stage we use where timm allows.
+        with torch.device("meta"):
+            probe = timm.create_model(c["model"], pretrained=False, features_only=True)
+        self.stage = stage_for_stride(probe.feature_info.reduction(), c["stride"])
+        self.raw_dim = int(probe.feature_info.channels()[self.stage])
+        del probe
+        model = create_backbone(c["model"], weights=weights, features_only=True, out_indices=[self.stage])
+        data_config = timm.data.resolve_model_data_config(model)
+        self._mean = torch.tensor(data_config["mean"], dtype=torch.float32).view(1, 3, 1, 1).to(self.device)
+        self._std = torch.tensor(data_config["std"], dtype=torch.float32).view(1, 3, 1, 1).to(self.device)
+        model = model.to(self.device)
+        if self.device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model.eval()
+        if c["pca_dim"] is not None and c["pca_dim"] > self.raw_dim:
+            raise ValueError(f"pca_dim={c['pca_dim']} exceeds the {self.raw_dim} channels of {c['model']}")
+        self.needs_pca = c["pca_dim"] is not None
+        self.dim = c["pca_dim"] if self.needs_pca else self.raw_dim
+        self._pca: dict[str, np.ndarray] | None = None
+        logger.info(
+            "DELF local features: %s stage %d (stride %d, %d ch) on %s, conf %s",
+            c["model"], self.stage, c["stride"], self.raw_dim, self.device, c,
+        )
+
+    @torch.inference_mode()
+    def _features(self, image: np.ndarray) -> torch.Tensor:
+        """``(1, C, h', w')`` float32 feature map of one resized RGB uint8 image."""
+        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None].float()
+        x = (x / 255.0 - self._mean) / self._std
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cuda", dtype=torch.float16):
+                fmap = self.model(x)[0]
+        else:
+            fmap = self.model(x)[0]
+        return fmap.float()
+
+    def extract_raw(self, image: np.ndarray) -> LocalFeatures:
+        image = _as_rgb_uint8(image)
+        c = self.conf
+        h, w = image.shape[:2]
+        sizes = pyramid_sizes(h, w, c["scales"], c["max_side"], c["min_side"])
+        if not sizes:
+            logger.debug("image %dx%d too small for every pyramid scale: no DELF features", w, h)
+            return LocalFeatures.empty(self.raw_dim)
+        xy, scales, scores, desc = [], [], [], []
+        for size in sizes:
+            fmap = self._features(_resize(image, size))[0]  # (C, h', w')
+            ch, fh, fw = fmap.shape
+            flat = fmap.reshape(ch, fh * fw).T.cpu().numpy()  # (h'*w', C), row-major over the grid
+            rows, cols = np.divmod(np.arange(fh * fw), fw)
+            sx, sy = size[1] / w, size[0] / h
+            xy.append(grid_to_image(rows, cols, c["stride"], sx, sy))
+            scales.append(np.full(fh * fw, 2.0 * c["stride"] / np.sqrt(sx * sy), np.float32))
+            scores.append(np.linalg.norm(flat, axis=1))
+            desc.append(flat)
+        scores_all = np.concatenate(scores)
+        keep = top_k_indices(scores_all, c["max_keypoints"], c["score_threshold"])
+        return LocalFeatures(
+            np.concatenate(xy)[keep], np.concatenate(scales)[keep], scores_all[keep], l2_normalize(np.concatenate(desc)[keep])
+        )
+
+    def extract(self, image: np.ndarray) -> LocalFeatures:
+        raw = self.extract_raw(image)
+        if not self.needs_pca:
+            return raw
+        if self._pca is None:
+            raise RuntimeError(
+                "DELF descriptors need a fitted PCA: call fit_pca(raw features of the index images) "
+                "or set_pca(arrays stored with the index) before extract()"
+            )
+        if len(raw) == 0:
+            return LocalFeatures.empty(self.dim)
+        return LocalFeatures(raw.keypoints, raw.scales, raw.scores, apply_pca_whitening(raw.descriptors, self._pca))
+
+    def fit_pca(self, raw: Sequence[LocalFeatures]) -> dict[str, np.ndarray]:
+        if not self.needs_pca:
+            return {}
+        dims = {f.dim for f in raw}
+        if dims - {self.raw_dim}:
+            raise ValueError(f"raw features must be {self.raw_dim}-dimensional (extract_raw), got dimensions {dims}")
+        x = np.concatenate([f.descriptors for f in raw]) if raw else np.zeros((0, self.raw_dim), np.float32)
+        arrays = fit_pca_whitening(x, self.conf["pca_dim"], self.conf["pca_max_samples"], self.conf["seed"])
+        logger.info(
+            "DELF PCA %d -> %d fitted on %d descriptors (of %d), %.1f%% variance kept",
+            self.raw_dim, self.dim, min(len(x), self.conf["pca_max_samples"] or len(x)), len(x),
+            100.0 * float(arrays["explained_variance"].sum() / max(x.var(axis=0).sum(), _EPS)),
+        )
+        self.set_pca(arrays)
+        return arrays
+
+    def set_pca(self, arrays: Mapping[str, np.ndarray]) -> None:
+        if not self.needs_pca:
+            super().set_pca(arrays)
+            return
+        missing = {"mean", "components", "explained_variance"} - set(arrays)
+        if missing:
+            raise ValueError(f"PCA arrays lack {sorted(missing)}")
+        pca = {k: np.asarray(arrays[k], dtype=np.float32) for k in ("mean", "components", "explained_variance")}
+        expected = {"mean": (self.raw_dim,), "components": (self.dim, self.raw_dim), "explained_variance": (self.dim,)}
+        bad = {k: pca[k].shape for k in pca if pca[k].shape != expected[k]}
+        if bad:
+            raise ValueError(f"PCA arrays do not fit {self.raw_dim} -> {self.dim}: shapes {bad}, expected {expected}")
+        self._pca = pca
+
+
+# --------------------------------------------------------------------------------------------
+# Named configurations
+# --------------------------------------------------------------------------------------------
+extractors: dict[str, type[LocalExtractor]] = {"delf": DELF, "rootsift": RootSIFT}
+
+local_confs: dict[str, dict[str, Any]] = {
+    # DELF-style: lite0 stride-16 features (ImageNet weights offline), 7-scale pyramid, top 1000, PCA-40.
+    "delf": {
+        "output": "feats-delf-lite0-s16-n1000-pca40",
+        "extractor": "delf",
+        "model": "tf_efficientnet_lite0",
+        "max_keypoints": 1000,
+        "pca_dim": 40,
+    },
+    # Classical, no weights: OpenCV SIFT + RootSIFT, top 1000 by response, longer side <= 1024 px.
+    "rootsift": {
+        "output": "feats-rootsift-n1000-r1024",
+        "extractor": "rootsift",
+        "max_keypoints": 1000,
+        "resize_max": 1024,
+    },
+}
+
+
+def make_local_extractor(
+    conf: Mapping[str, Any] | str, device: Any = None, weights: str | Path = "auto"
+) -> LocalExtractor:
+    """Build a local-feature extractor from a name in :data:`local_confs` or a conf dict.
+
+    A conf dict names its extractor under ``"extractor"`` (a key of :data:`extractors`);
+    its other keys override the extractor's ``default_conf`` (unknown keys are refused).
+    To override a named conf: ``make_local_extractor({**local_confs["delf"], "max_side": 512})``.
+    ``device`` and ``weights`` are used by CNN extractors and ignored by RootSIFT.
+    """
+    if isinstance(conf, str):
+        if conf not in local_confs:
+            raise ValueError(f"unknown local feature configuration {conf!r}; valid names: {sorted(local_confs)}")
+        conf = local_confs[conf]
+    conf = dict(conf)
+    name = conf.get("extractor")
+    if name not in extractors:
+        raise ValueError(f"unknown local extractor {name!r}; valid: {sorted(extractors)} (conf key 'extractor')")
+    return extractors[name](conf, device=device, weights=weights)

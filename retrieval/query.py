@@ -1,0 +1,54 @@
+"""Nearest reference images of query photos (the ``query`` command)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from index.database import IndexDatabase
+
+from .extract import FeatureExtractor
+
+logger = logging.getLogger(__name__)
+
+
+def neighbours_table(db: IndexDatabase, scores: np.ndarray, rows: np.ndarray) -> list[dict[str, Any]]:
+    """Rows of one query's search result as dicts: rank, id, landmark_id (None = non-landmark), score, path."""
+    meta = db.metadata
+    out = []
+    for rank, (score, row) in enumerate(zip(scores, rows), start=1):
+        if row < 0:
+            continue
+        rec = meta.iloc[int(row)]
+        out.append({
+            "rank": rank,
+            "id": rec["id"],
+            "landmark_id": rec["landmark_id"] or None,
+            "score": round(float(score), 6),
+            "path": rec["path"],
+        })
+    return out
+
+
+def main(
+    index_dir: str | Path, images: Sequence[str | Path], k: int = 10, device: str | None = None,
+    num_workers: int | None = 0,
+) -> list[dict[str, Any]]:
+    """Search the index for each image. Returns one dict per image, in order:
+    ``{"image", "neighbours": [...]}``, or ``{"image", "error"}`` for an unreadable image."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    db = IndexDatabase.open(index_dir)
+    fx = FeatureExtractor.for_index(db, device=device, need_local=False)
+    paths = [str(p) for p in images]
+    results: list[dict[str, Any]] = []
+    for pos, res in fx.iter_paths(paths, num_workers=num_workers):
+        if isinstance(res, str):
+            logger.error("%s", res)
+            results.append({"image": paths[pos], "error": res})
+            continue
+        D, I = db.search(res.global_desc[None].astype(np.float32), min(k, db.size))
+        results.append({"image": paths[pos], "neighbours": neighbours_table(db, D[0], I[0])})
+    return results

@@ -1,0 +1,107 @@
+"""``show-matches``: the query beside its best candidates' images, RANSAC inliers drawn as lines."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .image_io import load_image
+from .matching import verify_pair
+from .recognize import Prediction, Recognizer
+
+logger = logging.getLogger(__name__)
+
+PANEL_SIDE = 480  # each image is drawn with its longer side at this many pixels
+HEADER = 56  # pixels of text above each pair
+
+
+def _fit(image: np.ndarray, side: int) -> tuple[np.ndarray, float]:
+    scale = side / max(image.shape[:2])
+    out = cv2.resize(image, (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale))),
+                     interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    return out, scale
+
+
+def _text(canvas: np.ndarray, text: str, org: tuple[int, int], color=(20, 20, 20), scale: float = 0.5) -> None:
+    cv2.putText(canvas, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1, cv2.LINE_AA)
+
+
+def draw_pair(
+    query: np.ndarray, ref: np.ndarray, kq: np.ndarray, kr: np.ndarray, inliers: np.ndarray,
+    q_orig: tuple[int, int], r_orig: tuple[int, int], header: list[str], max_lines: int = 200,
+) -> np.ndarray:
+    """One row: query (left), reference (right), a line per inlier pair; keypoints in original pixels."""
+    qa, sq = _fit(query, PANEL_SIDE)
+    ra, sr = _fit(ref, PANEL_SIDE)
+    # keypoints are in original-photo pixels; the decoded arrays may be downscaled
+    sq_x, sq_y = qa.shape[1] / q_orig[0], qa.shape[0] / q_orig[1]
+    sr_x, sr_y = ra.shape[1] / r_orig[0], ra.shape[0] / r_orig[1]
+    height = HEADER + max(qa.shape[0], ra.shape[0])
+    width = qa.shape[1] + ra.shape[1] + 10
+    canvas = np.full((height, width, 3), 255, np.uint8)
+    canvas[HEADER:HEADER + qa.shape[0], : qa.shape[1]] = qa
+    x0 = qa.shape[1] + 10
+    canvas[HEADER:HEADER + ra.shape[0], x0:x0 + ra.shape[1]] = ra
+    for i, line in enumerate(header[:3]):
+        _text(canvas, line, (6, 16 + 17 * i))
+    rng = np.random.default_rng(0)
+    step = max(1, len(inliers) // max_lines)
+    for a, b in inliers[::step]:
+        p = (int(kq[a, 0] * sq_x), int(kq[a, 1] * sq_y + HEADER))
+        q = (int(kr[b, 0] * sr_x + x0), int(kr[b, 1] * sr_y + HEADER))
+        color = tuple(int(c) for c in rng.integers(40, 220, 3))
+        cv2.line(canvas, p, q, color, 1, cv2.LINE_AA)
+        cv2.circle(canvas, p, 2, color, -1)
+        cv2.circle(canvas, q, 2, color, -1)
+    return canvas
+
+
+def main(index_dir: str | Path, image: str | Path, out_png: str | Path, max_candidates: int = 3,
+         device: str | None = None) -> tuple[Path, Prediction]:
+    """Recognise ``image`` and draw its verification against the best image of each candidate."""
+    rec = Recognizer.from_index(index_dir, device=device)
+    features = rec.fx.describe_image(image)
+    evidence, _ = rec.evidence(features, early_exit=False)
+    pred = rec.decide(evidence)
+    query_arr, q_orig = load_image(image, max_side=1024)
+    decision = (f"landmark {pred.landmark_id} (confidence {pred.confidence:.3f}, {pred.inliers} inliers)"
+                if pred.landmark_id is not None else
+                f"no landmark (best guess {pred.guess}, {pred.inliers} inliers < threshold {rec.conf['inlier_threshold']})")
+    rows = []
+    row_of = {i: r for r, i in enumerate(rec.db.metadata["id"])}
+    for rank, cand in enumerate(evidence.candidates[:max_candidates], start=1):
+        ref_id = cand.best_match_id
+        if ref_id is None:
+            # not verified (no local features): show its most similar image
+            ref_id = next((n[0] for n in evidence.neighbours if n[1] == cand.landmark_id), None)
+        if ref_id is None:
+            continue
+        row = row_of[ref_id]
+        ref_local = rec._reference_local(row)
+        res = verify_pair(features.local, ref_local, rec.match_conf or None)
+        ref_arr, r_orig = load_image(rec.db.metadata["path"].iloc[row], max_side=1024)
+        header = [
+            f"{Path(str(image)).name}: {decision}",
+            f"candidate {rank}: landmark {cand.landmark_id}  vote {cand.vote:.3f}  sim {cand.sim:.3f}  "
+            f"inliers {res.inliers} / {len(res.matches)} matches",
+            f"reference {ref_id}",
+        ]
+        rows.append(draw_pair(query_arr, ref_arr, features.local.keypoints, ref_local.keypoints,
+                              res.inlier_matches, q_orig, r_orig, header))
+    if not rows:
+        canvas = np.full((HEADER + 40, 640, 3), 255, np.uint8)
+        _text(canvas, f"{Path(str(image)).name}: no candidate landmark in the index", (6, 20))
+        rows = [canvas]
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 8), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    sheet = np.concatenate(rows, axis=0)
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_png.with_name(f".{out_png.name}.tmp.png")
+    if not cv2.imwrite(str(tmp), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
+        raise ValueError(f"cannot write {out_png}")
+    os.replace(tmp, out_png)
+    return out_png, pred

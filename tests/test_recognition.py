@@ -1,0 +1,207 @@
+"""Recognition end to end: voting, verification, "no landmark", recognize / predict / show-matches / evaluate / tune."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from cli import app
+from eval.queries import read_submission
+from index.database import IndexDatabase
+from retrieval.recognize import Candidate, Evidence, Recognizer, decide, resolve_recognition_conf, vote
+from tests.conftest import read_csv
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+# ----------------------------------------------------------------------------- pure parts
+
+
+def test_vote_by_hand():
+    sims = np.array([0.9, 0.8, 0.7, 0.6])
+    cands, discount = vote(sims, ["a", "b", "a", ""], alpha=1.0, discount_enabled=False)
+    assert discount == 0.0
+    assert [c.landmark_id for c in cands] == ["a", "b"]
+    assert cands[0].vote == pytest.approx(1.6) and cands[0].sim == pytest.approx(0.9)
+    # with the discount, the mean similarity to the nearest non-landmark references is subtracted
+    cands, discount = vote(sims, ["a", "b", "a", ""], alpha=1.0, discount_enabled=True, distractor_k=3)
+    assert discount == pytest.approx(0.6)
+    assert cands[0].vote == pytest.approx(0.3 + 0.1) and cands[1].vote == pytest.approx(0.2)
+    assert vote(np.array([]), [], alpha=3.0)[0] == []
+
+
+def test_decide_bands():
+    ev = Evidence([], [Candidate("a", 1.0, 0.8, inliers=50, verified_refs=1), Candidate("b", 0.5, 0.7, inliers=5, verified_refs=1)])
+    pred = decide(ev, inlier_threshold=20, inlier_cap=100, vote_weight=0.5)
+    assert pred.landmark_id == "a" and pred.verified
+    assert pred.confidence == pytest.approx(0.5 + 0.5 * (0.5 * 0.5 + 0.5 * 0.8))
+    pred = decide(ev, inlier_threshold=60)
+    assert pred.landmark_id is None and pred.guess == "a" and pred.confidence < 0.5
+    assert decide(Evidence([], [])).landmark_id is None
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"k": 0}, "k = 0 must be >= 1"),
+        ({"k": 5, "num_candidates": 6}, "num_candidates = 6 must be <= k"),
+        ({"inlier_threshold": -1}, "inlier_threshold = -1"),
+        ({"vote_weight": 2}, "vote_weight"),
+        ({"bogus": 1}, "unknown recognition parameter"),
+    ],
+)
+def test_bad_parameters_rejected(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_recognition_conf(overrides)
+
+
+def test_bad_parameters_through_cli(built_index, demo_data):
+    image = next(demo_data.images_dir.glob("*.jpg"))
+    for args, message in [(["--k", "0"], "k = 0"), (["--k", "3", "--candidates", "5"], "must be <= k"),
+                          (["--inlier-threshold", "-3"], "inlier_threshold = -3")]:
+        result = invoke("recognize", "--index", built_index, image, *args)
+        assert result.exit_code == 2, result.output
+        assert message in result.output
+
+
+# ----------------------------------------------------------------------------- recognition on generated photos
+
+
+@pytest.fixture(scope="module")
+def holdout(demo_data):
+    df = read_csv(demo_data.holdout_csv)
+    train = read_csv(demo_data.train_csv)
+    counts = train[train["landmark_id"] != ""]["landmark_id"].value_counts()
+    return df, counts
+
+
+def test_recognize_json_one_shot_and_distractor(built_index, demo_data, holdout):
+    df, counts = holdout
+    one_shot = df[df["landmark_id"].isin(counts[counts == 1].index)]
+    assert len(one_shot), "the generated data must contain a one-shot landmark with a query"
+    distractors = df[df["landmark_id"] == ""]
+    q1 = one_shot.iloc[0]
+    images = [demo_data.images_dir / f"{q1['id']}.jpg"] + [demo_data.images_dir / f"{i}.jpg" for i in distractors["id"][:3]]
+    result = invoke("recognize", "--index", built_index, *images, "--json")
+    assert result.exit_code == 0, result.output
+    objs = [json.loads(l) for l in result.stdout.strip().splitlines()]
+    assert set(objs[0]) == {"image", "landmark_id", "confidence", "inliers", "candidates"}
+    assert set(objs[0]["candidates"][0]) == {"landmark_id", "vote", "inliers", "best_match_id"}
+    assert objs[0]["landmark_id"] == q1["landmark_id"], objs[0]
+    assert objs[0]["inliers"] >= 20
+    # non-landmark photos: no landmark
+    for obj in objs[1:]:
+        assert obj["landmark_id"] is None, obj
+
+
+def test_recognizer_python_api_and_timings(built_index, demo_data, holdout):
+    df, _ = holdout
+    rec = Recognizer.from_index(built_index)
+    seen = df[df["landmark_id"] != ""].iloc[0]
+    pred = rec.recognize(demo_data.images_dir / f"{seen['id']}.jpg")
+    assert pred.landmark_id == seen["landmark_id"]
+    assert {"decode", "global", "local", "search", "verify"} <= set(pred.timings)
+    assert 0.5 <= pred.confidence <= 1.0
+
+
+def test_on_demand_local_features(demo_data, tmp_path, holdout):
+    """An index built without local features still verifies (features extracted on demand, cached)."""
+    df, _ = holdout
+    index = tmp_path / "noloc"
+    result = invoke("build-index", "--train", demo_data.train_csv, "--images", demo_data.images_dir, "--index", index,
+                    "--image-size", "224", "--workers", "0")
+    assert result.exit_code == 0, result.output
+    assert not IndexDatabase.open(index).has_local()
+    seen = df[df["landmark_id"] != ""].iloc[1]
+    rec = Recognizer.from_index(index)
+    pred = rec.recognize(demo_data.images_dir / f"{seen['id']}.jpg")
+    assert pred.landmark_id == seen["landmark_id"] and pred.inliers >= 20
+    assert len(rec._cache.data) >= 1
+
+
+def test_predict_submission_bad_image_and_resume(built_index, demo_data, tmp_path, holdout):
+    df, _ = holdout
+    images = tmp_path / "q"
+    images.mkdir()
+    ids = list(df["id"][:6])
+    for i in ids:
+        (images / f"{i}.jpg").write_bytes((demo_data.images_dir / f"{i}.jpg").read_bytes())
+    (images / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0garbage")
+    queries = tmp_path / "queries.csv"
+    queries.write_text("id\n" + "\n".join(ids[:3] + ["corrupt"] + ids[3:]) + "\n")
+    out = tmp_path / "submission.csv"
+    result = invoke("predict", "--index", built_index, "--queries", queries, "--images", images, "--out", out, "--workers", "0")
+    assert result.exit_code == 0, result.output
+    sub = read_csv(out)
+    assert list(sub.columns) == ["id", "landmarks"]
+    assert list(sub["id"]) == ids[:3] + ["corrupt"] + ids[3:]
+    parsed = read_submission(out)
+    assert parsed["corrupt"] is None
+    for qid, pred in parsed.items():
+        if pred is not None:
+            assert 0.0 <= pred[1] <= 1.0
+    truth = dict(zip(df["id"], df["landmark_id"]))
+    verified = [(q, p) for q, p in parsed.items() if p is not None and p[1] >= 0.5]
+    assert verified and all(truth[q] == p[0] for q, p in verified)
+
+    # resume: drop the last two records (as if killed), rerun: only those are recomputed, same output
+    evidence = out.with_name(out.name + ".evidence.jsonl")
+    lines = evidence.read_text().splitlines()
+    evidence.write_text("\n".join(lines[:-2]) + "\n" + lines[-2][: len(lines[-2]) // 2])
+    before = out.read_text()
+    out.unlink()
+    result = invoke("predict", "--index", built_index, "--queries", queries, "--images", images, "--out", out, "--workers", "0")
+    assert result.exit_code == 0, result.output
+    assert out.read_text() == before
+    assert len(evidence.read_text().splitlines()) == len(lines)
+
+
+def test_show_matches_draws_png(built_index, demo_data, holdout, tmp_path):
+    df, _ = holdout
+    seen = df[df["landmark_id"] != ""].iloc[0]
+    out = tmp_path / "m.png"
+    result = invoke("show-matches", "--index", built_index, demo_data.images_dir / f"{seen['id']}.jpg", "--out", out)
+    assert result.exit_code == 0, result.output
+    im = Image.open(out)
+    assert im.size[0] > 400 and im.size[1] > 200
+    arr = np.asarray(im)
+    assert arr.std() > 10  # real content, not a blank page
+
+
+def test_evaluate_and_tune_threshold(index_copy, demo_data, tmp_path):
+    out = tmp_path / "report"
+    result = invoke("evaluate", "--index", index_copy, "--queries", demo_data.holdout_csv, "--images", demo_data.images_dir,
+                    "--out", out, "--bootstrap", 200, "--workers", "0")
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    for key in ("gap", "gap_ci95", "top1_accuracy", "nonlandmark_prediction_rate", "gap_landmark_queries_only",
+                "n_queries", "n_landmark_queries", "n_nonlandmark_queries", "global_only", "strict", "latency_ms"):
+        assert key in report, key
+    assert 0.0 <= report["gap"] <= 1.0
+    lo, hi = report["gap_ci95"]
+    assert lo <= report["gap"] <= hi
+    assert report["gap"] >= report["global_only"]["gap"] - 0.05  # verification must not hurt
+    assert report["gap"] > 0.5
+    assert (out / "predictions.csv").is_file() and (out / "evidence.jsonl").is_file()
+    assert (out / "precision_vs_rank.png").stat().st_size > 0
+
+    result = invoke("tune-threshold", "--index", index_copy, "--queries", demo_data.holdout_csv, "--out", out, "--folds", 3)
+    assert result.exit_code == 0, result.output
+    tuned = json.loads((out / "tune.json").read_text())
+    manifest = json.loads((index_copy / "manifest.json").read_text())
+    assert manifest["thresholds"]["inlier_threshold"] == int(tuned["chosen_inlier_threshold"])
+    assert (out / "gap_vs_threshold.png").is_file()
+    # a manifest threshold changes later predictions: an impossible threshold turns every answer into a guess
+    IndexDatabase.open(index_copy).update_manifest(thresholds={"inlier_threshold": 100000})
+    rec = Recognizer.from_index(index_copy)
+    assert rec.conf["inlier_threshold"] == 100000
+    seen = read_csv(demo_data.holdout_csv)
+    seen = seen[seen["landmark_id"] != ""].iloc[0]
+    assert rec.recognize(demo_data.images_dir / f"{seen['id']}.jpg").landmark_id is None
