@@ -25,6 +25,8 @@ class CliError(Exception):
 def _setup_logging(verbose: bool, quiet: bool) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    # faiss logs which SIMD build it loaded (and the ImportErrors of the others) at INFO: noise for users.
+    logging.getLogger("faiss").setLevel(max(level, logging.WARNING))
 
 
 def _fail(message: str) -> None:
@@ -131,8 +133,8 @@ def query(
 # ----------------------------------------------------------------------------- recognition
 
 _K = typer.Option(None, "--k", help="Neighbours from the global search (default 30).")
-_C = typer.Option(None, "--candidates", help="Candidate landmarks verified per query (default 3).")
-_R = typer.Option(None, "--refs-per-candidate", help="Images verified per candidate (default 5).")
+_C = typer.Option(None, "--candidates", help="Candidate landmarks verified per query (default 5).")
+_R = typer.Option(None, "--refs-per-candidate", help="Images verified per candidate (default 4; at most 20 pairs per query in all).")
 _THR = typer.Option(None, "--inlier-threshold", help="Inliers needed to accept a landmark (default: the index manifest's tuned value, else 20).")
 
 

@@ -369,7 +369,9 @@ class IndexDatabase:
         if n and expect_local is False:
             raise ValueError("this index has no local features (earlier batches had none): cannot add them now")
         if len(keypoints) != n or len(descriptors) != n:
-            raise ValueError(f"{n} images but {len(keypoints)} local_keypoints and {len(descriptors)} local_descriptors")
+            raise ValueError(
+                f"{n} images but {len(keypoints)} local_keypoints and {len(descriptors)} local_descriptors"
+            )
         kps, descs, counts, d = [], [], [], None
         for i, (kp, ld) in enumerate(zip(keypoints, descriptors)):
             kp = np.asarray(kp, dtype=np.float32)
@@ -469,7 +471,15 @@ class IndexDatabase:
         self._remove_stale_tmp()
         shards = list_shards(self._shards_dir)
         n_old = self.size
-        n_added, n_dup = self._merge_shards(shards)
+        plans, n_dup, has_local, local_dim = self._plan_merge(shards)
+        n_added = sum(int(keep.sum()) for _, keep in plans)
+        if factory is not None:
+            self._check_trainable(factory, n_old + n_added)  # before any file is replaced
+        if n_added:
+            self._rewrite_files(plans, bool(has_local), local_dim)
+        elif self._ahead or (n_old == 0 and self._has_orphan_files()):
+            # drop rows left ahead of global.h5 by an interrupted commit whose shards are gone
+            self._rewrite_files([], bool(n_old and self._local is not None), local_dim)
         rebuilt = self._update_faiss(factory, nprobe, shortlist, gpu, rebuild, n_old)
         self.manifest["counts"] = self._compute_counts()
         n_local = self._local.n_features if self._local is not None else 0
@@ -496,8 +506,25 @@ class IndexDatabase:
                     self.path, n_added, n_dup, len(shards), self.size, stats["seconds"])
         return stats
 
-    def _merge_shards(self, shards: list[Path]) -> tuple[int, int]:
-        """Steps 1-3 of the write order: rewrite local.h5, metadata.csv, global.h5 with the new rows."""
+    def _check_trainable(self, factory: str, n: int) -> None:
+        """ValueError when ``factory`` would have to be trained on fewer vectors than it needs."""
+        index = self._faiss
+        if index is not None and index.is_trained and (
+            fi.factory_signature(factory, self.dim) == fi.index_signature(fi.describe_index(index))
+        ):
+            return  # kept and extended: no training
+        need = fi.min_train_size(factory, self.dim)
+        if n < need:
+            raise ValueError(f"faiss factory {factory!r} needs at least {need} training vectors, the index "
+                             f"would hold {n}; nothing was committed")
+
+    def _plan_merge(
+        self, shards: list[Path]
+    ) -> tuple[list[tuple[ShardReader, np.ndarray]], int, bool | None, int | None]:
+        """Which shard rows are new (id not committed, first occurrence wins), and the local layout.
+
+        Returns (plans [(shard, keep mask)], n_duplicates, has_local, local_dim).
+        """
         readers = [ShardReader(p) for p in shards]
         n_old = self.size
         seen = set(self._global.ids()) if self._global is not None else set()
@@ -528,19 +555,15 @@ class IndexDatabase:
                 elif local_dim != r.local_dim:
                     raise ValueError(f"{r.path}: local descriptor dim {r.local_dim} differs from {local_dim}")
             plans.append((r, keep))
-        n_new = sum(int(keep.sum()) for _, keep in plans)
-        if n_new == 0:
-            if self._ahead or (n_old == 0 and self._has_orphan_files()):
-                # drop rows left ahead of global.h5 by an interrupted commit whose shards are gone
-                self._rewrite_files([], bool(n_old and self._local is not None), local_dim)
-            return 0, n_dup
-        self._rewrite_files(plans, bool(has_local), local_dim)
-        return n_new, n_dup
+        return plans, n_dup, has_local, local_dim
 
     def _has_orphan_files(self) -> bool:
         return (self.path / LOCAL_NAME).exists() or (self.path / METADATA_NAME).exists()
 
-    def _rewrite_files(self, plans: list[tuple[ShardReader, np.ndarray]], has_local: bool, local_dim: int | None) -> None:
+    def _rewrite_files(
+        self, plans: list[tuple[ShardReader, np.ndarray]], has_local: bool, local_dim: int | None
+    ) -> None:
+        """Steps 1-3 of the write order: rewrite local.h5, metadata.csv, global.h5 as old rows + new rows."""
         n_old = self.size
         n_new = sum(int(keep.sum()) for _, keep in plans)
         n = n_old + n_new
@@ -620,7 +643,9 @@ class IndexDatabase:
             logger.warning("%s: rebuilding", reason)
         elif rebuild:
             reason = "rebuild requested"
-        elif factory is not None and fi.factory_signature(factory, self.dim) != fi.index_signature(fi.describe_index(index)):
+        elif factory is not None and (
+            fi.factory_signature(factory, self.dim) != fi.index_signature(fi.describe_index(index))
+        ):
             reason = f"factory changed from {old.get('factory')!r} to {factory!r}"
         elif factory is None and old.get("auto", True) and fi.describe_index(index)["exact"] and n >= fi.FLAT_MAX_N:
             reason = f"{n} vectors outgrow the automatically chosen exact index (IVF-PQ from {fi.FLAT_MAX_N})"
@@ -867,7 +892,7 @@ def _factory_from_description(desc: dict[str, Any]) -> str | None:
             prefix += f"OPQ{desc['m']}_{t.split('->')[1].rstrip(')')},"
         else:
             return None
-    if desc["type"] in ("IndexFlat", "IndexFlatIP") and not prefix:
+    if desc["type"] == "IndexFlat" and not prefix:
         return "Flat"
     if desc["type"] == "IndexIVFPQ":
         return f"{prefix}IVF{desc['nlist']},PQ{desc['m']}x{desc['nbits']}"

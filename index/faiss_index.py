@@ -20,10 +20,11 @@ Parameter rules (:func:`choose_params`):
   every list must get >= 39 points to train. For n >= ~97k this lands inside
   the guideline ([8, 16] * sqrt(n) from n >= ~390k); for smaller collections
   the 39-points floor wins and gives fewer, better-trained lists.
-* PQ: ``m`` = the largest divisor of ``dim`` <= min(64, dim // 2), 8 bits each, so
-  a vector costs m bytes (64 for the usual 512..2048-d descriptors; at most
-  dim / 2 so each sub-quantizer sees >= 2 dimensions). When ``dim`` has no
-  divisor >= 3/4 of that target (e.g. a prime dimension), an OPQ rotation to
+* PQ: ``m`` = the largest divisor of ``dim`` <= min(64, dim // 4), 8 bits each, so
+  a vector costs m bytes (64 for the usual 256..2048-d descriptors; at most
+  dim / 4 so each sub-quantizer sees >= 4 dimensions: 2-d sub-quantizers add
+  little accuracy and make PQ training several times slower). When ``dim`` has
+  no divisor >= 3/4 of that target (e.g. a prime dimension), an OPQ rotation to
   ``4 * m`` dimensions is prepended: ``OPQ{m}_{4m},IVF{nlist},PQ{m}``.
 * Training sample: 64 points per list (inside faiss' 39..256 range), at least
   39 * 256 for the PQ codebooks, capped by n.
@@ -56,7 +57,7 @@ MIN_POINTS_PER_LIST = 39  # faiss k-means warns below 39 training points per cen
 NLIST_SQRT_FACTOR = 16  # nlist <= 16 * sqrt(n), the top of faiss' 4..16 * sqrt(n) guideline
 TRAIN_POINTS_PER_LIST = 64  # training sample per inverted list (faiss accepts 39..256)
 PQ_TARGET_BYTES = 64  # PQ code bytes per vector (m sub-quantizers x 8 bits)
-PQ_NBITS = 8
+PQ_MIN_DIMS_PER_SUBQUANTIZER = 4  # m <= dim / 4
 OPQ_DIMS_PER_SUBQUANTIZER = 4  # OPQ output dim = 4 * m when dim has no good divisor
 NPROBE_FRACTION = 64  # default nprobe = nlist // 64 ...
 NPROBE_MIN = 16  # ... but at least 16
@@ -96,8 +97,11 @@ def describe_index(index: faiss.Index) -> dict[str, Any]:
             vt = faiss.downcast_VectorTransform(inner.chain.at(i))
             transforms.append(f"{type(vt).__name__}({vt.d_in}->{vt.d_out})")
         inner = faiss.downcast_index(inner.index)
+    name = type(inner).__name__
+    if name in ("IndexFlatIP", "IndexFlatL2"):  # read_index returns these, index_factory IndexFlat
+        name = "IndexFlat"
     out: dict[str, Any] = {
-        "type": type(inner).__name__,
+        "type": name,
         "transforms": transforms,
         "d": int(index.d),
         "metric": "IP" if index.metric_type == faiss.METRIC_INNER_PRODUCT else "L2",
@@ -153,6 +157,15 @@ def new_index(factory: str, dim: int) -> faiss.Index:
         raise ValueError(f"invalid faiss factory string {factory!r} for dim {dim}: {e}") from e
 
 
+def min_train_size(factory: str, dim: int) -> int:
+    """Fewest training vectors ``factory`` accepts: one per IVF list and per PQ centroid (0 if untrained)."""
+    index = new_index(factory, dim)
+    if index.is_trained:
+        return 0
+    desc = describe_index(index)
+    return max(desc["nlist"] or 1, 2 ** desc["nbits"] if desc["nbits"] else 1)
+
+
 def choose_params(
     n: int,
     dim: int,
@@ -205,7 +218,7 @@ def choose_params(
 
     if factory is None:
         nlist = _largest_pow2_at_most(min(NLIST_SQRT_FACTOR * math.sqrt(n), n / MIN_POINTS_PER_LIST))
-        m_target = max(1, min(PQ_TARGET_BYTES, dim // 2))
+        m_target = max(1, min(PQ_TARGET_BYTES, dim // PQ_MIN_DIMS_PER_SUBQUANTIZER))
         m = _largest_divisor_at_most(dim, m_target)
         if 4 * m >= 3 * m_target:
             factory = f"IVF{nlist},PQ{m}"
@@ -229,7 +242,7 @@ def choose_params(
     if index.is_trained:
         params["ntrain"] = 0
     else:
-        need = max(nlist or 1, 2**nbits if nbits else 1)
+        need = min_train_size(factory, dim)
         if n < need:
             raise ValueError(
                 f"faiss factory {factory!r} needs at least {need} training vectors, have {n}; "

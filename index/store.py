@@ -426,7 +426,9 @@ class ShardReader:
             except (KeyError, OSError) as e:
                 raise IndexFormatError(f"{path}: unreadable shard: {e}") from e
         if self.local_offsets is not None and len(self.local_offsets) != self.n + 1:
-            raise IndexFormatError(f"{path}: local_offsets has {len(self.local_offsets)} entries, expected {self.n + 1}")
+            raise IndexFormatError(
+                f"{path}: local_offsets has {len(self.local_offsets)} entries, expected {self.n + 1}"
+            )
 
     def read(self, keep: np.ndarray) -> dict[str, np.ndarray]:
         """Arrays of the rows where ``keep`` (bool, (n,)) is true, local features concatenated."""

@@ -256,7 +256,7 @@ def main(
     logger.info(
         "index %s: %d references, %d already stored, %d to extract (global %s, local %s)",
         index_dir, len(references), len(references) - len(todo), len(todo),
-        fx.global_conf.get("name", fx.global_conf["model"]), (fx.local_conf or {}).get("name", "none"),
+        fx.global_conf.get("name", fx.global_conf["model"]), (fx.local_conf or {}).get("output") or (fx.local_conf or {}).get("extractor", "none"),
     )
     fx.prepare_local_pca(db, references, num_workers)
 

@@ -95,9 +95,8 @@ class LocalFeatures:
     @classmethod
     def empty(cls, dim: int) -> "LocalFeatures":
         """No features, descriptors of dimension ``dim``."""
-        return cls(
-            np.zeros((0, 2), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros((0, dim), np.float32)
-        )
+        zeros = np.zeros(0, np.float32)
+        return cls(np.zeros((0, 2), np.float32), zeros, zeros.copy(), np.zeros((0, dim), np.float32))
 
 
 # --------------------------------------------------------------------------------------------
@@ -360,12 +359,14 @@ def stage_for_stride(reductions: Sequence[int], stride: int) -> int:
 class DELF(LocalExtractor):
     """DELF-style local features from a mid-level (stride-16) feature map of a timm backbone.
 
-    Scores. DELF ranks locations with a trained attention head. Until one is trained for
-    this backbone, the score is the L2 norm of the raw feature vector at each location:
-    ReLU/linear-bottleneck activations are large where the filters respond strongly
-    (textured, structured regions) and small on flat sky, walls or blur, so the norm is the
-    attention DELF's head learns to approximate in its untrained limit, and it needs no
-    weights beyond the backbone's (the same fallback as "DELF without attention" baselines).
+    Scores. DELF ranks locations with a trained attention head. No such head is trained for
+    these backbones yet, so the score is the documented fallback: the L2 norm of the raw
+    feature vector at each location. Activations are large where many filters respond
+    strongly (corners, structured texture) and small on flat sky, walls or blur, which is
+    the training-free saliency that CroW's spatial weighting (Kalantidis et al. 2016) also
+    uses; it needs no weights beyond the backbone's. It does not learn to suppress
+    distractors (people, cars, trees) as DELF's attention does: when a trained head is
+    added it replaces this score and nothing else changes.
 
     Keypoints are receptive-field centres (:func:`grid_to_image`); the keypoint scale is
     ``2 * stride / f`` original pixels, the width of about two feature cells at pyramid
@@ -457,7 +458,10 @@ class DELF(LocalExtractor):
         scores_all = np.concatenate(scores)
         keep = top_k_indices(scores_all, c["max_keypoints"], c["score_threshold"])
         return LocalFeatures(
-            np.concatenate(xy)[keep], np.concatenate(scales)[keep], scores_all[keep], l2_normalize(np.concatenate(desc)[keep])
+            np.concatenate(xy)[keep],
+            np.concatenate(scales)[keep],
+            scores_all[keep],
+            l2_normalize(np.concatenate(desc)[keep]),
         )
 
     def extract(self, image: np.ndarray) -> LocalFeatures:

@@ -40,8 +40,8 @@ GUESS_SCALE = 0.49  # unverified guesses get GUESS_SCALE * sim < VERIFIED_BASE
 DEFAULT_RECOGNITION_CONF: dict[str, Any] = {
     "k": 30,  # neighbours taken from the (exactly re-scored) global search
     "alpha": 3.0,  # vote weight of a neighbour: max(sim - discount, 0) ** alpha
-    "num_candidates": 3,  # C: landmarks verified per query, in vote order
-    "refs_per_candidate": 5,  # R: best-ranked images of a candidate verified against the query
+    "num_candidates": 5,  # C: landmarks verified per query, in vote order
+    "refs_per_candidate": 4,  # R: best-ranked images of a candidate verified against the query
     "max_verifications": 20,  # total RANSAC pairs per query (the seed pipeline's budget)
     "inlier_threshold": 20,  # below this many inliers the answer is "no landmark" (tuned value lives in the manifest)
     "confirm_inliers": 60,  # early exit: stop verifying once a pair reaches this many inliers (None: verify all)

@@ -121,9 +121,12 @@ def test_recall_rescored_ivfpq_vs_exact(tmp_path):
     np.testing.assert_allclose(D, exact, atol=1e-5)  # returned scores are exact cosines
 
 
-def test_flat_search_is_exact_and_pads(tmp_path):
+def test_flat_search_is_exact_and_pads(tmp_path, caplog):
     xb = clustered(300, 32, 10, seed=3)
-    db = build_db(tmp_path / "idx", xb, shard=128)
+    build_db(tmp_path / "idx", xb, shard=128)
+    with caplog.at_level(logging.WARNING):
+        db = IndexDatabase.open(tmp_path / "idx")
+    assert not caplog.records, "a consistent index opens without repair warnings"
     assert db.manifest["faiss"]["factory"] == "Flat"
     xq = perturb(xb[:20], 0.2, seed=4)
     D, I = db.search(xq * 3.0, 5)  # queries are normalised by search
@@ -227,3 +230,13 @@ def test_factory_change_rebuilds_and_nprobe_change_does_not(tmp_path):
     assert stats["rebuilt"] and stats["faiss"]["nlist"] == 16
     stats = db.commit(factory="IVF16,PQ4x4", gpu="cpu")
     assert not stats["rebuilt"]
+
+
+def test_untrainable_factory_is_refused_before_writing(tmp_path):
+    path = tmp_path / "idx"
+    db = IndexDatabase.create_or_open(path, CONFIG, 16)
+    db.write_shard(["a", "b"], ["1", "2"], ["", ""], np.eye(2, 16, dtype=np.float32))
+    with pytest.raises(ValueError, match="needs at least 64 training vectors.*nothing was committed"):
+        db.commit(factory="IVF64,Flat", gpu="cpu")
+    assert IndexDatabase.open(path).size == 0 and len(list((path / "shards").glob("*.h5"))) == 1
+    assert db.commit(gpu="cpu")["n_total"] == 2

@@ -120,7 +120,8 @@ def test_rootsift_math():
 
 def test_grid_to_image_formula():
     # Stride 16 at scale 1: cell j covers pixels 16j..16j+15, centre 16j + 7.5.
-    np.testing.assert_allclose(grid_to_image(np.array([0, 2]), np.array([0, 1]), 16, 1.0, 1.0), [[7.5, 7.5], [23.5, 39.5]])
+    xy = grid_to_image(np.array([0, 2]), np.array([0, 1]), 16, 1.0, 1.0)
+    np.testing.assert_allclose(xy, [[7.5, 7.5], [23.5, 39.5]])
     # At scale 0.5 a cell covers 32 original pixels: centre of cell 0 is 15.5; scale 2 -> 3.5.
     np.testing.assert_allclose(grid_to_image(0, 0, 16, 0.5, 0.5), [15.5, 15.5])
     np.testing.assert_allclose(grid_to_image(0, 0, 16, 2.0, 2.0), [3.5, 3.5])
@@ -300,7 +301,8 @@ def test_delf_pca_life_cycle(delf):
     other.set_pca({k: v.copy() for k, v in arrays.items()})
     np.testing.assert_allclose(other.extract(images[0]).descriptors, f.descriptors, atol=1e-5)
     with pytest.raises(ValueError, match="at least 40"):
-        other.fit_pca([LocalFeatures(r.keypoints[:10], r.scales[:10], r.scores[:10], r.descriptors[:10]) for r in raw[:1]])
+        r = raw[0]
+        other.fit_pca([LocalFeatures(r.keypoints[:10], r.scales[:10], r.scores[:10], r.descriptors[:10])])
     with pytest.raises(ValueError, match="do not fit"):
         other.set_pca({**arrays, "components": arrays["components"][:20]})
     with pytest.raises(ValueError, match="112-dimensional"):

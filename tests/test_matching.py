@@ -16,7 +16,6 @@ from retrieval.local_features import LocalFeatures, l2_normalize, local_confs, m
 from retrieval.matching import (
     VerificationResult,
     default_match_conf,
-    match_confs,
     match_descriptors,
     resolve_match_conf,
     verify_many,
@@ -54,7 +53,9 @@ def transfer_error(transform: np.ndarray, points: np.ndarray = GRID, truth: np.n
     return float(np.abs(cv2.perspectiveTransform(points, transform) - cv2.perspectiveTransform(points, truth)).max())
 
 
-def synthetic_pair(n_true: int = 120, n_noise: int = 80, d: int = 32, seed: int = 0) -> tuple[LocalFeatures, LocalFeatures]:
+def synthetic_pair(
+    n_true: int = 120, n_noise: int = 80, d: int = 32, seed: int = 0
+) -> tuple[LocalFeatures, LocalFeatures]:
     """Query/reference features: ``n_true`` correspondences under H_TRUE (0.5 px noise) plus unrelated ones."""
     rng = np.random.default_rng(seed)
     xy = rng.uniform(0, 384, (n_true, 2)).astype(np.float32)
@@ -226,7 +227,8 @@ def test_delf_two_views_of_a_plane(scene):
 # verify_many
 # --------------------------------------------------------------------------------------------
 def rows(features: LocalFeatures, keep: np.ndarray) -> LocalFeatures:
-    return LocalFeatures(features.keypoints[keep], features.scales[keep], features.scores[keep], features.descriptors[keep])
+    f = features
+    return LocalFeatures(f.keypoints[keep], f.scales[keep], f.scores[keep], f.descriptors[keep])
 
 
 def test_verify_many_matches_serial_and_keeps_order():
