@@ -748,6 +748,12 @@ class IndexDatabase:
         self._search_index, _ = fi.to_gpu(index, self.gpu)
         return self._search_index
 
+    def set_nprobe(self, nprobe: int) -> None:
+        """Change the IVF lists visited per query for this session's searches (commit(nprobe=...) saves it)."""
+        if int(nprobe) < 1:
+            raise ValueError(f"nprobe must be >= 1, got {nprobe}")
+        fi.set_nprobe(self._ready_index(), int(nprobe))
+
     def search(
         self, xq: np.ndarray, k: int, *, shortlist: int | None = None, rescore: bool = True
     ) -> tuple[np.ndarray, np.ndarray]:

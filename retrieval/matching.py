@@ -120,12 +120,11 @@ def match_descriptors(
     if len(desc1) == 0 or len(desc2) == 0:
         return np.zeros((0, 2), np.int64)
 
-    dist2 = (
-        np.einsum("ij,ij->i", desc1, desc1)[:, None]
-        + np.einsum("ij,ij->i", desc2, desc2)[None, :]
-        - 2.0 * (desc1 @ desc2.T)
-    )
-    np.maximum(dist2, 0.0, out=dist2)
+    # Squared distances, built in place on the BLAS product (no (n1, n2) temporaries).
+    dist2 = desc1 @ desc2.T
+    dist2 *= -2.0
+    dist2 += np.einsum("ij,ij->i", desc1, desc1)[:, None]
+    dist2 += np.einsum("ij,ij->i", desc2, desc2)[None, :]
     rows = np.arange(len(desc1))
     nn12 = np.argmin(dist2, axis=1)
     keep = np.ones(len(desc1), dtype=bool)
@@ -133,7 +132,7 @@ def match_descriptors(
         nn21 = np.argmin(dist2, axis=0)
         keep &= nn21[nn12] == rows
     if "ratio" in method and dist2.shape[1] > 1:
-        two = np.partition(dist2, 1, axis=1)[:, :2]  # nearest and second-nearest squared distances
+        two = np.maximum(np.partition(dist2, 1, axis=1)[:, :2], 0.0)  # nearest, second-nearest squared
         keep &= two[:, 0] < (ratio**2) * two[:, 1]
     return np.stack([rows[keep], nn12[keep]], axis=1).astype(np.int64)
 

@@ -62,9 +62,18 @@ def _seed():
     cv2.setRNGSeed(0)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One intra-op thread: small convolutions gain little from more, and OpenMP threads that
+    spin-wait make them many times slower when the CPUs are shared with other processes."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def delf() -> DELF:
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     return make_local_extractor({**local_confs["delf"], "max_side": 384})
 
 

@@ -79,6 +79,16 @@ def _seed():
     cv2.setRNGSeed(0)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One intra-op thread: small convolutions gain little from more, and OpenMP threads that
+    spin-wait make them many times slower when the CPUs are shared with other processes."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def scene() -> dict[str, np.ndarray]:
     img = textured_image(384, seed=0)
@@ -211,7 +221,6 @@ def test_rootsift_two_views_of_a_plane(scene):
 
 
 def test_delf_two_views_of_a_plane(scene):
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     ex = make_local_extractor({**local_confs["delf"], "max_side": 512}, weights="auto")
     images = [scene[k] for k in ("img", "warped", "other")]
     ex.fit_pca([ex.extract_raw(im) for im in images])  # the "index" is these three images
