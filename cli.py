@@ -22,9 +22,23 @@ class CliError(Exception):
     """An error to show the user as one line (exit code 2)."""
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time of the record (test runners swap it)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _setup_logging(verbose: bool, quiet: bool) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     # faiss logs which SIMD build it loaded (and the ImportErrors of the others) at INFO: noise for users.
     logging.getLogger("faiss").setLevel(max(level, logging.WARNING))
 
@@ -90,6 +104,11 @@ def build_index(
             f"index {index}: {stats['n_total']} images ({stats['n_added']} added, {stats['already_stored']} already "
             f"stored, {stats['skipped']} skipped), FAISS {stats['faiss']['factory']}, {stats['seconds_total']:.1f} s"
         )
+        manifest = json.loads((index / "manifest.json").read_text())
+        if lconf:
+            per_image = manifest.get("local_bytes_per_image") or 0
+            typer.echo(f"local features ({lconf}): {manifest['counts'].get('local_features', 0)} keypoints, "
+                       f"{per_image / 1024:.0f} KiB per image")
         if stats["skipped"]:
             typer.echo(f"skipped images and reasons: {index / 'skipped.csv'}")
 

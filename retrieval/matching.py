@@ -16,8 +16,9 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -227,6 +228,38 @@ def verify_pair(
     return VerificationResult(len(inlier_matches), matches, inlier_matches, transform, time.perf_counter() - start)
 
 
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_limiter: Any = None  # threadpoolctl limiter while any verify_many runs
+
+
+@contextmanager
+def _single_threaded_blas() -> Iterator[None]:
+    """BLAS limited to one thread while any :func:`verify_many` call runs (reference-counted).
+
+    The matrices of one pair (1000 x 1000 x d) are far too small for BLAS threads to pay
+    off, and BLAS threads inside each verification thread oversubscribe the CPUs: measured
+    on 2 shared cores, 2.2 ms per reference with one BLAS thread against 15 ms without the
+    limit. threadpoolctl's setting is process-wide, so concurrent calls share one limit and
+    the last one out restores the previous setting.
+    """
+    global _blas_users, _blas_limiter
+    from threadpoolctl import threadpool_limits  # installed with scikit-learn
+
+    with _blas_lock:
+        if _blas_users == 0:
+            _blas_limiter = threadpool_limits(limits=1, user_api="blas")
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                _blas_limiter.restore_original_limits()
+                _blas_limiter = None
+
+
 def verify_many(
     query: LocalFeatures,
     refs: Sequence[LocalFeatures | Callable[[], LocalFeatures]],
@@ -237,7 +270,8 @@ def verify_many(
     """Verify ``query`` against each reference in parallel threads, with optional early exit.
 
     OpenCV's estimators and numpy's BLAS release the GIL, so threads verify in parallel
-    without copying features to other processes.
+    without copying features to other processes. While it runs, BLAS is limited to one
+    thread per caller thread (process-wide, see :func:`_single_threaded_blas`).
 
     Args:
         query: the query's local features.
@@ -281,13 +315,14 @@ def verify_many(
         return result
 
     results: list[VerificationResult | None] = [None] * n
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify")
-    try:
-        futures = [pool.submit(run, i) for i in range(n)]
-        for i, future in enumerate(futures):
-            if i > first_confirmed[0]:
-                future.cancel()  # no effect on a reference already running: its result is kept
-            results[i] = None if future.cancelled() else future.result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    with _single_threaded_blas():
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify")
+        try:
+            futures = [pool.submit(run, i) for i in range(n)]
+            for i, future in enumerate(futures):
+                if i > first_confirmed[0]:
+                    future.cancel()  # no effect on a reference already running: its result is kept
+                results[i] = None if future.cancelled() else future.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
     return results

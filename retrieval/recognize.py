@@ -30,7 +30,7 @@ from index.database import IndexDatabase
 from .extract import DEFAULT_LOCAL_IMAGE_SIZE, FeatureExtractor, Features, scale_keypoints
 from .image_io import ImageError, load_image
 from .local_features import LocalExtractor, LocalFeatures, make_local_extractor
-from .matching import verify_many
+from .matching import match_confs, verify_many
 
 logger = logging.getLogger(__name__)
 
@@ -248,6 +248,10 @@ class Recognizer:
             fx.local_image_size = DEFAULT_LOCAL_IMAGE_SIZE
         self.local: LocalExtractor = fx.local_extractor
         self.local_image_size = fx.local_image_size
+        if not self.match_conf:
+            # Each local extractor has a matching configuration tuned to it (e.g. DELF's stride-16 grid
+            # needs a looser reprojection threshold than SIFT).
+            self.match_conf = dict(match_confs.get(self.local.conf.get("extractor"), {}))
         self._cache = _LRU()
         meta = db.metadata
         self._ids = meta["id"].to_numpy()

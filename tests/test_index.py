@@ -126,13 +126,15 @@ def test_flat_search_is_exact_and_pads(tmp_path, caplog):
     build_db(tmp_path / "idx", xb, shard=128)
     with caplog.at_level(logging.WARNING):
         db = IndexDatabase.open(tmp_path / "idx")
-    assert not caplog.records, "a consistent index opens without repair warnings"
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not warnings, "a consistent index opens without repair warnings"
     assert db.manifest["faiss"]["factory"] == "Flat"
     xq = perturb(xb[:20], 0.2, seed=4)
     D, I = db.search(xq * 3.0, 5)  # queries are normalised by search
     S = xq @ db.global_descriptors().T
-    np.testing.assert_array_equal(I, np.argsort(-S, axis=1, kind="stable")[:, :5])
-    np.testing.assert_allclose(D, np.take_along_axis(S, I, 1), atol=1e-5)
+    # exact: the returned scores are the 5 best true scores (robust to float near-ties between BLAS and faiss)
+    np.testing.assert_allclose(D, -np.sort(-S, axis=1)[:, :5], atol=1e-5)
+    np.testing.assert_allclose(np.take_along_axis(S, I, 1), D, atol=1e-5)
     D, I = db.search(xq[:2], 400)  # k > size: padded with -1 / -inf
     assert I.shape == (2, 400) and np.all(I[:, 300:] == -1) and np.all(np.isneginf(D[:, 300:]))
     assert np.all(I[:, :300] >= 0)

@@ -295,3 +295,21 @@ def test_verify_many_raises_on_dimension_mismatch():
     query, ref = synthetic_pair()
     with pytest.raises(ValueError, match="dimension mismatch"):
         verify_many(query, [ref, LocalFeatures.empty(7), ref], max_workers=2)
+
+
+def test_verify_many_restores_blas_threads_also_when_called_concurrently():
+    from threadpoolctl import threadpool_info
+
+    query, ref = synthetic_pair()
+    before = [(i["internal_api"], i["num_threads"]) for i in threadpool_info()]
+    outputs = []
+    def call():
+        outputs.append(verify_many(query, [ref] * 6, max_workers=2))
+
+    callers = [threading.Thread(target=call) for _ in range(3)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join()
+    assert len(outputs) == 3 and all(r.inliers == outputs[0][0].inliers for out in outputs for r in out)
+    assert [(i["internal_api"], i["num_threads"]) for i in threadpool_info()] == before
