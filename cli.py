@@ -151,9 +151,9 @@ def query(
 
 # ----------------------------------------------------------------------------- recognition
 
-_K = typer.Option(None, "--k", help="Neighbours from the global search (default 30).")
-_C = typer.Option(None, "--candidates", help="Candidate landmarks verified per query (default 5).")
-_R = typer.Option(None, "--refs-per-candidate", help="Images verified per candidate (default 4; at most 20 pairs per query in all).")
+_K = typer.Option(None, "--k", help="Neighbours from the global search (default 50).")
+_C = typer.Option(None, "--candidates", help="Candidate landmarks verified per query (default 20).")
+_R = typer.Option(None, "--refs-per-candidate", help="Images verified per candidate (default 2; at most 30 pairs per query in all).")
 _THR = typer.Option(None, "--inlier-threshold", help="Inliers needed to accept a landmark (default: the index manifest's tuned value, else 20).")
 
 
