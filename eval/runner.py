@@ -72,7 +72,7 @@ def read_evidence(path: str | Path) -> tuple[dict[str, Any] | None, dict[str, di
     return header, records
 
 
-def _same_evidence(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+def _evidence_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     keys = ("evidence_version", "index", "index_created", "index_images", "params", "match_conf", "verify", "early_exit", "confirm_inliers")
     return [k for k in keys if a.get(k) != b.get(k)]
 
@@ -97,8 +97,8 @@ def collect_evidence(
     evidence_path.parent.mkdir(parents=True, exist_ok=True)
     header = evidence_header(rec, verify, early_exit)
     old_header, records = read_evidence(evidence_path)
-    if old_header is not None and _same_evidence(old_header, header):
-        diff = _same_evidence(old_header, header)
+    if old_header is not None and _evidence_diff(old_header, header):
+        diff = _evidence_diff(old_header, header)
         raise ValueError(
             f"{evidence_path} was made with other settings ({', '.join(diff)} differ); "
             "delete it or choose another output folder"

@@ -1,0 +1,49 @@
+"""The evaluation commands through the CLI: split, and the demo (the README's main job) end to end."""
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from cli import app
+from tests.conftest import read_csv
+
+runner = CliRunner()
+
+
+def test_split_command(demo_data, tmp_path):
+    out = tmp_path / "splits"
+    result = runner.invoke(app, ["split", "--train", str(demo_data.train_csv), "--out", str(out),
+                                 "--query-fraction", "0.3", "--unseen-fraction", "0.15", "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    index, holdout = read_csv(out / "index.csv"), read_csv(out / "holdout.csv")
+    assert not set(index["id"]) & set(holdout["id"])
+    seen = holdout[holdout["query_type"] == "seen"]
+    assert len(seen) and set(seen["landmark_id"]) <= set(index["landmark_id"])
+    unseen = holdout[holdout["query_type"] == "unseen"]
+    assert len(unseen) and (unseen["landmark_id"] == "").all()
+    assert not set(unseen["true_landmark_id"]) & set(index["landmark_id"])
+    info = json.loads((out / "split.json").read_text())
+    assert info["n_queries"] == len(holdout)
+    # deterministic for a seed
+    again = tmp_path / "again"
+    runner.invoke(app, ["split", "--train", str(demo_data.train_csv), "--out", str(again),
+                        "--query-fraction", "0.3", "--unseen-fraction", "0.15", "--seed", "3"])
+    assert (again / "holdout.csv").read_bytes() == (out / "holdout.csv").read_bytes()
+    bad = runner.invoke(app, ["split", "--train", str(demo_data.train_csv), "--out", str(tmp_path / "b"),
+                              "--query-fraction", "1.5"])
+    assert bad.exit_code == 2 and "1.5" in bad.output
+
+
+def test_demo_end_to_end(tmp_path):
+    result = runner.invoke(app, ["demo", "--work-dir", str(tmp_path / "demo"), "--landmarks", "5", "--seed", "2"])
+    assert result.exit_code == 0, result.output
+    assert "GAP global kNN only" in result.output and "GAP full pipeline" in result.output
+    assert "tuned inlier threshold" in result.output
+    report = json.loads((tmp_path / "demo" / "report" / "report.json").read_text())
+    assert report["n_queries"] > 0 and 0 <= report["gap"] <= 1
+    manifest = json.loads((tmp_path / "demo" / "index" / "manifest.json").read_text())
+    assert "inlier_threshold" in manifest["thresholds"]
+    # rerunning the demo reuses the generated data and the index (resume), and still works
+    result = runner.invoke(app, ["demo", "--work-dir", str(tmp_path / "demo"), "--landmarks", "5", "--seed", "2"])
+    assert result.exit_code == 0, result.output
