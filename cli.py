@@ -264,8 +264,8 @@ def split(
 
         out_dir = split_mod.main(train, out, query_fraction, unseen_fraction, distractors, distractor_rate, seed)
         info = json.loads((Path(out_dir) / "split.json").read_text())
-        counts = {k: v for k, v in info.items() if k.startswith("n_") or k.startswith("distractor_rate")}
-        typer.echo(f"{out_dir}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        counts = info.get("counts", {})
+        typer.echo(f"{out_dir}: " + ", ".join(f"{k} {round(v, 3) if isinstance(v, float) else v}" for k, v in counts.items()))
 
     _guard(body)
 

@@ -19,7 +19,8 @@ named in its ``query_type`` column:
     An image that shows no landmark at all (``landmark_id`` and
     ``true_landmark_id`` both ``""``), drawn first from ``distractors``, then, if
     that is too small or absent, from the non-landmark rows of ``train`` (those
-    drawn leave the index; the others stay in it as non-landmark references).
+    drawn leave the index; at least half of them always stay in it as
+    non-landmark references, which the distractor discount needs).
 
 ``distractor_rate`` is the share of distractor queries among all queries:
 n_distractor / (n_seen + n_unseen + n_distractor). Unseen queries also have an
@@ -162,7 +163,9 @@ def make_split(
     wanted = _round(distractor_rate / (1.0 - distractor_rate) * n_lm_q)
     n_from_extra = min(wanted, len(extra))
     train_non = np.flatnonzero(~is_lm)
-    n_from_train = min(wanted - n_from_extra, len(train_non))
+    # Keep at least half of the collection's own non-landmark images in the index: they are the
+    # references that the distractor discount of recognition compares queries with.
+    n_from_train = min(wanted - n_from_extra, len(train_non) - len(train_non) // 2)
     extra_q = np.sort(rng.choice(len(extra), size=n_from_extra, replace=False)) if n_from_extra else np.array([], dtype=int)
     train_non_q = (
         np.sort(rng.choice(train_non, size=n_from_train, replace=False)) if n_from_train else np.array([], dtype=int)

@@ -24,7 +24,9 @@ def test_split_command(demo_data, tmp_path):
     assert len(unseen) and (unseen["landmark_id"] == "").all()
     assert not set(unseen["true_landmark_id"]) & set(index["landmark_id"])
     info = json.loads((out / "split.json").read_text())
-    assert info["n_queries"] == len(holdout)
+    assert info["counts"]["n_queries"] == len(holdout)
+    # half of the collection's non-landmark images stay in the index as distractor references
+    assert (index["landmark_id"] == "").sum() >= (read_csv(demo_data.train_csv)["landmark_id"] == "").sum() // 2
     # deterministic for a seed
     again = tmp_path / "again"
     runner.invoke(app, ["split", "--train", str(demo_data.train_csv), "--out", str(again),
