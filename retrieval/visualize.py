@@ -72,7 +72,9 @@ def main(index_dir: str | Path, image: str | Path, out_png: str | Path, max_cand
                 f"no landmark (best guess {pred.guess}, {pred.inliers} inliers < threshold {rec.conf['inlier_threshold']})")
     rows = []
     row_of = {i: r for r, i in enumerate(rec.db.metadata["id"])}
-    for rank, cand in enumerate(evidence.candidates[:max_candidates], start=1):
+    # the answer first: candidates by inliers, then by vote
+    ranked = sorted(evidence.candidates, key=lambda c: (-c.inliers, -c.vote, c.landmark_id))
+    for rank, cand in enumerate(ranked[:max_candidates], start=1):
         ref_id = cand.best_match_id
         if ref_id is None:
             # not verified (no local features): show its most similar image
@@ -85,7 +87,7 @@ def main(index_dir: str | Path, image: str | Path, out_png: str | Path, max_cand
         ref_arr, r_orig = load_image(rec.db.metadata["path"].iloc[row], max_side=1024)
         header = [
             f"{Path(str(image)).name}: {decision}",
-            f"candidate {rank}: landmark {cand.landmark_id}  vote {cand.vote:.3f}  sim {cand.sim:.3f}  "
+            f"#{rank} by inliers: landmark {cand.landmark_id}  vote {cand.vote:.3f}  sim {cand.sim:.3f}  "
             f"inliers {res.inliers} / {len(res.matches)} matches",
             f"reference {ref_id}",
         ]
