@@ -322,22 +322,23 @@ def tune_threshold(
     folds: int = typer.Option(5, "--folds", min=2, help="Cross-validation folds."),
     strict: bool = typer.Option(False, "--strict", help="Tune for strict answers (unverified = no landmark) instead of a submission with guesses."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Report only; do not write the manifest."),
+    param: str = typer.Option("inlier_threshold", "--param", help="Decision parameter to tune: inlier_threshold or vote_weight (share of similarity vs inliers in a verified confidence)."),
     device: Optional[str] = typer.Option(None, "--device"),
 ) -> None:
-    """Choose the inlier threshold that maximises GAP, with a cross-validated estimate, and store it in the index."""
+    """Choose the inlier threshold (or --param) that maximises GAP, with a cross-validated estimate, and store it in the index."""
 
     def body():
         from eval import evaluate as evaluate_mod
 
         res = evaluate_mod.tune(index, queries, images, out, evidence_path=evidence, n_folds=folds,
-                                mode="strict" if strict else "submission", write=not dry_run, device=device)
+                                mode="strict" if strict else "submission", write=not dry_run, device=device, param=param)
         typer.echo(
-            f"inlier threshold {res['previous_inlier_threshold']} -> {res['chosen_inlier_threshold']:g}: in-sample GAP "
+            f"{param.replace('_', ' ')} {res['previous']} -> {res['chosen']:g}: in-sample GAP "
             f"{res['in_sample_gap']:.3f}, cross-validated GAP {res['cv_gap']:.3f} +- {res['cv_gap_std']:.3f} "
             f"({len(res['folds'])} folds, {res['n_values']} values)"
         )
         typer.echo(("written to " + str(index / "manifest.json")) if res["written_to_manifest"] else "manifest unchanged (--dry-run)")
-        typer.echo(f"plot: {out / 'gap_vs_threshold.png'}")
+        typer.echo(f"plot: {out / ('gap_vs_threshold.png' if param == 'inlier_threshold' else f'gap_vs_{param}.png')}")
 
     _guard(body)
 

@@ -31,6 +31,7 @@ from .runner import collect_evidence, read_evidence, timing_summary
 logger = logging.getLogger(__name__)
 
 EVIDENCE_FILE = "evidence.jsonl"
+TUNABLE = ("inlier_threshold", "vote_weight")
 
 
 def _query_paths(ids: list[str], images_dir: str | Path) -> list[str]:
@@ -171,8 +172,15 @@ def tune(
     device: str | None = None,
     progress: bool = True,
     seed: int = 0,
+    param: str = "inlier_threshold",
 ) -> dict[str, Any]:
-    """Choose the inlier threshold maximising GAP; report a cross-validated estimate; store it in the manifest."""
+    """Choose the value of a decision parameter maximising GAP; report a cross-validated estimate; store it.
+
+    ``param``: "inlier_threshold" (candidates: every observed inlier count) or "vote_weight" (the share
+    of similarity vs inliers in a verified confidence; candidates 0, 0.1, ..., 1).
+    """
+    if param not in TUNABLE:
+        raise ValueError(f"cannot tune {param!r}; tunable parameters: {', '.join(TUNABLE)}")
     from index.database import IndexDatabase
 
     out_dir = Path(out_dir)
@@ -190,21 +198,28 @@ def tune(
     evidence = load_evidence_for(index_dir, evidence_path, solution)
     db = IndexDatabase.open(index_dir)
     base = resolve_recognition_conf(None, db.manifest.get("thresholds") or {})
-    grid = threshold_grid(evidence)
+    grid = threshold_grid(evidence) if param == "inlier_threshold" else [round(0.1 * i, 1) for i in range(11)]
     by_value = {}
     for v in grid:
-        th = {"inlier_threshold": v, "inlier_cap": base["inlier_cap"], "vote_weight": base["vote_weight"]}
+        th = {k: base[k] for k in ("inlier_threshold", "inlier_cap", "vote_weight")}
+        th[param] = v
         by_value[v] = predictions_from_evidence(evidence, th, mode)
     table = tuning.sweep(by_value, solution, seed=seed)
     cv = tuning.cross_validated_gap(by_value, solution, n_folds=n_folds, seed=seed)
     chosen = cv["in_sample_value"]
-    previous = base["inlier_threshold"]
-    table.to_csv(out_dir / "threshold_sweep.csv", index=False)
-    plots.plot_gap_vs_value(table, out_dir / "gap_vs_threshold.png", chosen_value=chosen,
-                            title=f"GAP vs inlier threshold ({mode}); CV GAP {cv['cv_gap']:.3f}")
+    if param == "inlier_threshold":
+        chosen = int(chosen)
+    previous = base[param]
+    stem = "threshold" if param == "inlier_threshold" else param
+    table.to_csv(out_dir / f"{stem}_sweep.csv", index=False)
+    label = param.replace("_", " ")
+    plots.plot_gap_vs_value(table, out_dir / f"gap_vs_{stem}.png", chosen_value=chosen, xlabel=label,
+                            title=f"GAP vs {label} ({mode}); CV GAP {cv['cv_gap']:.3f}")
     result = {
-        "chosen_inlier_threshold": chosen,
-        "previous_inlier_threshold": previous,
+        "param": param,
+        "chosen": chosen,
+        "previous": previous,
+        "chosen_inlier_threshold": chosen if param == "inlier_threshold" else base["inlier_threshold"],
         "in_sample_gap": cv["in_sample_gap"],
         "cv_gap": cv["cv_gap"],
         "cv_gap_std": cv["cv_gap_std"],
@@ -215,6 +230,6 @@ def tune(
         "evidence": str(evidence_path),
     }
     if write:
-        db.update_manifest(thresholds={"inlier_threshold": int(chosen)})
-    atomic_write_text(out_dir / "tune.json", json.dumps(result, indent=2, default=float) + "\n")
+        db.update_manifest(thresholds={param: chosen})
+    atomic_write_text(out_dir / ("tune.json" if param == "inlier_threshold" else f"tune_{param}.json"), json.dumps(result, indent=2, default=float) + "\n")
     return result

@@ -198,6 +198,14 @@ def test_evaluate_and_tune_threshold(index_copy, demo_data, tmp_path):
     manifest = json.loads((index_copy / "manifest.json").read_text())
     assert manifest["thresholds"]["inlier_threshold"] == int(tuned["chosen_inlier_threshold"])
     assert (out / "gap_vs_threshold.png").is_file()
+    # another decision parameter, from the same evidence, without touching the manifest
+    result = invoke("tune-threshold", "--index", index_copy, "--queries", demo_data.holdout_csv, "--out", out,
+                    "--folds", 3, "--param", "vote_weight", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "vote weight" in result.output and (out / "gap_vs_vote_weight.png").is_file()
+    assert json.loads((index_copy / "manifest.json").read_text())["thresholds"] == manifest["thresholds"]
+    result = invoke("tune-threshold", "--index", index_copy, "--queries", demo_data.holdout_csv, "--out", out, "--param", "k")
+    assert result.exit_code == 2 and "tunable parameters" in result.output
     # a manifest threshold changes later predictions: an impossible threshold turns every answer into a guess
     IndexDatabase.open(index_copy).update_manifest(thresholds={"inlier_threshold": 100000})
     rec = Recognizer.from_index(index_copy)
