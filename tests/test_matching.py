@@ -26,26 +26,7 @@ from retrieval.matching import (
 H_TRUE = np.array([[0.9, 0.1, 20.0], [-0.08, 0.95, 30.0], [2e-4, 1e-4, 1.0]])
 GRID = np.stack(np.meshgrid(np.linspace(40, 340, 6), np.linspace(40, 340, 6)), -1).reshape(1, -1, 2).astype(np.float32)
 
-
-def textured_image(size: int = 384, seed: int = 0) -> np.ndarray:
-    """A planar scene with random rectangles, circles and lines plus noise, RGB uint8."""
-    rng = np.random.default_rng(seed)
-    img = np.full((size, size, 3), 128, np.uint8)
-    for _ in range(150):
-        color = tuple(int(v) for v in rng.integers(0, 256, 3))
-        kind = rng.integers(3)
-        if kind == 0:
-            p1 = rng.integers(0, size, 2)
-            p2 = p1 + rng.integers(5, 60, 2)
-            cv2.rectangle(img, tuple(int(v) for v in p1), tuple(int(v) for v in p2), color, -1)
-        elif kind == 1:
-            center = tuple(int(v) for v in rng.integers(0, size, 2))
-            cv2.circle(img, center, int(rng.integers(3, 30)), color, -1)
-        else:
-            p1, p2 = (tuple(int(v) for v in rng.integers(0, size, 2)) for _ in range(2))
-            cv2.line(img, p1, p2, color, int(rng.integers(1, 4)))
-    noise = rng.normal(0, 6, img.shape)
-    return np.clip(img + noise, 0, 255).astype(np.uint8)
+from tests.conftest import textured_image
 
 
 def transfer_error(transform: np.ndarray, points: np.ndarray = GRID, truth: np.ndarray = H_TRUE) -> float:
@@ -73,20 +54,8 @@ def synthetic_pair(
     return query, ref
 
 
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-    cv2.setRNGSeed(0)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: small convolutions gain little from more, and OpenMP threads that
-    spin-wait make them many times slower when the CPUs are shared with other processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# seeded RNGs and one torch thread for every test here (fixtures in conftest.py)
+pytestmark = pytest.mark.usefixtures("seeded", "one_torch_thread")
 
 
 @pytest.fixture(scope="module")
