@@ -55,8 +55,12 @@ def _guard(func):
 
     try:
         return func()
-    except (ValueError, FileNotFoundError, IndexFormatError, WeightsUnavailableError, CliError) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError, IndexFormatError, WeightsUnavailableError, CliError) as exc:
         _fail(str(exc))
+    except KeyboardInterrupt:
+        # Work already written (index shards, evidence lines) is kept; the same command resumes from it.
+        typer.secho("interrupted: finished work is kept; rerun the same command to resume", err=True, fg=typer.colors.YELLOW)
+        raise typer.Exit(code=130) from None
 
 
 @app.callback()

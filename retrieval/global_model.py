@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -79,7 +80,8 @@ def resolve_global_conf(name_or_conf: str | Mapping[str, Any] = DEFAULT_GLOBAL, 
     if not conf["scales"] or any(float(s) <= 0 for s in conf["scales"]):
         raise ValueError(f"scales must be positive numbers, got {conf['scales']}")
     if conf["weights"] not in ("auto", "timm", "random"):
-        conf["weights"] = str(conf["weights"])
+        # absolute, so that query/recognize find the checkpoint from any working directory
+        conf["weights"] = str(Path(str(conf["weights"])).expanduser().resolve())
     return conf
 
 
