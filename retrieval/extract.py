@@ -236,6 +236,7 @@ def main(
     batch_size: int = 16,
     num_workers: int | None = None,
     shard_size: int = 256,
+    shard_seconds: float = 60.0,
     factory: str | None = None,
     nprobe: int | None = None,
     progress: bool = True,
@@ -243,7 +244,9 @@ def main(
     """Build or extend the index at ``index_dir`` from a reference table (id, landmark_id, path).
 
     Ids already stored are skipped, so a rerun after an interruption resumes and a
-    rerun with more rows adds them (incremental add). Returns build statistics.
+    rerun with more rows adds them (incremental add). Extracted features are written
+    as a shard every ``shard_size`` images or ``shard_seconds`` seconds, whichever
+    comes first, so a kill loses at most that much work. Returns build statistics.
     """
     start = time.perf_counter()
     index_dir = Path(index_dir)
@@ -263,7 +266,10 @@ def main(
     buffer: dict[str, list] = {k: [] for k in ("ids", "landmarks", "paths", "xb", "kp", "desc")}
     n_skipped = n_done = 0
 
+    last_flush = [time.perf_counter()]
+
     def flush() -> None:
+        last_flush[0] = time.perf_counter()
         if not buffer["ids"]:
             return
         db.write_shard(
@@ -291,7 +297,7 @@ def main(
             buffer["kp"].append(kp)
             buffer["desc"].append(desc)
         n_done += 1
-        if len(buffer["ids"]) >= shard_size:
+        if len(buffer["ids"]) >= shard_size or time.perf_counter() - last_flush[0] >= shard_seconds:
             flush()
     flush()
     bar.close()

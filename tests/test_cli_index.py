@@ -197,3 +197,25 @@ def test_confs_lists_names():
     result = invoke("confs")
     assert result.exit_code == 0
     assert "lite0-gem" in result.output and "rootsift" in result.output and "delf" in result.output
+
+
+def test_shards_flushed_by_time(demo_data, tmp_path, monkeypatch):
+    """A slow build writes what it has every shard_seconds, so a kill loses little work."""
+    from retrieval import extract
+    from retrieval.global_model import resolve_global_conf
+
+    refs = read_csv(demo_data.train_csv).head(6)
+    refs = refs.assign(path=[str(demo_data.images_dir / f"{i}.jpg") for i in refs["id"]])
+    original = extract.FeatureExtractor.iter_paths
+
+    def dying(self, *args, **kwargs):
+        for n, item in enumerate(original(self, *args, **kwargs)):
+            if n == 3:
+                raise KeyboardInterrupt("simulated kill")
+            yield item
+
+    monkeypatch.setattr(extract.FeatureExtractor, "iter_paths", dying)
+    with pytest.raises(KeyboardInterrupt):
+        extract.main(refs, tmp_path / "idx", resolve_global_conf("lite0-gem", image_size=128), None,
+                     num_workers=0, shard_size=1000, shard_seconds=0.0, progress=False)
+    assert len(list((tmp_path / "idx" / "shards").glob("*.h5"))) == 3
