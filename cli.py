@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -39,6 +40,8 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
     handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    if quiet:
+        os.environ["TQDM_DISABLE"] = "1"  # tqdm reads it when a bar is created: -q hides progress bars too
     # faiss logs which SIMD build it loaded (and the ImportErrors of the others) at INFO: noise for users.
     logging.getLogger("faiss").setLevel(max(level, logging.WARNING))
 
@@ -55,7 +58,7 @@ def _guard(func):
 
     try:
         return func()
-    except (ValueError, FileNotFoundError, FileExistsError, IndexFormatError, WeightsUnavailableError, CliError) as exc:
+    except (ValueError, OSError, IndexFormatError, WeightsUnavailableError, CliError) as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
         # Work already written (index shards, evidence lines) is kept; the same command resumes from it.
@@ -115,6 +118,7 @@ def build_index(
                        f"{per_image / 1024:.0f} KiB per image")
         if stats["skipped"]:
             typer.echo(f"skipped images and reasons: {index / 'skipped.csv'}")
+            raise typer.Exit(code=1)
 
     _guard(body)
 
@@ -224,6 +228,8 @@ def predict(
                                  overrides=_overrides(k, candidates, refs, threshold), num_workers=workers)
         typer.echo(f"{out}: {stats['queries']} queries, {stats['verified']} verified landmarks, "
                    f"{stats['guesses']} low-confidence guesses, {stats['unreadable']} unreadable images")
+        if stats["unreadable"]:
+            raise typer.Exit(code=1)
 
     _guard(body)
 
@@ -312,6 +318,10 @@ def evaluate(
                                    overrides=_overrides(k, candidates, refs, threshold), num_workers=workers)
         _print_report(report)
         typer.echo(f"report: {out / 'report.json'}")
+        if report["n_unreadable_queries"]:
+            typer.secho(f"{report['n_unreadable_queries']} query images could not be read (counted as no answer)",
+                        err=True, fg=typer.colors.YELLOW)
+            raise typer.Exit(code=1)
 
     _guard(body)
 
@@ -342,7 +352,7 @@ def tune_threshold(
             f"({len(res['folds'])} folds, {res['n_values']} values)"
         )
         typer.echo(("written to " + str(index / "manifest.json")) if res["written_to_manifest"] else "manifest unchanged (--dry-run)")
-        typer.echo(f"plot: {out / ('gap_vs_threshold.png' if param == 'inlier_threshold' else f'gap_vs_{param}.png')}")
+        typer.echo(f"plot: {res['plot']}")
 
     _guard(body)
 

@@ -21,7 +21,7 @@ import numpy as np
 from index.manifest import atomic_write_text
 from retrieval.data import resolve_image_path
 from retrieval.recognize import (
-    Evidence, Recognizer, decide, global_only, resolve_recognition_conf, submission_answer, vote,
+    VERIFIED_BASE, Evidence, Recognizer, decide, global_only, resolve_recognition_conf, submission_answer, vote,
 )
 
 from . import metrics, plots, tuning
@@ -35,7 +35,7 @@ TUNABLE = ("inlier_threshold", "vote_weight")
 
 
 def _query_paths(ids: list[str], images_dir: str | Path) -> list[str]:
-    images_dir = Path(images_dir)
+    images_dir = Path(images_dir).expanduser().resolve()
     if not images_dir.is_dir():
         raise FileNotFoundError(f"image folder not found: {images_dir}")
     return [str(resolve_image_path(images_dir, i)) for i in ids]
@@ -94,6 +94,10 @@ def main(
     ids = list(sol_df["id"])
     paths = _query_paths(ids, images_dir)
     rec = Recognizer.from_index(index_dir, device=device, **dict(overrides or {}))
+    leaked = sorted(set(ids) & set(rec.db.metadata["id"]))
+    if leaked:
+        logger.warning("%d query ids are also indexed references (e.g. %s): their scores are optimistic; "
+                       "build the index from split's index.csv", len(leaked), leaked[0])
     records = collect_evidence(rec, ids, paths, out_dir / EVIDENCE_FILE, verify=True, early_exit=False,
                                progress=progress, num_workers=num_workers)
     evidence = {q: r["evidence"] for q, r in records.items()}
@@ -205,12 +209,13 @@ def tune(
         th[param] = v
         by_value[v] = predictions_from_evidence(evidence, th, mode)
     table = tuning.sweep(by_value, solution, seed=seed)
-    cv = tuning.cross_validated_gap(by_value, solution, n_folds=n_folds, seed=seed)
+    # Ties in GAP are broken by the fewest wrong answers that recognize would show as verified.
+    cv = tuning.cross_validated_gap(by_value, solution, n_folds=n_folds, seed=seed, accept_confidence=VERIFIED_BASE)
     chosen = cv["in_sample_value"]
     if param == "inlier_threshold":
         chosen = int(chosen)
     previous = base[param]
-    stem = "threshold" if param == "inlier_threshold" else param
+    stem = ("threshold" if param == "inlier_threshold" else param) + ("_strict" if mode == "strict" else "")
     table.to_csv(out_dir / f"{stem}_sweep.csv", index=False)
     label = param.replace("_", " ")
     plots.plot_gap_vs_value(table, out_dir / f"gap_vs_{stem}.png", chosen_value=chosen, xlabel=label,
@@ -227,9 +232,10 @@ def tune(
         "n_values": len(grid),
         "mode": mode,
         "written_to_manifest": bool(write),
+        "plot": str(out_dir / f"gap_vs_{stem}.png"),
         "evidence": str(evidence_path),
     }
     if write:
         db.update_manifest(thresholds={param: chosen})
-    atomic_write_text(out_dir / ("tune.json" if param == "inlier_threshold" else f"tune_{param}.json"), json.dumps(result, indent=2, default=float) + "\n")
+    atomic_write_text(out_dir / f"tune_{stem}.json".replace("tune_threshold.json", "tune.json"), json.dumps(result, indent=2, default=float) + "\n")
     return result

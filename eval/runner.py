@@ -73,7 +73,8 @@ def read_evidence(path: str | Path) -> tuple[dict[str, Any] | None, dict[str, di
 
 
 def _evidence_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
-    keys = ("evidence_version", "index", "index_created", "index_images", "params", "match_conf", "verify", "early_exit", "confirm_inliers")
+    # not the index path: an index directory may be moved; its creation time and size identify it
+    keys = ("evidence_version", "index_created", "index_images", "params", "match_conf", "verify", "early_exit", "confirm_inliers")
     return [k for k in keys if a.get(k) != b.get(k)]
 
 
@@ -115,7 +116,14 @@ def collect_evidence(
                 f.write(json.dumps(rec_) + "\n")
         os.replace(tmp, evidence_path)
     wanted = set(ids)
-    todo = [i for i, q in enumerate(ids) if q not in records]
+
+    def done(i: int) -> bool:
+        # Failed queries are retried (the file may have been fixed); a record made from another file
+        # (same id, other --images folder) is recomputed.
+        r = records.get(ids[i])
+        return r is not None and not r.get("error") and r.get("path", paths[i]) == paths[i]
+
+    todo = [i for i in range(len(ids)) if not done(i)]
     if len(ids) - len(todo):
         logger.info("%s: %d of %d queries already done, resuming", evidence_path, len(ids) - len(todo), len(ids))
     bar = tqdm(total=len(todo), desc="queries", unit="img", disable=not progress)
@@ -124,10 +132,10 @@ def collect_evidence(
             qid = ids[todo[pos]]
             if isinstance(res, str):
                 logger.warning("query %s skipped: %s", qid, res)
-                record = {"id": qid, "evidence": None, "error": res, "timings": {}}
+                record = {"id": qid, "path": paths[todo[pos]], "evidence": None, "error": res, "timings": {}}
             else:
                 ev, timings = rec.evidence(res, verify=verify, early_exit=early_exit)
-                record = {"id": qid, "evidence": ev.to_json(), "error": None,
+                record = {"id": qid, "path": paths[todo[pos]], "evidence": ev.to_json(), "error": None,
                           "timings": {k: round(v, 5) for k, v in {**res.timings, **timings}.items()}}
             f.write(json.dumps(record) + "\n")
             f.flush()

@@ -20,7 +20,9 @@ named in its ``query_type`` column:
     ``true_landmark_id`` both ``""``), drawn first from ``distractors``, then, if
     that is too small or absent, from the non-landmark rows of ``train`` (those
     drawn leave the index; at least half of them always stay in it as
-    non-landmark references, which the distractor discount needs).
+    non-landmark references, which the distractor discount needs). The
+    ``distractors`` not drawn are appended to the index as non-landmark
+    references, so ``index.csv`` alone describes the index to build.
 
 ``distractor_rate`` is the share of distractor queries among all queries:
 n_distractor / (n_seen + n_unseen + n_distractor). Unseen queries also have an
@@ -197,6 +199,14 @@ def make_split(
         {"id": held["id"], "landmark_id": held_answer, "true_landmark_id": held_true, "query_type": held_type}
     )
     extra_rows = extra.iloc[extra_q].reset_index(drop=True)
+    # The distractors not drawn as queries are non-landmark references of the index (for the
+    # distractor discount), so that build-index --train index.csv needs no separate --distractors.
+    unused = np.setdiff1d(np.arange(len(extra)), extra_q)
+    if len(unused):
+        index_df = pd.concat(
+            [index_df, pd.DataFrame({"id": extra.iloc[unused]["id"].to_numpy(), "landmark_id": ""})],
+            ignore_index=True,
+        )
     holdout_df = pd.concat(
         [
             holdout_df,

@@ -88,12 +88,18 @@ def choose_value(
     predictions_by_value: Mapping[float, Mapping[str, Prediction]],
     solution: Solution,
     query_ids: Iterable[str] | None = None,
+    accept_confidence: float | None = None,
 ) -> tuple[float, float]:
     """The candidate value with the highest GAP, and that GAP.
 
     When ``query_ids`` is given, both predictions and solution are restricted
     to those queries first. Ties: lower median of the tied values (see the
-    module docstring).
+    module docstring). With ``accept_confidence``, ties are first narrowed to
+    the values with the fewest wrong *accepted* answers (confidence >= it: a
+    non-landmark query answered, or a wrong landmark), then the most correct
+    accepted ones. GAP cannot see wrong answers ranked below every correct one,
+    so without this a flat GAP curve lets the threshold drift to values at
+    which a user-facing "landmark / no landmark" decision accepts junk.
 
     Raises:
         ValueError: no candidates, ``query_ids`` not in the solution, or no
@@ -108,11 +114,19 @@ def choose_value(
         if missing:
             raise ValueError(f"{len(missing)} query id(s) not in the solution, e.g. {sorted(missing)[0]!r}")
     gaps = []
+    accepts = []
     for v in values:
         preds, sol = _restrict(predictions_by_value[v], solution, selected)
         gaps.append(metrics.gap(preds, sol))
+        if accept_confidence is not None:
+            accepted = [(q, p) for q, p in preds.items() if p is not None and p[1] >= accept_confidence]
+            correct = sum(1 for q, p in accepted if p[0] in sol[q])
+            accepts.append((len(accepted) - correct, -correct))
     gaps_a = np.asarray(gaps)
     tied = np.flatnonzero(gaps_a >= gaps_a.max() - TIE_ATOL)
+    if accept_confidence is not None:
+        fewest = min(accepts[i] for i in tied)
+        tied = np.asarray([i for i in tied if accepts[i] == fewest])
     best = int(tied[(len(tied) - 1) // 2])
     return float(values[best]), float(gaps_a[best])
 
@@ -143,8 +157,9 @@ def cross_validated_gap(
     solution: Solution,
     n_folds: int = 5,
     seed: int = 0,
+    accept_confidence: float | None = None,
 ) -> dict[str, Any]:
-    """K-fold estimate of the GAP of the tuning procedure itself.
+    """K-fold estimate of the GAP of the tuning procedure itself (``accept_confidence``: see :func:`choose_value`).
 
     For each fold the value is chosen (:func:`choose_value`) on the other
     folds only, then scored on the held-out fold. When there are fewer
@@ -176,7 +191,8 @@ def cross_validated_gap(
     for f in range(k):
         held = {q for q, g in fold_of.items() if g == f}
         train_ids = [q for q, g in fold_of.items() if g != f]
-        chosen, train_gap = choose_value(predictions_by_value, solution, query_ids=train_ids)
+        chosen, train_gap = choose_value(predictions_by_value, solution, query_ids=train_ids,
+                                         accept_confidence=accept_confidence)
         preds, sol = _restrict(predictions_by_value[chosen], solution, held)
         held_gap = metrics.gap(preds, sol)
         pooled.update(preds)
@@ -191,7 +207,7 @@ def cross_validated_gap(
         )
         logger.debug("fold %d: chose %g (train GAP %.4f), held-out GAP %.4f", f, chosen, train_gap, held_gap)
     heldout = np.array([fd["heldout_gap"] for fd in folds])
-    in_value, in_gap = choose_value(predictions_by_value, solution)
+    in_value, in_gap = choose_value(predictions_by_value, solution, accept_confidence=accept_confidence)
     result = {
         "cv_gap": float(heldout.mean()),
         "cv_gap_std": float(heldout.std()),

@@ -33,6 +33,38 @@ def _line(row_index: int) -> int:
     return int(row_index) + 2
 
 
+def _check_field_counts(path: Path) -> None:
+    """Refuse rows with more or fewer fields than the header: pandas would shift or pad them silently."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None:
+                return
+            for row in reader:
+                if row and any(field.strip() for field in row) and len(row) != len(header):
+                    raise ValueError(
+                        f"{path}, line {reader.line_num}: {len(row)} fields but the header has {len(header)} "
+                        f"({', '.join(header)})"
+                    )
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a UTF-8 text file ({exc})") from exc
+    except csv.Error as exc:
+        raise ValueError(f"{path}: cannot parse CSV: {exc}") from exc
+
+
+def check_landmark_id(landmark_id: str, where: str) -> str:
+    """Landmark ids go into Kaggle submissions as ``"<id> <confidence>"``: no spaces, commas or quotes."""
+    if any(ch.isspace() or ch in ',"' for ch in landmark_id):
+        raise ValueError(
+            f"{where}: landmark id {landmark_id!r} contains a space, comma or quote, which the submission "
+            "format (id,\"<landmark> <confidence>\") cannot hold; rename it (e.g. spaces to underscores)"
+        )
+    return landmark_id
+
+
 def read_table(csv_path: str | Path, required: Sequence[str] = ("id",)) -> pd.DataFrame:
     """Read a CSV of string columns and validate its ``id`` column.
 
@@ -49,6 +81,7 @@ def read_table(csv_path: str | Path, required: Sequence[str] = ("id",)) -> pd.Da
         raise ValueError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise ValueError(f"{path}: file is empty")
+    _check_field_counts(path)
     try:
         df = pd.read_csv(
             path,
@@ -57,6 +90,7 @@ def read_table(csv_path: str | Path, required: Sequence[str] = ("id",)) -> pd.Da
             na_filter=False,
             skip_blank_lines=False,
             encoding="utf-8-sig",
+            index_col=False,  # never turn the first column into an index (rows with a trailing comma)
         )
     except pd.errors.EmptyDataError:
         raise ValueError(f"{path}: file is empty") from None
@@ -119,9 +153,13 @@ def read_reference_csv(csv_path: str | Path, images_dir: str | Path) -> pd.DataF
     Returns a DataFrame with columns ``id``, ``landmark_id`` ("" = non-landmark), ``path``.
     """
     df = read_table(csv_path, ("id", "landmark_id"))
-    images_dir = Path(images_dir)
+    # Absolute paths: the index is used later from other working directories.
+    images_dir = Path(images_dir).expanduser().resolve()
     if not images_dir.is_dir():
         raise FileNotFoundError(f"image folder not found: {images_dir}")
+    for lm, line in zip(df["landmark_id"], df["_line"]):
+        if lm:
+            check_landmark_id(lm.strip(), f"{csv_path}, line {line}")
     out = pd.DataFrame(
         {
             "id": df["id"],
@@ -143,7 +181,7 @@ def read_folder_layout(images_dir: str | Path) -> pd.DataFrame:
     Image ids are ``<landmark>/<file stem>`` (or the stem for non-landmarks),
     which are unique because file names are unique within a folder.
     """
-    images_dir = Path(images_dir)
+    images_dir = Path(images_dir).expanduser().resolve()
     if not images_dir.is_dir():
         raise FileNotFoundError(f"image folder not found: {images_dir}")
     rows = []
@@ -154,7 +192,7 @@ def read_folder_layout(images_dir: str | Path) -> pd.DataFrame:
         if len(rel.parts) == 1:
             rows.append((path.stem, "", str(path)))
         else:
-            landmark = rel.parts[0]
+            landmark = check_landmark_id(rel.parts[0], f"{images_dir / rel.parts[0]} (landmark folder)")
             rows.append(("/".join(rel.parts[:-1] + (path.stem,)), landmark, str(path)))
     if not rows:
         raise ValueError(f"{images_dir}: no images found (expected <landmark>/<image> files)")
@@ -179,7 +217,7 @@ def read_references(
             {
                 "id": extra["id"],
                 "landmark_id": "",
-                "path": [str(resolve_image_path(Path(images_dir), i)) for i in extra["id"]],
+                "path": [str(resolve_image_path(Path(images_dir).expanduser().resolve(), i)) for i in extra["id"]],
             }
         )
         clash = set(extra["id"]) & set(df["id"])

@@ -16,6 +16,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # ~180 megapixels: twice PIL's own warning level; a GLDv2 photo is < 20 MP.
 DEFAULT_MAX_PIXELS = 180_000_000
 DEFAULT_MIN_SIDE = 16
+MAX_ASPECT = 25  # wider panoramas exist, but not 25:1 strips
 
 
 class ImageError(ValueError):
@@ -85,7 +86,8 @@ def load_image(
                 )
             if im.format == "JPEG" and max_side is not None and im.mode in ("RGB", "L", "CMYK", "YCbCr"):
                 # Decode at 1/2, 1/4 or 1/8 scale when that still covers max_side: much faster.
-                scale = max_side / max(width, height)
+                # never draft below min_side on the shorter side (a 20000x16 strip is a valid image)
+                scale = max(max_side / max(width, height), min_side / max(1, min(width, height)))
                 if scale < 1:
                     im.draft(im.mode, (max(1, int(width * scale)), max(1, int(height * scale))))
             im.load()
@@ -101,6 +103,9 @@ def load_image(
     orig = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
     if min(im.size) < min_side or min(orig) < min_side:
         raise ImageError(f"{path}: too small ({orig[0]}x{orig[1]}, shorter side must be >= {min_side} px)")
+    if max(orig) > MAX_ASPECT * min(orig):
+        # resized for the network, such a strip would be a few pixels high
+        raise ImageError(f"{path}: aspect ratio {max(orig) / min(orig):.0f}:1 exceeds {MAX_ASPECT}:1 ({orig[0]}x{orig[1]})")
     if max_side is not None and max(im.size) > max_side:
         scale = max_side / max(im.size)
         new = (max(1, round(im.size[0] * scale)), max(1, round(im.size[1] * scale)))

@@ -161,7 +161,11 @@ def create_backbone(
     else:
         kwargs.update(num_classes=0, global_pool="")
     try:
-        model = timm.create_model(model_name, pretrained=False, **kwargs)
+        # Seeded, so that weights="random" gives the same network in every process (an index built
+        # with it can then be queried); pretrained weights overwrite these values anyway.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = timm.create_model(model_name, pretrained=False, **kwargs)
     except RuntimeError as exc:  # timm raises RuntimeError("Unknown model ...")
         raise ValueError(f"unknown timm model {model_name!r}: {exc}") from exc
 
@@ -206,7 +210,12 @@ def _timm_pretrained(model_name: str, kwargs: dict[str, Any]) -> nn.Module:
 def select_device(device: str | None = None) -> torch.device:
     """The device to run on: ``device`` if given, else CUDA, then MPS, then CPU."""
     if device and device != "auto":
-        dev = torch.device(device)
+        try:
+            dev = torch.device(device)
+        except RuntimeError as exc:
+            raise ValueError(f"--device {device!r} is not a device (use cpu, cuda, cuda:N or mps)") from exc
+        if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ValueError(f"--device {device}: MPS is not available on this machine")
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"--device {device}: CUDA is not available on this machine")
         return dev

@@ -41,6 +41,8 @@ def main(
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     db = IndexDatabase.open(index_dir)
+    if db.size == 0:
+        raise ValueError(f"{index_dir}: the index is empty (build it with build-index)")
     fx = FeatureExtractor.for_index(db, device=device, need_local=False)
     paths = [str(p) for p in images]
     results: list[dict[str, Any]] = []

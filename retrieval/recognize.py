@@ -68,6 +68,9 @@ def resolve_recognition_conf(overrides: Mapping[str, Any] | None = None, base: M
             if key not in conf:
                 raise ValueError(f"unknown recognition parameter {key!r}; valid: {', '.join(conf)}")
             conf[key] = value
+    explicit_c = any((s or {}).get("num_candidates") is not None for s in (base, overrides))
+    if not explicit_c and isinstance(conf["k"], int) and conf["k"] >= 1:
+        conf["num_candidates"] = min(conf["num_candidates"], conf["k"])  # a small --k alone limits C too
     checks = [
         ("k", conf["k"] >= 1, "must be >= 1"),
         ("num_candidates", conf["num_candidates"] >= 1, "must be >= 1"),
@@ -101,6 +104,7 @@ class Candidate:
     inliers: int = 0  # best RANSAC inlier count over the verified images (0 if none verified)
     best_match_id: str | None = None  # reference image with the most inliers (else the most similar)
     verified_refs: int = 0  # how many of its images were verified
+    raw_sim: float = 0.0  # best neighbour similarity before the discount (orders candidates the discount zeroed)
 
 
 @dataclass
@@ -166,14 +170,15 @@ def vote(
     adjusted = np.clip(sims - discount, 0.0, None)
     weights = adjusted**alpha
     cands: dict[str, Candidate] = {}
-    for lm, w, s in zip(lms[~is_bg], weights[~is_bg], adjusted[~is_bg]):
+    for lm, w, s, raw in zip(lms[~is_bg], weights[~is_bg], adjusted[~is_bg], sims[~is_bg]):
         c = cands.get(lm)
         if c is None:
-            cands[lm] = Candidate(str(lm), float(w), float(s))
+            cands[lm] = Candidate(str(lm), float(w), float(s), raw_sim=float(raw))
         else:
             c.vote += float(w)
             c.sim = max(c.sim, float(s))
-    ordered = sorted(cands.values(), key=lambda c: (-c.vote, -c.sim, c.landmark_id))
+            c.raw_sim = max(c.raw_sim, float(raw))
+    ordered = sorted(cands.values(), key=lambda c: (-c.vote, -c.sim, -c.raw_sim, c.landmark_id))
     return ordered, discount
 
 
@@ -264,6 +269,8 @@ class Recognizer:
     def from_index(cls, path: str | Path, device: str | None = None, **overrides: Any) -> "Recognizer":
         """Open an index and recognise with the configuration it was built with (+ overrides)."""
         db = IndexDatabase.open(path)
+        if db.size == 0:
+            raise ValueError(f"{path}: the index is empty (build it with build-index)")
         fx = FeatureExtractor.for_index(db, device=device, need_local=True)
         return cls(db, fx, overrides, device=device)
 
@@ -315,6 +322,12 @@ class Recognizer:
         loaders = [lambda row=row: self._reference_local(row) for _, row in pairs]
         confirm = c["confirm_inliers"] if early_exit else None
         results = verify_many(features.local, loaders, self.match_conf or None, confirm_inliers=confirm)
+        if confirm is not None:
+            # verify_many always verifies every pair before the first confirmed one, but whether pairs
+            # after it ran depends on thread timing: drop them so the answer never depends on it.
+            first = next((i for i, r in enumerate(results) if r is not None and r.inliers >= confirm), None)
+            if first is not None:
+                results = results[: first + 1] + [None] * (len(results) - first - 1)
         timings["verify"] = time.perf_counter() - start
         timings["pairs"] = float(sum(r is not None for r in results))
         for (cand, row), res in zip(pairs, results):

@@ -147,7 +147,7 @@ def test_bad_images_are_skipped_and_listed(demo_data, tmp_path):
     pd.concat([train, extra]).to_csv(csv, index=False)
     index = tmp_path / "idx"
     result = build(csv, images, index)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # done, but some inputs were unusable
     assert "5 skipped" in result.output
     skipped = read_csv(index / "skipped.csv").set_index("id")
     assert set(skipped.index) == {"zerobyte", "notimage", "truncated", "tiny", "missing"}
@@ -165,6 +165,9 @@ def test_bad_images_are_skipped_and_listed(demo_data, tmp_path):
         ("id,landmark_id\n../escape,1\n", "line 2"),
         ("id,landmark_id\n/etc/passwd,1\n", "invalid id"),
         ("", "empty"),
+        ("id,landmark_id\na,1,\nb,2,\n", "line 2: 3 fields but the header has 2"),
+        ("id,landmark_id\na,1\nb\n", "line 3: 1 fields but the header has 2"),
+        ("id,landmark_id\na,Eiffel Tower\n", "contains a space"),
     ],
 )
 def test_malformed_csv_rejected(tmp_path, demo_data, content, expected):
@@ -219,3 +222,28 @@ def test_shards_flushed_by_time(demo_data, tmp_path, monkeypatch):
         extract.main(refs, tmp_path / "idx", resolve_global_conf("lite0-gem", image_size=128), None,
                      num_workers=0, shard_size=1000, shard_seconds=0.0, progress=False)
     assert len(list((tmp_path / "idx" / "shards").glob("*.h5"))) == 3
+
+
+def test_paths_absolute_and_relabel_refused(demo_data, tmp_path, monkeypatch):
+    """An index built from relative paths works from any directory; a changed label is refused."""
+    import os
+
+    monkeypatch.chdir(demo_data.root)
+    train = read_csv("train.csv").head(5)
+    train.to_csv(tmp_path / "t.csv", index=False)
+    result = invoke("build-index", "--train", tmp_path / "t.csv", "--images", "images", "--index", tmp_path / "idx", *FAST_BUILD)
+    assert result.exit_code == 0, result.output
+    assert all(os.path.isabs(p) for p in IndexDatabase.open(tmp_path / "idx").metadata["path"])
+    relabelled = train.copy()
+    relabelled.loc[relabelled.index[0], "landmark_id"] = "999"
+    relabelled.to_csv(tmp_path / "t2.csv", index=False)
+    result = invoke("build-index", "--train", tmp_path / "t2.csv", "--images", "images", "--index", tmp_path / "idx", *FAST_BUILD)
+    assert result.exit_code == 2 and "999" in result.output and "cannot change" in result.output
+
+
+def test_nothing_indexable_is_a_clean_error(tmp_path, demo_data):
+    csv = tmp_path / "t.csv"
+    csv.write_text("id,landmark_id\nmissing1,1\nmissing2,2\n")
+    result = build(csv, demo_data.images_dir, tmp_path / "idx")
+    assert result.exit_code == 2 and "no image could be indexed" in result.output
+    assert "missing1" in (tmp_path / "idx" / "skipped.csv").read_text()

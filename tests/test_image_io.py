@@ -117,3 +117,14 @@ def test_resize_max_side_never_upscales():
     assert resize_max_side(img, 200) is img
     out = resize_max_side(img, 50)
     assert out.shape == (25, 50, 3)
+
+
+def test_long_strip_drafts_no_smaller_than_min_side(tmp_path):
+    path = tmp_path / "strip.jpg"
+    Image.fromarray(_photo(400, 40)).save(path, quality=90)
+    arr, orig = load_image(path, max_side=64)
+    assert orig == (400, 40) and arr.shape[1] == 64  # drafted and resized, not refused as "too small"
+    wide = tmp_path / "wide.jpg"
+    Image.fromarray(_photo(2000, 40)).save(wide, quality=90)
+    with pytest.raises(ImageError, match="aspect ratio 50:1"):
+        load_image(wide, max_side=64)

@@ -35,6 +35,9 @@ def test_vote_by_hand():
     assert discount == pytest.approx(0.6)
     assert cands[0].vote == pytest.approx(0.3 + 0.1) and cands[1].vote == pytest.approx(0.2)
     assert vote(np.array([]), [], alpha=3.0)[0] == []
+    # when the discount zeroes every vote, the most similar landmark still comes first
+    cands, _ = vote(np.array([0.9, 0.89, 0.88, 0.85, 0.40, 0.39]), ["", "", "", "zz", "aa", "ab"], alpha=3.0)
+    assert [c.landmark_id for c in cands] == ["zz", "aa", "ab"] and cands[0].vote == 0.0
 
 
 def test_decide_bands():
@@ -60,6 +63,12 @@ def test_decide_bands():
 def test_bad_parameters_rejected(overrides, message):
     with pytest.raises(ValueError, match=message):
         resolve_recognition_conf(overrides)
+
+
+def test_small_k_limits_candidates():
+    assert resolve_recognition_conf({"k": 5})["num_candidates"] == 5
+    with pytest.raises(ValueError, match="must be <= k"):
+        resolve_recognition_conf({"k": 5, "num_candidates": 8})
 
 
 def test_bad_parameters_through_cli(built_index, demo_data):
@@ -138,7 +147,8 @@ def test_predict_submission_bad_image_and_resume(built_index, demo_data, tmp_pat
     queries.write_text("id\n" + "\n".join(ids[:3] + ["corrupt"] + ids[3:]) + "\n")
     out = tmp_path / "submission.csv"
     result = invoke("predict", "--index", built_index, "--queries", queries, "--images", images, "--out", out, "--workers", "0")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # written, but one query image was unreadable
+    assert "1 unreadable" in result.output
     sub = read_csv(out)
     assert list(sub.columns) == ["id", "landmarks"]
     assert list(sub["id"]) == ids[:3] + ["corrupt"] + ids[3:]
@@ -158,9 +168,16 @@ def test_predict_submission_bad_image_and_resume(built_index, demo_data, tmp_pat
     before = out.read_text()
     out.unlink()
     result = invoke("predict", "--index", built_index, "--queries", queries, "--images", images, "--out", out, "--workers", "0")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output
     assert out.read_text() == before
-    assert len(evidence.read_text().splitlines()) == len(lines)
+    records = [json.loads(l) for l in evidence.read_text().splitlines()[1:]]
+    assert {r["id"] for r in records} == set(ids) | {"corrupt"}
+    assert len(records) == len(lines)  # the 2 lost records recomputed, the unreadable one retried (+1)
+    # the failed query is retried on the next run: once the file is fixed, it gets an answer
+    (images / "corrupt.jpg").write_bytes((demo_data.images_dir / f"{ids[0]}.jpg").read_bytes())
+    result = invoke("predict", "--index", built_index, "--queries", queries, "--images", images, "--out", out, "--workers", "0")
+    assert result.exit_code == 0, result.output
+    assert read_submission(out)["corrupt"] == read_submission(out)[ids[0]]
 
 
 def test_show_matches_draws_png(built_index, demo_data, holdout, tmp_path):

@@ -36,10 +36,11 @@ def check_invariants(train, distractors, index_df, holdout_df):
     assert not index_ids & holdout_ids
     assert len(index_ids) == len(index_df) and len(holdout_ids) == len(holdout_df)
     # nothing lost, nothing invented
-    assert index_ids | (holdout_ids - set(distractors["id"])) == set(train["id"])
-    assert index_ids <= set(train["id"])
-    # labels carried over unchanged
-    truth = dict(zip(train["id"], train["landmark_id"]))
+    # every train image is in exactly one file; the distractors not drawn as queries join the index
+    assert index_ids | (holdout_ids - set(distractors["id"])) == set(train["id"]) | (set(distractors["id"]) - holdout_ids)
+    assert index_ids <= set(train["id"]) | set(distractors["id"])
+    # labels carried over unchanged (distractors join the index as non-landmarks)
+    truth = {**{i: "" for i in distractors["id"]}, **dict(zip(train["id"], train["landmark_id"]))}
     assert all(truth[i] == lm for i, lm in zip(index_df["id"], index_df["landmark_id"]))
     indexed = set(index_df["landmark_id"]) - {""}
     seen = holdout_df[holdout_df["query_type"] == "seen"]
@@ -79,7 +80,8 @@ def test_split_invariants_and_rates():
     assert abs(len(dis) / len(holdout_df) - 0.6) <= 1 / len(holdout_df)
     # the external distractors suffice, so train's non-landmark rows stay in the index
     assert set(dis["id"]) <= set(distractors["id"])
-    assert (index_df["landmark_id"] == "").sum() == 30
+    # ... and so do the external distractors not drawn as queries
+    assert (index_df["landmark_id"] == "").sum() == 30 + len(distractors) - len(dis)
     assert (holdout_df["landmark_id"] == "").sum() == len(unseen) + len(dis)
 
 

@@ -148,9 +148,9 @@ def test_each_fold_chooses_without_its_own_queries(monkeypatch):
     calls = []
     real = tuning.choose_value
 
-    def spy(pbv, solution, query_ids=None):
+    def spy(pbv, solution, query_ids=None, **kwargs):
         calls.append(None if query_ids is None else set(query_ids))
-        return real(pbv, solution, query_ids=query_ids)
+        return real(pbv, solution, query_ids=query_ids, **kwargs)
 
     monkeypatch.setattr(tuning, "choose_value", spy)
     res = tuning.cross_validated_gap(by_value, sol, n_folds=4, seed=3)
@@ -196,3 +196,14 @@ def test_plot_gap_vs_value(tmp_path):
     assert [p.name for p in out.parent.iterdir()] == ["gap.png"]
     with pytest.raises(ValueError, match="gap_ci_lo"):
         plots.plot_gap_vs_value(df.drop(columns="gap_ci_lo"), tmp_path / "x.png")
+
+
+def test_ties_broken_by_fewest_wrong_accepted_answers():
+    """GAP is blind to a wrong answer ranked last; the accept-confidence tie-break is not."""
+    sol = {"q1": frozenset({"a"}), "q2": frozenset()}
+    # value 0: q2 (no landmark) is answered above the accept level, but below q1: same GAP as value 5
+    low = {"q1": ("a", 0.9), "q2": ("b", 0.6)}
+    high = {"q1": ("a", 0.9), "q2": ("b", 0.3)}
+    by_value = {0.0: low, 5.0: high, 10.0: {"q1": ("a", 0.4), "q2": ("b", 0.3)}}
+    assert tuning.choose_value(by_value, sol)[1] == 1.0
+    assert tuning.choose_value(by_value, sol, accept_confidence=0.5) == (5.0, 1.0)
