@@ -126,7 +126,7 @@ def collect_evidence(
     todo = [i for i in range(len(ids)) if not done(i)]
     if len(ids) - len(todo):
         logger.info("%s: %d of %d queries already done, resuming", evidence_path, len(ids) - len(todo), len(ids))
-    bar = tqdm(total=len(todo), desc="queries", unit="img", disable=not progress)
+    bar = tqdm(total=len(todo), desc="queries", unit="img", disable=not progress or bool(os.environ.get("TQDM_DISABLE")))
     with open(evidence_path, "a", encoding="utf-8") as f:
         for pos, res in rec.fx.iter_paths([paths[i] for i in todo], num_workers=num_workers):
             qid = ids[todo[pos]]

@@ -291,7 +291,7 @@ def main(
         for v in buffer.values():
             v.clear()
 
-    bar = tqdm(total=len(todo), desc="extract", unit="img", disable=not progress)
+    bar = tqdm(total=len(todo), desc="extract", unit="img", disable=not progress or bool(os.environ.get("TQDM_DISABLE")))
     for pos, result in fx.iter_paths(list(todo["path"]), batch_size, num_workers):
         row = todo.iloc[pos]
         bar.update(1)
