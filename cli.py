@@ -87,6 +87,7 @@ def build_index(
     local_conf: str = typer.Option("none", "--local-conf", help="Local features to store: none, delf or rootsift (none: extracted on demand at verification)."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Backbone weights: a checkpoint file, 'timm' (online), 'random', or 'auto'."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Override the configuration's input size (pixels)."),
+    resize: Optional[str] = typer.Option(None, "--resize", help="Which side gets --image-size: longer or shorter (aspect ratio is kept)."),
     faiss_factory: Optional[str] = typer.Option(None, "--faiss", help="FAISS index_factory string, e.g. 'IVF4096,PQ64x4fs' (default: chosen from the collection size)."),
     nprobe: Optional[int] = typer.Option(None, "--nprobe", help="IVF lists visited per query."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, mps (default: best available)."),
@@ -101,7 +102,7 @@ def build_index(
         from retrieval.global_model import resolve_global_conf
 
         references = read_references(train, images, distractors)
-        gconf = resolve_global_conf(conf, weights=weights, image_size=image_size)
+        gconf = resolve_global_conf(conf, weights=weights, image_size=image_size, resize=resize)
         lconf = extract.resolve_local_conf_name(local_conf)
         stats = extract.main(
             references, index, gconf, lconf, device=device, batch_size=batch_size, num_workers=workers,
