@@ -138,7 +138,8 @@ def load_evidence_for(index_dir: str | Path, evidence_path: str | Path, solution
     if header is None:
         raise FileNotFoundError(f"evidence file not found or empty: {evidence_path}")
     db = IndexDatabase.open(index_dir)
-    if header.get("index_created") != db.manifest.get("created") or header.get("index_images") != db.size:
+    if (header.get("index_id") != db.manifest.get("index_id") or header.get("index_created") != db.manifest.get("created")
+            or header.get("index_images") != db.size):
         raise ValueError(
             f"{evidence_path} was computed against another index ({header.get('index')}, "
             f"{header.get('index_images')} images) than {index_dir} ({db.size} images); run evaluate again"
@@ -151,17 +152,17 @@ def load_evidence_for(index_dir: str | Path, evidence_path: str | Path, solution
     return {q: Evidence.from_json(records[q]["evidence"]) if records[q].get("evidence") else None for q in solution}
 
 
-def threshold_grid(evidence: Mapping[str, Evidence | None], max_value: int | None = None) -> list[float]:
-    """Candidate inlier thresholds: every distinct observed inlier count (plus 0 and one above the max)."""
+def threshold_grid(evidence: Mapping[str, Evidence | None], dense_up_to: int = 200) -> list[float]:
+    """Candidate inlier thresholds: every integer from 0 to min(max observed, ``dense_up_to``), the observed
+    counts above that, and one above the maximum (nobody verified). Every integer, not just observed counts,
+    so that a flat stretch of the GAP curve has a real middle to choose."""
     seen = {0}
     for ev in evidence.values():
         if ev is not None:
             seen.update(c.inliers for c in ev.candidates if c.verified_refs)
-    values = sorted(seen)
-    values.append(values[-1] + 1)  # a threshold nobody passes: the "never verified" end of the curve
-    if max_value is not None:
-        values = [v for v in values if v <= max_value]
-    return [float(v) for v in values]
+    top = max(seen)
+    values = set(range(0, min(top, dense_up_to) + 1)) | {v for v in seen if v > dense_up_to} | {top + 1}
+    return [float(v) for v in sorted(values)]
 
 
 def tune(

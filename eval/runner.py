@@ -34,6 +34,7 @@ def evidence_header(rec: Recognizer, verify: bool, early_exit: bool) -> dict[str
     return {
         "evidence_version": EVIDENCE_VERSION,
         "index": str(Path(rec.db.path).resolve()),
+        "index_id": manifest.get("index_id"),
         "index_created": manifest.get("created"),
         "index_images": int(rec.db.size),
         "params": {k: rec.conf[k] for k in EVIDENCE_KEYS},
@@ -74,7 +75,7 @@ def read_evidence(path: str | Path) -> tuple[dict[str, Any] | None, dict[str, di
 
 def _evidence_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     # not the index path: an index directory may be moved; its creation time and size identify it
-    keys = ("evidence_version", "index_created", "index_images", "params", "match_conf", "verify", "early_exit", "confirm_inliers")
+    keys = ("evidence_version", "index_id", "index_created", "index_images", "params", "match_conf", "verify", "early_exit", "confirm_inliers")
     return [k for k in keys if a.get(k) != b.get(k)]
 
 

@@ -309,6 +309,17 @@ class IndexDatabase:
             done.update(ShardReader(shard).ids)
         return done
 
+    def stored_labels(self) -> dict[str, str]:
+        """{id: landmark_id} of every stored image: committed rows plus complete, uncommitted shards."""
+        labels: dict[str, str] = {}
+        if self.size:
+            labels.update(zip(self.metadata["id"], self.metadata["landmark_id"]))
+        for shard in list_shards(self._shards_dir):
+            reader = ShardReader(shard)
+            for i, lm in zip(reader.ids, reader.landmark_ids()):
+                labels.setdefault(str(i), str(lm))
+        return labels
+
     def write_shard(
         self,
         ids: list[str],

@@ -13,6 +13,7 @@ import contextlib
 import copy
 import datetime as _dt
 import json
+import uuid
 import logging
 import os
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ MANAGED_KEYS = frozenset(
     {
         "format_version",
         "package_version",
+        "index_id",
         "created",
         "updated",
         "config",
@@ -147,6 +149,9 @@ def new_manifest(config: dict, dim: int) -> dict:
     return {
         "format_version": FORMAT_VERSION,
         "package_version": package_version(),
+        # identifies this index (kept when the directory is moved or copied; a new build gets a new one):
+        # evidence files made against one index are never mixed with another's
+        "index_id": uuid.uuid4().hex,
         "created": now,
         "updated": now,
         "config": normalise_config(config),

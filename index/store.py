@@ -430,6 +430,14 @@ class ShardReader:
                 f"{path}: local_offsets has {len(self.local_offsets)} entries, expected {self.n + 1}"
             )
 
+    def landmark_ids(self) -> np.ndarray:
+        """The shard's landmark ids, in row order."""
+        with open_h5(self.path) as f:
+            try:
+                return _read_str(f["landmark_ids"], self.path)
+            except (KeyError, OSError) as e:
+                raise IndexFormatError(f"{self.path}: unreadable shard: {e}") from e
+
     def read(self, keep: np.ndarray) -> dict[str, np.ndarray]:
         """Arrays of the rows where ``keep`` (bool, (n,)) is true, local features concatenated."""
         out: dict[str, np.ndarray] = {}

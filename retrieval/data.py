@@ -222,7 +222,10 @@ def read_references(
         )
         clash = set(extra["id"]) & set(df["id"])
         if clash:
-            raise ValueError(f"{distractors_csv}: id {sorted(clash)[0]!r} is also in the reference CSV")
+            raise ValueError(
+                f"{distractors_csv}: id {sorted(clash)[0]!r} is also in the reference CSV (an index.csv written by "
+                "split already includes the distractors it did not use as queries: drop --distractors)"
+            )
         df = pd.concat([df, extra], ignore_index=True)
         logger.info("%s: %d distractor (non-landmark) images added", distractors_csv, len(extra))
     return df

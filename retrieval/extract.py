@@ -255,18 +255,18 @@ def main(
     fx = FeatureExtractor(global_conf, local_conf, device=device)
     db = IndexDatabase.create_or_open(index_dir, fx.index_config(), fx.global_extractor.dim)
     done = db.done_ids()
-    if db.size:
-        # Labels of indexed images cannot change by a rerun: refuse instead of silently keeping the old ones.
-        stored = db.metadata.set_index("id")["landmark_id"]
-        both = references[references["id"].isin(stored.index)]
-        changed = both[both["landmark_id"].to_numpy() != stored.loc[both["id"]].to_numpy()]
-        if len(changed):
-            first = changed.iloc[0]
-            raise ValueError(
-                f"{len(changed)} images are already indexed with another landmark_id, e.g. {first['id']!r}: "
-                f"index has {stored.loc[first['id']]!r}, the CSV says {first['landmark_id']!r}; "
-                "labels of indexed images cannot change: build a new index"
-            )
+    # Labels of stored images (committed or in shards of an interrupted run) cannot change by a rerun:
+    # refuse instead of silently keeping the old ones.
+    stored = pd.Series(db.stored_labels(), dtype=object)
+    both = references[references["id"].isin(stored.index)]
+    changed = both[both["landmark_id"].to_numpy() != stored.loc[both["id"]].to_numpy()]
+    if len(changed):
+        first = changed.iloc[0]
+        raise ValueError(
+            f"{len(changed)} images are already indexed with another landmark_id, e.g. {first['id']!r}: "
+            f"index has {stored.loc[first['id']]!r}, the CSV says {first['landmark_id']!r}; "
+            "labels of indexed images cannot change: build a new index"
+        )
     todo = references[~references["id"].isin(done)].reset_index(drop=True)
     logger.info(
         "index %s: %d references, %d already stored, %d to extract (global %s, local %s)",

@@ -156,7 +156,9 @@ class GlobalExtractor:
         self.conf = resolve_global_conf(conf, **overrides)
         self.device = select_device(device)
         backbone = create_backbone(self.conf["model"], weights=self.conf["weights"])
-        self.net = GlobalDescriptorNet(backbone, self.conf["gem_p"], self.conf["proj_dim"])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # an untrained projection is the same in every process
+            self.net = GlobalDescriptorNet(backbone, self.conf["gem_p"], self.conf["proj_dim"])
         self._load_head_weights()
         data_conf = timm.data.resolve_model_data_config(backbone)
         mean = self.conf["mean"] or data_conf["mean"]

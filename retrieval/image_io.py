@@ -86,7 +86,7 @@ def load_image(
                 )
             if im.format == "JPEG" and max_side is not None and im.mode in ("RGB", "L", "CMYK", "YCbCr"):
                 # Decode at 1/2, 1/4 or 1/8 scale when that still covers max_side: much faster.
-                # never draft below min_side on the shorter side (a 20000x16 strip is a valid image)
+                # never draft the shorter side below min_side (a wide panorama must stay usable)
                 scale = max(max_side / max(width, height), min_side / max(1, min(width, height)))
                 if scale < 1:
                     im.draft(im.mode, (max(1, int(width * scale)), max(1, int(height * scale))))
@@ -105,7 +105,7 @@ def load_image(
         raise ImageError(f"{path}: too small ({orig[0]}x{orig[1]}, shorter side must be >= {min_side} px)")
     if max(orig) > MAX_ASPECT * min(orig):
         # resized for the network, such a strip would be a few pixels high
-        raise ImageError(f"{path}: aspect ratio {max(orig) / min(orig):.0f}:1 exceeds {MAX_ASPECT}:1 ({orig[0]}x{orig[1]})")
+        raise ImageError(f"{path}: aspect ratio {max(orig) / min(orig):.1f}:1 exceeds {MAX_ASPECT}:1 ({orig[0]}x{orig[1]})")
     if max_side is not None and max(im.size) > max_side:
         scale = max_side / max(im.size)
         new = (max(1, round(im.size[0] * scale)), max(1, round(im.size[1] * scale)))

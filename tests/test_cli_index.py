@@ -222,6 +222,13 @@ def test_shards_flushed_by_time(demo_data, tmp_path, monkeypatch):
         extract.main(refs, tmp_path / "idx", resolve_global_conf("lite0-gem", image_size=128), None,
                      num_workers=0, shard_size=1000, shard_seconds=0.0, progress=False)
     assert len(list((tmp_path / "idx" / "shards").glob("*.h5"))) == 3
+    # an uncommitted image keeps its label too: a rerun that relabels it is refused
+    relabelled = refs.drop(columns="path")
+    relabelled.loc[relabelled.index[0], "landmark_id"] = "777"
+    relabelled.to_csv(tmp_path / "r.csv", index=False)
+    result = invoke("build-index", "--train", tmp_path / "r.csv", "--images", demo_data.images_dir,
+                    "--index", tmp_path / "idx", "--image-size", "128", "--workers", "0")
+    assert result.exit_code == 2 and "777" in result.output, result.output
 
 
 def test_paths_absolute_and_relabel_refused(demo_data, tmp_path, monkeypatch):

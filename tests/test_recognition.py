@@ -223,6 +223,16 @@ def test_evaluate_and_tune_threshold(index_copy, demo_data, tmp_path):
     assert json.loads((index_copy / "manifest.json").read_text())["thresholds"] == manifest["thresholds"]
     result = invoke("tune-threshold", "--index", index_copy, "--queries", demo_data.holdout_csv, "--out", out, "--param", "k")
     assert result.exit_code == 2 and "tunable parameters" in result.output
+    # evidence belongs to one index: another build (same data, same second even) never reuses it
+    other = tmp_path / "other"
+    result = invoke("build-index", "--train", demo_data.train_csv, "--images", demo_data.images_dir, "--index", other,
+                    "--local-conf", "rootsift", "--image-size", "224", "--workers", "0")
+    assert result.exit_code == 0, result.output
+    result = invoke("evaluate", "--index", other, "--queries", demo_data.holdout_csv, "--images", demo_data.images_dir,
+                    "--out", out, "--bootstrap", 50, "--workers", "0")
+    assert result.exit_code == 2 and "index_id" in result.output, result.output
+    result = invoke("tune-threshold", "--index", other, "--queries", demo_data.holdout_csv, "--out", out)
+    assert result.exit_code == 2 and "another index" in result.output, result.output
     # a manifest threshold changes later predictions: an impossible threshold turns every answer into a guess
     IndexDatabase.open(index_copy).update_manifest(thresholds={"inlier_threshold": 100000})
     rec = Recognizer.from_index(index_copy)
