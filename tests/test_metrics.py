@@ -236,13 +236,11 @@ def test_bootstrap_contains_estimate_and_narrows():
     assert bootstrap_gap_ci(small_p, small_s, n_boot=300, seed=0) == (lo_s, hi_s)
 
 
-def test_bootstrap_is_fast():
-    import time
-
+def test_bootstrap_at_scale_brackets_the_estimate():
+    # speed is measured in benchmarks/bench_metrics.py, not asserted here
     preds, sol = synthetic(20_000, seed=2)
-    t0 = time.perf_counter()
-    bootstrap_gap_ci(preds, sol, n_boot=200, seed=0)
-    assert time.perf_counter() - t0 < 5.0
+    lo, hi = bootstrap_gap_ci(preds, sol, n_boot=200, seed=0)
+    assert lo <= gap(preds, sol) <= hi and hi - lo < 0.05
 
 
 def test_bootstrap_bad_arguments():
