@@ -18,10 +18,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from index.database import IndexDatabase
 from index.manifest import atomic_write_text
 from retrieval.data import resolve_image_path
 from retrieval.recognize import (
-    VERIFIED_BASE, Evidence, Recognizer, decide, global_only, resolve_recognition_conf, submission_answer, vote,
+    DECISION_KEYS, VERIFIED_BASE, Evidence, Recognizer, decide, global_only, resolve_recognition_conf, submission_answer, vote,
 )
 
 from . import metrics, plots, tuning
@@ -34,7 +35,7 @@ EVIDENCE_FILE = "evidence.jsonl"
 TUNABLE = ("inlier_threshold", "vote_weight")
 
 
-def _query_paths(ids: list[str], images_dir: str | Path) -> list[str]:
+def query_paths(ids: list[str], images_dir: str | Path) -> list[str]:
     images_dir = Path(images_dir).expanduser().resolve()
     if not images_dir.is_dir():
         raise FileNotFoundError(f"image folder not found: {images_dir}")
@@ -92,7 +93,7 @@ def main(
     sol_df = read_solution(queries_csv)
     solution = solution_dict(sol_df)
     ids = list(sol_df["id"])
-    paths = _query_paths(ids, images_dir)
+    paths = query_paths(ids, images_dir)
     rec = Recognizer.from_index(index_dir, device=device, **dict(overrides or {}))
     leaked = sorted(set(ids) & set(rec.db.metadata["id"]))
     if leaked:
@@ -102,7 +103,7 @@ def main(
                                progress=progress, num_workers=num_workers)
     evidence = {q: r["evidence"] for q, r in records.items()}
     errors = {q: r["error"] for q, r in records.items() if r["error"]}
-    thresholds = {k: rec.conf[k] for k in ("inlier_threshold", "inlier_cap", "vote_weight")}
+    thresholds = {k: rec.conf[k] for k in DECISION_KEYS}
 
     systems = {
         "submission": predictions_from_evidence(evidence, thresholds, "submission"),
@@ -130,14 +131,12 @@ def main(
 # ----------------------------------------------------------------------------- tune-threshold
 
 
-def load_evidence_for(index_dir: str | Path, evidence_path: str | Path, solution: Mapping[str, Any]) -> dict[str, Evidence | None]:
+def load_evidence_for(db: IndexDatabase, evidence_path: str | Path, solution: Mapping[str, Any]) -> dict[str, Evidence | None]:
     """Stored evidence for the solution's queries, checked against the index it must come from."""
-    from index.database import IndexDatabase
-
+    index_dir = db.path
     header, records = read_evidence(evidence_path)
     if header is None:
         raise FileNotFoundError(f"evidence file not found or empty: {evidence_path}")
-    db = IndexDatabase.open(index_dir)
     if (header.get("index_id") != db.manifest.get("index_id") or header.get("index_created") != db.manifest.get("created")
             or header.get("index_images") != db.size):
         raise ValueError(
@@ -186,8 +185,6 @@ def tune(
     """
     if param not in TUNABLE:
         raise ValueError(f"cannot tune {param!r}; tunable parameters: {', '.join(TUNABLE)}")
-    from index.database import IndexDatabase
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sol_df = read_solution(queries_csv)
@@ -199,14 +196,14 @@ def tune(
         logger.info("no stored evidence at %s: running the recognizer on the queries first", evidence_path)
         rec = Recognizer.from_index(index_dir, device=device)
         ids = list(sol_df["id"])
-        collect_evidence(rec, ids, _query_paths(ids, images_dir), evidence_path, early_exit=False, progress=progress)
-    evidence = load_evidence_for(index_dir, evidence_path, solution)
+        collect_evidence(rec, ids, query_paths(ids, images_dir), evidence_path, early_exit=False, progress=progress)
     db = IndexDatabase.open(index_dir)
+    evidence = load_evidence_for(db, evidence_path, solution)
     base = resolve_recognition_conf(None, db.manifest.get("thresholds") or {})
     grid = threshold_grid(evidence) if param == "inlier_threshold" else [round(0.1 * i, 1) for i in range(11)]
     by_value = {}
     for v in grid:
-        th = {k: base[k] for k in ("inlier_threshold", "inlier_cap", "vote_weight")}
+        th = {k: base[k] for k in DECISION_KEYS}
         th[param] = v
         by_value[v] = predictions_from_evidence(evidence, th, mode)
     table = tuning.sweep(by_value, solution, seed=seed)

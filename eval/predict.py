@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 from retrieval.recognize import Recognizer, submission_answer
 
-from .evaluate import _query_paths
+from .evaluate import query_paths
 from .queries import read_table, write_submission
 from .runner import collect_evidence
 
@@ -39,7 +39,7 @@ def main(
     """Recognise every query id of ``queries_csv`` (column ``id``); write ``id,landmarks``."""
     table = read_table(queries_csv, required=("id",))
     ids = list(table["id"])
-    paths = _query_paths(ids, images_dir)
+    paths = query_paths(ids, images_dir)
     rec = Recognizer.from_index(index_dir, device=device, **dict(overrides or {}))
     records = collect_evidence(rec, ids, paths, evidence_path_for(out_csv), verify=True, early_exit=True,
                                progress=progress, num_workers=num_workers)

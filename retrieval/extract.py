@@ -254,10 +254,9 @@ def main(
         global_conf = resolve_global_conf(global_conf)
     fx = FeatureExtractor(global_conf, local_conf, device=device)
     db = IndexDatabase.create_or_open(index_dir, fx.index_config(), fx.global_extractor.dim)
-    done = db.done_ids()
     # Labels of stored images (committed or in shards of an interrupted run) cannot change by a rerun:
     # refuse instead of silently keeping the old ones.
-    stored = pd.Series(db.stored_labels(), dtype=object)
+    stored = pd.Series(db.stored_labels(), dtype=object)  # committed rows + uncommitted shards
     both = references[references["id"].isin(stored.index)]
     changed = both[both["landmark_id"].to_numpy() != stored.loc[both["id"]].to_numpy()]
     if len(changed):
@@ -267,7 +266,7 @@ def main(
             f"index has {stored.loc[first['id']]!r}, the CSV says {first['landmark_id']!r}; "
             "labels of indexed images cannot change: build a new index"
         )
-    todo = references[~references["id"].isin(done)].reset_index(drop=True)
+    todo = references[~references["id"].isin(stored.index)].reset_index(drop=True)
     logger.info(
         "index %s: %d references, %d already stored, %d to extract (global %s, local %s)",
         index_dir, len(references), len(references) - len(todo), len(todo),
@@ -313,7 +312,7 @@ def main(
             flush()
     flush()
     bar.close()
-    if not db.done_ids():
+    if stored.empty and not n_done:
         db.flush_skipped()
         raise ValueError(
             f"no image could be indexed ({n_skipped} of {len(references)} skipped); reasons in {index_dir / 'skipped.csv'}"

@@ -121,7 +121,7 @@ class GeM(nn.Module):
 
 
 class GlobalDescriptorNet(nn.Module):
-    """Backbone feature map -> masked GeM -> optional projection -> L2 normalisation."""
+    """Backbone feature map -> GeM -> optional projection -> L2 normalisation."""
 
     def __init__(self, backbone: nn.Module, p: float = 3.0, proj_dim: int | None = None):
         super().__init__()
@@ -131,12 +131,9 @@ class GlobalDescriptorNet(nn.Module):
         self.proj = nn.Linear(width, proj_dim) if proj_dim else None
         self.dim = proj_dim or width
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, 3, H, W) normalised images; mask: (B, 1, H, W) valid pixels. Returns (B, dim) unit vectors."""
-        fmap = self.backbone.forward_features(x)
-        if mask is not None:
-            mask = F.interpolate(mask.float(), size=fmap.shape[-2:], mode="nearest")
-        desc = self.pool(fmap.float(), mask)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, 3, H, W) normalised images of one size. Returns (B, dim) unit vectors."""
+        desc = self.pool(self.backbone.forward_features(x).float())
         if self.proj is not None:
             desc = self.proj(desc)
         return F.normalize(desc, dim=-1)

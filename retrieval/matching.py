@@ -279,14 +279,14 @@ def verify_many(
             worker thread, only if that reference is verified).
         conf: as in :func:`verify_pair`.
         confirm_inliers: once reference ``k`` reaches this many inliers, references after
-            ``k`` (in input order) that have not started are skipped: result None, loader not
-            called. References before ``k`` are always verified, so the first confirmed
-            reference is the same whatever the thread timing. None: verify all.
+            ``k`` (in input order) that have not started are skipped (loader not called) and
+            every result after ``k`` is None. References before ``k`` are always verified, so
+            the first confirmed reference, and the whole output, do not depend on thread timing.
+            None: verify all.
         max_workers: threads; default ``min(len(refs), os.cpu_count(), 8)``.
     Returns:
-        One entry per reference, in input order. Each non-None result depends only on its
-        inputs (seeded estimation), never on thread timing; only which references after the
-        first confirmed one were skipped depends on timing.
+        One entry per reference, in input order; deterministic for given inputs (seeded
+        estimation; results after the first confirmed reference dropped).
     Raises:
         whatever a reference loader or :func:`verify_pair` raises (e.g. ValueError on a
         descriptor dimension mismatch), after cancelling the references not yet started.
@@ -321,8 +321,11 @@ def verify_many(
             futures = [pool.submit(run, i) for i in range(n)]
             for i, future in enumerate(futures):
                 if i > first_confirmed[0]:
-                    future.cancel()  # no effect on a reference already running: its result is kept
+                    future.cancel()  # no effect on a reference already running
                 results[i] = None if future.cancelled() else future.result()
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-    return results
+    # Whether references after the first confirmed one ran depends on thread timing: drop their
+    # results so that the output depends on the inputs alone.
+    first = first_confirmed[0]
+    return results[: first + 1] + [None] * (n - first - 1) if first < n else results

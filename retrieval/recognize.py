@@ -322,12 +322,6 @@ class Recognizer:
         loaders = [lambda row=row: self._reference_local(row) for _, row in pairs]
         confirm = c["confirm_inliers"] if early_exit else None
         results = verify_many(features.local, loaders, self.match_conf or None, confirm_inliers=confirm)
-        if confirm is not None:
-            # verify_many always verifies every pair before the first confirmed one, but whether pairs
-            # after it ran depends on thread timing: drop them so the answer never depends on it.
-            first = next((i for i, r in enumerate(results) if r is not None and r.inliers >= confirm), None)
-            if first is not None:
-                results = results[: first + 1] + [None] * (len(results) - first - 1)
         timings["verify"] = time.perf_counter() - start
         timings["pairs"] = float(sum(r is not None for r in results))
         for (cand, row), res in zip(pairs, results):

@@ -25,6 +25,22 @@ def build(train, images, index, *extra):
     return invoke("build-index", "--train", train, "--images", images, "--index", index, *FAST_BUILD, *extra)
 
 
+def kill_extraction_after(monkeypatch, n_images: int):
+    """Make feature extraction raise KeyboardInterrupt (a simulated kill) after n images; returns the original."""
+    from retrieval import extract
+
+    original = extract.FeatureExtractor.iter_paths
+
+    def dying(self, *args, **kwargs):
+        for n, item in enumerate(original(self, *args, **kwargs)):
+            if n == n_images:
+                raise KeyboardInterrupt("simulated kill")
+            yield item
+
+    monkeypatch.setattr(extract.FeatureExtractor, "iter_paths", dying)
+    return original
+
+
 def test_build_and_query_json(demo_data, built_index):
     db = IndexDatabase.open(built_index)
     train = read_csv(demo_data.train_csv)
@@ -75,15 +91,7 @@ def test_resume_after_crash_matches_uninterrupted(demo_data, built_index, tmp_pa
     index = tmp_path / "crashed"
     refs = pd.read_csv(demo_data.train_csv, dtype=str, keep_default_na=False)
     refs = refs.assign(path=[str(demo_data.images_dir / f"{i}.jpg") for i in refs["id"]])
-    original = extract.FeatureExtractor.iter_paths
-
-    def dying(self, *args, **kwargs):
-        for n, item in enumerate(original(self, *args, **kwargs)):
-            if n == 9:
-                raise KeyboardInterrupt("simulated kill")
-            yield item
-
-    monkeypatch.setattr(extract.FeatureExtractor, "iter_paths", dying)
+    original = kill_extraction_after(monkeypatch, 9)
     with pytest.raises(KeyboardInterrupt):
         extract.main(refs, index, "lite0-gem", "rootsift", num_workers=0, shard_size=4, progress=False)
     monkeypatch.setattr(extract.FeatureExtractor, "iter_paths", original)
@@ -209,15 +217,7 @@ def test_shards_flushed_by_time(demo_data, tmp_path, monkeypatch):
 
     refs = read_csv(demo_data.train_csv).head(6)
     refs = refs.assign(path=[str(demo_data.images_dir / f"{i}.jpg") for i in refs["id"]])
-    original = extract.FeatureExtractor.iter_paths
-
-    def dying(self, *args, **kwargs):
-        for n, item in enumerate(original(self, *args, **kwargs)):
-            if n == 3:
-                raise KeyboardInterrupt("simulated kill")
-            yield item
-
-    monkeypatch.setattr(extract.FeatureExtractor, "iter_paths", dying)
+    kill_extraction_after(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         extract.main(refs, tmp_path / "idx", resolve_global_conf("lite0-gem", image_size=128), None,
                      num_workers=0, shard_size=1000, shard_seconds=0.0, progress=False)
