@@ -1,6 +1,6 @@
 """Extraction throughput: global descriptors (images/s) and local features (ms/image), in one run.
 
-Measures on generated photos (retrieval.synthetic): the global model with the
+Measures on generated photos (synthetic.photos): the global model with the
 image decoding in the main process (baseline) vs in DataLoader workers, and
 the per-image cost of each local configuration. Ratios are against the
 baseline measured in the same run.
@@ -19,7 +19,7 @@ from pathlib import Path
 from retrieval.extract import FeatureExtractor
 from retrieval.image_io import load_image
 from retrieval.local_features import local_confs, make_local_extractor
-from retrieval.synthetic import generate_demo_dataset
+from synthetic import generate_demo_dataset
 
 
 def main() -> None:

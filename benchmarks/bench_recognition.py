@@ -1,6 +1,6 @@
 """Recognition benchmark on generated landmark photos: what verification and distractor discounting buy.
 
-Generates a synthetic collection (retrieval.synthetic, seeded), builds an index,
+Generates a synthetic collection (synthetic.photos, seeded), builds an index,
 evaluates the holdout once with full verification, and prints from that run:
 GAP of global kNN alone vs with verification (strict and as a submission) vs
 with/without the distractor discount, the cross-validated tuned threshold,
@@ -20,7 +20,7 @@ from eval import evaluate
 from retrieval import extract
 from retrieval.data import read_reference_csv
 from retrieval.global_model import resolve_global_conf
-from retrieval.synthetic import generate_demo_dataset
+from synthetic import generate_demo_dataset
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """``demo``: synthetic landmark photos -> index -> recognition of the holdout -> GAP and the tuned threshold.
 
 Everything runs offline on a fresh install: the photos are generated
-(``retrieval.synthetic``), the default global model's weights come from a pip
+(``synthetic.photos``), the default global model's weights come from a pip
 package, and RootSIFT needs no weights.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 from retrieval import extract
 from retrieval.data import read_reference_csv
 from retrieval.global_model import resolve_global_conf
-from retrieval.synthetic import generate_demo_dataset
+from synthetic import generate_demo_dataset
 
 from . import evaluate as evaluate_mod
 from .queries import read_solution, solution_dict

@@ -25,7 +25,7 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory):
     """A generated GLDv2-style collection: 8 landmarks (some one-shot), distractors, holdout queries."""
-    from retrieval.synthetic import generate_demo_dataset
+    from synthetic import generate_demo_dataset
 
     root = tmp_path_factory.mktemp("demo") / "data"
     return generate_demo_dataset(root, n_landmarks=8, refs_per_landmark=(1, 3), queries_per_landmark=1,

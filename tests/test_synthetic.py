@@ -1,4 +1,4 @@
-"""Tests for retrieval.synthetic: seeded synthetic landmark photos in GLDv2 form."""
+"""Tests for synthetic.photos: seeded synthetic landmark photos in GLDv2 form."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retrieval import synthetic
-from retrieval.synthetic import DemoDataset, generate_demo_dataset, make_distractor, make_landmark, render_view
+from synthetic import photos as synthetic
+from synthetic import DemoDataset, generate_demo_dataset, make_distractor, make_landmark, render_view
 
 SMALL = dict(n_landmarks=8, refs_per_landmark=(1, 3), queries_per_landmark=1, n_distractor_refs=3,
              n_distractor_queries=4, n_unseen_landmarks=2, image_size=160)
@@ -112,7 +112,7 @@ def test_determinism(tmp_path: Path) -> None:
 
 def test_reuse_mismatch_and_overwrite(tmp_path: Path, monkeypatch, caplog) -> None:
     out = tmp_path / "ds"
-    with caplog.at_level(logging.INFO, logger="retrieval.synthetic"):
+    with caplog.at_level(logging.INFO, logger="synthetic.photos"):
         first = generate_demo_dataset(out, seed=5, **TINY)
     assert any("generated synthetic dataset" in r.getMessage() for r in caplog.records)
     csv_bytes = first.train_csv.read_bytes()

@@ -1913,7 +1913,7 @@ def generate_demo_dataset(
     _write_atomic(root / "train.csv", _csv_bytes(train_rows))
     _write_atomic(root / "holdout.csv", _csv_bytes(holdout_rows))
     meta = {
-        "generator": "retrieval.synthetic", "version": GENERATOR_VERSION, "params": params,
+        "generator": "synthetic.photos", "version": GENERATOR_VERSION, "params": params,
         "counts": {"n_train": len(train_rows), "n_holdout": len(holdout_rows),
                    "n_images": len(train_rows) + len(holdout_rows),
                    "n_landmark_refs": int(sum(n_refs)),
