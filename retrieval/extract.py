@@ -21,7 +21,7 @@ from tqdm import tqdm
 from index.database import IndexDatabase
 
 from .global_model import DEFAULT_GLOBAL, GlobalExtractor, resolve_global_conf, target_size
-from .image_io import ImageError, load_image, resize_max_side
+from .image_io import ImageError, load_image
 from .local_features import LocalExtractor, LocalFeatures, make_local_extractor, local_confs
 
 logger = logging.getLogger(__name__)
@@ -64,17 +64,17 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> Item:
         start = time.perf_counter()
-        # JPEG draft decode only as large as the largest consumer needs.
-        need = self.image_size if self.resize == "longer" else None
-        if need is not None and self.local_size:
-            need = max(need, self.local_size)
+        # The global image is decoded the same way whether or not local features are wanted: JPEG draft
+        # decoding (DCT scaling) at another size gives other pixels, and a photo must get the same global
+        # descriptor from `query` (global only) as from `recognize`/`build-index --local-conf ...`.
+        # The local image is a second decode at its own size (local extraction costs far more than that).
         try:
-            image, orig = load_image(self.paths[i], max_side=need)
+            image, orig = load_image(self.paths[i], max_side=self.image_size if self.resize == "longer" else None)
+            local = load_image(self.paths[i], max_side=self.local_size)[0] if self.local_size else None
         except ImageError as exc:
             return Item(i, error=str(exc), seconds=time.perf_counter() - start)
         w, h = target_size(image.shape[1], image.shape[0], self.image_size, self.resize)
         g = image if (w, h) == (image.shape[1], image.shape[0]) else _resize(image, w, h)
-        local = resize_max_side(image, self.local_size) if self.local_size else None
         return Item(i, g, local, orig, seconds=time.perf_counter() - start)
 
 

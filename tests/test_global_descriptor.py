@@ -132,3 +132,21 @@ def test_packaged_weights_are_real_imagenet_weights(model_name, conf_name):
     ex = GlobalExtractor(conf_name, device="cpu", image_size=128)
     d = ex(_images(2))
     np.testing.assert_allclose(np.linalg.norm(d, axis=1), 1.0, atol=1e-5)
+
+
+def test_one_photo_gets_one_global_descriptor_on_every_path(tmp_path):
+    """A large JPEG described for `query` (global only) and for `recognize` (with local features at 1024 px)
+    gets the identical global descriptor: the global image must not be decoded at the local size (finding 6)."""
+    from PIL import Image
+
+    from retrieval.extract import FeatureExtractor
+    from tests.conftest import textured_image
+
+    big = np.concatenate([np.concatenate([textured_image(800, seed=s) for s in (0, 1, 2)], axis=1)] * 2, axis=0)
+    path = tmp_path / "big.jpg"
+    Image.fromarray(big).save(path, quality=92)  # 2400 x 1600: draft decoding applies
+    conf = {"model": "resnet18", "weights": "random", "image_size": 128}
+    global_only = FeatureExtractor(conf, None, device="cpu").describe_image(path)
+    with_local = FeatureExtractor(conf, "rootsift", device="cpu", local_image_size=1024).describe_image(path)
+    assert with_local.local is not None and len(with_local.local) > 0
+    np.testing.assert_array_equal(global_only.global_desc, with_local.global_desc)
