@@ -10,11 +10,12 @@ for each candidate threshold in milliseconds.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -22,7 +23,7 @@ from index.database import IndexDatabase
 from index.manifest import atomic_write_text
 from retrieval.data import resolve_image_path
 from retrieval.recognize import (
-    DECISION_KEYS, VERIFIED_BASE, Evidence, Recognizer, decide, global_only, resolve_recognition_conf, submission_answer, vote,
+    DECISION_KEYS, VERIFIED_BASE, Evidence, Recognizer, decide, global_only, resolve_recognition_conf, submission_answer,
 )
 
 from . import metrics, plots, tuning
@@ -42,6 +43,11 @@ def query_paths(ids: list[str], images_dir: str | Path) -> list[str]:
     return [str(resolve_image_path(images_dir, i)) for i in ids]
 
 
+def query_ids_digest(ids: Iterable[str]) -> str:
+    """A short fingerprint of a set of query ids (order-free)."""
+    return hashlib.sha1("\n".join(sorted(ids)).encode()).hexdigest()[:16]
+
+
 def predictions_from_evidence(
     evidence: Mapping[str, Evidence | None], thresholds: Mapping[str, Any], mode: str = "submission",
 ) -> dict[str, tuple[str, float] | None]:
@@ -57,21 +63,19 @@ def predictions_from_evidence(
         elif mode == "global":
             out[qid] = global_only(ev)
         else:
-            pred = decide(ev, thresholds["inlier_threshold"], thresholds["inlier_cap"], thresholds["vote_weight"])
+            pred = decide(ev, **{k: thresholds[k] for k in DECISION_KEYS})
             out[qid] = submission_answer(pred, keep_guesses=mode == "submission")
     return out
 
 
-def global_only_without_discount(evidence: Mapping[str, Evidence | None], conf: Mapping[str, Any]) -> dict[str, Any]:
-    """Global kNN predictions re-voted from the stored neighbours with the distractor discount off."""
+def global_1nn(evidence: Mapping[str, Evidence | None]) -> dict[str, tuple[str, float] | None]:
+    """The first stage alone: the landmark of the nearest landmark neighbour, its cosine as confidence.
+
+    The full pipeline must beat this on real photos (it is what verification starts from)."""
     out: dict[str, tuple[str, float] | None] = {}
     for qid, ev in evidence.items():
-        if ev is None or not ev.neighbours:
-            out[qid] = None
-            continue
-        sims = np.array([n[2] for n in ev.neighbours])
-        cands, _ = vote(sims, [n[1] for n in ev.neighbours], conf["alpha"], False, conf["distractor_k"])
-        out[qid] = (cands[0].landmark_id, cands[0].sim) if cands else None
+        first = next((n for n in ev.neighbours if n[1]), None) if ev is not None else None
+        out[qid] = (str(first[1]), float(first[2])) if first else None
     return out
 
 
@@ -99,6 +103,12 @@ def main(
     if leaked:
         logger.warning("%d query ids are also indexed references (e.g. %s): their scores are optimistic; "
                        "build the index from split's index.csv", len(leaked), leaked[0])
+    tuned_on = rec.db.manifest.get("tuned_on") or {}
+    in_sample = bool(rec.db.manifest.get("thresholds")) and tuned_on.get("query_ids") == query_ids_digest(ids)
+    if in_sample:
+        logger.warning("the index's thresholds were tuned on these same queries (%s): this GAP is in-sample and "
+                       "optimistic; evaluate on other queries, or quote tune-threshold's cross-validated GAP",
+                       tuned_on.get("queries"))
     records = collect_evidence(rec, ids, paths, out_dir / EVIDENCE_FILE, verify=True, early_exit=False,
                                progress=progress, num_workers=num_workers)
     evidence = {q: r["evidence"] for q, r in records.items()}
@@ -109,14 +119,15 @@ def main(
         "submission": predictions_from_evidence(evidence, thresholds, "submission"),
         "strict": predictions_from_evidence(evidence, thresholds, "strict"),
         "global_only": predictions_from_evidence(evidence, thresholds, "global"),
-        "global_only_no_discount": global_only_without_discount(evidence, rec.conf),
+        "global_1nn": global_1nn(evidence),
     }
     report: dict[str, Any] = dict(metrics.summary(systems["submission"], solution, n_boot=n_boot))
-    for name in ("strict", "global_only", "global_only_no_discount"):
+    for name in ("strict", "global_only", "global_1nn"):
         report[name] = metrics.summary(systems[name], solution, n_boot=n_boot)
+    report["gap_minus_global_1nn"] = round(report["gap"] - report["global_1nn"]["gap"], 4)
     report.update(
         index=str(index_dir), queries=str(queries_csv), thresholds=thresholds,
-        recognition={k: v for k, v in rec.conf.items()}, n_unreadable_queries=len(errors),
+        recognition={k: v for k, v in rec.conf.items()}, n_unreadable_queries=len(errors), in_sample=in_sample,
         latency_ms=timing_summary(records), seconds=round(time.perf_counter() - start, 2),
     )
     write_submission(systems["submission"], ids, out_dir / "predictions.csv")
@@ -234,6 +245,8 @@ def tune(
         "evidence": str(evidence_path),
     }
     if write:
-        db.update_manifest(thresholds={param: chosen})
+        # What the value was tuned on, so that evaluate can say when its queries are the same (in-sample).
+        db.update_manifest(thresholds={param: chosen}, tuned_on={"queries": str(Path(queries_csv).resolve()),
+                                                                  "query_ids": query_ids_digest(solution)})
     atomic_write_text(out_dir / f"tune_{stem}.json".replace("tune_threshold.json", "tune.json"), json.dumps(result, indent=2, default=float) + "\n")
     return result

@@ -181,8 +181,13 @@ def bootstrap_gap_ci(
     n_boot: int = 1000,
     seed: int = 0,
     alpha: float = 0.05,
+    clusters: Mapping[str, Any] | None = None,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval for GAP, resampling queries with replacement.
+    """Percentile bootstrap interval for GAP, resampling queries (or clusters of queries) with replacement.
+
+    ``clusters`` maps query id -> cluster key; when given, whole clusters are drawn (a cluster bootstrap):
+    queries of one landmark succeed or fail together (same index images, same confusers), so resampling
+    them independently understates the spread. :func:`landmark_clusters` groups by true landmark.
 
     A query drawn k times counts k times: k copies of its prediction (if any)
     and k towards M. Copies of one query are adjacent in the ranking (same
@@ -212,16 +217,25 @@ def bootstrap_gap_ci(
     n_boot = int(n_boot)
 
     rng = np.random.default_rng(seed)
-    harmonic = np.concatenate(([0.0], np.cumsum(1.0 / np.arange(1, n + 1))))
+    if clusters is None:
+        cluster_of = np.arange(n)
+    else:
+        missing = [q for q in ranked.query_ids if q not in clusters]
+        if missing:
+            raise ValueError(f"clusters has no entry for query {missing[0]!r}")
+        _, cluster_of = np.unique(np.array([repr(clusters[q]) for q in ranked.query_ids]), return_inverse=True)
+    n_clusters = int(cluster_of.max()) + 1 if n else 0
+    most = n_clusters * int(np.bincount(cluster_of).max()) if n else 0  # a resample has at most this many queries
+    harmonic = np.concatenate(([0.0], np.cumsum(1.0 / np.arange(1, most + 1))))
     rel = ranked.correct
     is_landmark = ranked.is_landmark.astype(np.int64)
     batch = max(1, min(n_boot, _BOOT_CELLS // max(n, 1)))
     values = np.empty(n_boot, dtype=np.float64)
     for start in range(0, n_boot, batch):
         b = min(batch, n_boot - start)
-        draws = rng.integers(0, n, size=(b, n))
-        draws += (np.arange(b) * n)[:, None]
-        counts = np.bincount(draws.ravel(), minlength=b * n).reshape(b, n)
+        draws = rng.integers(0, n_clusters, size=(b, n_clusters))
+        draws += (np.arange(b) * n_clusters)[:, None]
+        counts = np.bincount(draws.ravel(), minlength=b * n_clusters).reshape(b, n_clusters)[:, cluster_of]
         m_b = counts @ is_landmark
         c = counts[:, ranked.order]  # (b, p) copies of each ranked prediction
         n_after = np.cumsum(c, axis=1)
@@ -240,6 +254,11 @@ def bootstrap_gap_ci(
         return (math.nan, math.nan)
     lo, hi = np.percentile(valid, [100.0 * alpha / 2, 100.0 * (1 - alpha / 2)])
     return (float(lo), float(hi))
+
+
+def landmark_clusters(solution: Solution) -> dict[str, str]:
+    """Bootstrap clusters: landmark queries grouped by their true landmark(s), each non-landmark query alone."""
+    return {q: "lm:" + " ".join(sorted(s)) if len(s) else f"q:{q}" for q, s in solution.items()}
 
 
 def top1_accuracy(predictions: Mapping[str, Prediction], solution: Solution) -> float:
@@ -293,13 +312,14 @@ def summary(
 ) -> dict[str, Any]:
     """All metrics of one evaluation as a JSON-serialisable dict (``nan`` -> ``None``).
 
-    Keys: ``gap``, ``gap_ci95`` ([lo, hi]), ``top1_accuracy``,
+    Keys: ``gap``, ``gap_ci95`` ([lo, hi], a cluster bootstrap over true landmarks), ``top1_accuracy``,
     ``nonlandmark_prediction_rate``, ``gap_landmark_queries_only``,
     ``n_queries``, ``n_landmark_queries``, ``n_nonlandmark_queries``,
     ``n_predictions`` (non-``None`` predictions).
     """
     ranked = _rank(predictions, solution)
-    lo, hi = bootstrap_gap_ci(predictions, solution, n_boot=n_boot, seed=seed, alpha=0.05)
+    lo, hi = bootstrap_gap_ci(predictions, solution, n_boot=n_boot, seed=seed, alpha=0.05,
+                              clusters=landmark_clusters(solution))
     n_landmark = ranked.n_landmark
     return {
         "gap": _json_float(_gap_from_ranked(ranked)),

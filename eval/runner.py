@@ -22,9 +22,9 @@ from retrieval.recognize import Evidence, Recognizer
 
 logger = logging.getLogger(__name__)
 
-EVIDENCE_VERSION = 1
+EVIDENCE_VERSION = 2
 # Parameters that change the evidence itself (not just the decision taken from it).
-EVIDENCE_KEYS = ("k", "alpha", "num_candidates", "refs_per_candidate", "max_verifications",
+EVIDENCE_KEYS = ("k", "candidate_score", "alpha", "num_candidates", "refs_per_candidate", "max_verifications",
                  "distractor_discount", "distractor_k", "on_demand_local")
 
 

@@ -243,6 +243,31 @@ def test_bootstrap_at_scale_brackets_the_estimate():
     assert lo <= gap(preds, sol) <= hi and hi - lo < 0.05
 
 
+def test_cluster_bootstrap_resamples_whole_landmarks():
+    """Queries of one landmark succeed or fail together: drawing whole clusters widens the interval."""
+    from eval.metrics import landmark_clusters
+
+    sol, preds = {}, {}
+    for lm in range(12):
+        for j in range(8):
+            q = f"l{lm:02d}q{j}"
+            sol[q] = S({f"L{lm}"})
+            preds[q] = (f"L{lm}" if lm % 3 else "L999", 0.5 + 0.01 * j)  # every third landmark always wrong
+    for j in range(30):
+        sol[f"n{j:02d}"] = S()
+    clusters = landmark_clusters(sol)
+    assert clusters["l03q1"] == clusters["l03q7"] != clusters["l04q1"] and clusters["n01"] != clusters["n02"]
+    lo_q, hi_q = bootstrap_gap_ci(preds, sol, n_boot=400, seed=0)
+    lo_c, hi_c = bootstrap_gap_ci(preds, sol, n_boot=400, seed=0, clusters=clusters)
+    assert lo_c <= gap(preds, sol) <= hi_c
+    assert hi_c - lo_c > 1.5 * (hi_q - lo_q)
+    # singleton clusters are the per-query bootstrap
+    assert bootstrap_gap_ci(preds, sol, n_boot=50, seed=1, clusters={q: q for q in sol}) == pytest.approx(
+        bootstrap_gap_ci(preds, sol, n_boot=50, seed=1))
+    with pytest.raises(ValueError, match="no entry"):
+        bootstrap_gap_ci(preds, sol, clusters={})
+
+
 def test_bootstrap_bad_arguments():
     preds, sol = small_case()
     with pytest.raises(ValueError, match="n_boot"):

@@ -26,18 +26,89 @@ def invoke(*args):
 
 def test_vote_by_hand():
     sims = np.array([0.9, 0.8, 0.7, 0.6])
-    cands, discount = vote(sims, ["a", "b", "a", ""], alpha=1.0, discount_enabled=False)
-    assert discount == 0.0
+    cands = vote(sims, ["a", "b", "a", ""], score="sum", alpha=1.0)
     assert [c.landmark_id for c in cands] == ["a", "b"]
     assert cands[0].vote == pytest.approx(1.6) and cands[0].sim == pytest.approx(0.9)
-    # with the discount, the mean similarity to the nearest non-landmark references is subtracted
-    cands, discount = vote(sims, ["a", "b", "a", ""], alpha=1.0, discount_enabled=True, distractor_k=3)
-    assert discount == pytest.approx(0.6)
+    # a discount is subtracted from every similarity (non-landmark references never vote)
+    cands = vote(sims, ["a", "b", "a", ""], score="sum", alpha=1.0, discount=0.6)
     assert cands[0].vote == pytest.approx(0.3 + 0.1) and cands[1].vote == pytest.approx(0.2)
-    assert vote(np.array([]), [], alpha=3.0)[0] == []
-    # when the discount zeroes every vote, the most similar landmark still comes first
-    cands, _ = vote(np.array([0.9, 0.89, 0.88, 0.85, 0.40, 0.39]), ["", "", "", "zz", "aa", "ab"], alpha=3.0)
+    assert cands[0].raw_sim == pytest.approx(0.9) and cands[0].sim == pytest.approx(0.3)
+    assert vote(np.array([]), []) == []
+    # "best": the landmark's best similarity; "top2": mean of its two best (a missing one counts 0)
+    assert [(c.landmark_id, round(c.vote, 3)) for c in vote(sims, ["a", "b", "a", ""])] == [("a", 0.9), ("b", 0.8)]
+    assert [(c.landmark_id, round(c.vote, 3)) for c in vote(sims, ["a", "b", "a", ""], score="top2")] == [("a", 0.8), ("b", 0.4)]
+    # when the discount zeroes every score, the most similar landmark still comes first
+    cands = vote(np.array([0.85, 0.40, 0.39]), ["zz", "aa", "ab"], score="sum", alpha=3.0, discount=0.9)
     assert [c.landmark_id for c in cands] == ["zz", "aa", "ab"] and cands[0].vote == 0.0
+    with pytest.raises(ValueError, match="unknown candidate score"):
+        vote(sims, ["a", "b", "a", ""], score="mean")
+
+
+def _vector_index(path, rows, dim=16):
+    """An index of hand-made unit vectors: rows = [(id, landmark_id, vector)]."""
+    db = IndexDatabase.create_or_open(path, {"global": {"name": "test-vectors"}, "local": None}, dim)
+    xb = np.stack([v / np.linalg.norm(v) for _, _, v in rows]).astype(np.float32)
+    db.write_shard([r[0] for r in rows], [r[1] for r in rows], [f"/nonexistent/{r[0]}.jpg" for r in rows], xb)
+    db.commit()
+    return IndexDatabase.open(path)
+
+
+def _recognizer(db, **conf):
+    """A Recognizer over a vector-only index; these tests pass descriptors and never verify."""
+    from types import SimpleNamespace
+
+    from retrieval.local_features import make_local_extractor
+
+    return Recognizer(db, SimpleNamespace(local_extractor=make_local_extractor("rootsift"), local_image_size=1024), conf)
+
+
+def test_candidates_are_fair_to_class_size(tmp_path):
+    """A landmark with 40 references near the query must not outrank a one-shot landmark that matches it better."""
+    from retrieval.extract import Features
+
+    rng = np.random.default_rng(0)
+    dim = 16
+    query = np.zeros(dim, np.float32)
+    query[0] = 1.0
+    single = query + 0.25 * np.eye(dim, dtype=np.float32)[1]  # cosine ~0.97 with the query
+    rows = [("one", "single", single)]
+    for i in range(40):  # cosines ~0.85-0.9 with the query
+        v = query + 0.55 * np.eye(dim, dtype=np.float32)[2 + i % 10] + 0.05 * rng.standard_normal(dim).astype(np.float32)
+        rows.append((f"big{i:02d}", "big", v))
+    db = _vector_index(tmp_path / "idx", rows, dim)
+    features = Features(query, None)
+    best = _recognizer(db, k=41).evidence(features, verify=False)[0]
+    assert [c.landmark_id for c in best.candidates] == ["single", "big"]
+    assert decide(best, inlier_threshold=20).guess == "single"  # the unverified guess follows the best evidence
+    summed = _recognizer(db, k=41, candidate_score="sum").evidence(features, verify=False)[0]
+    assert summed.candidates[0].landmark_id == "big"  # the old rule: a size prior
+
+
+def test_distractor_discount_uses_all_non_landmark_references(tmp_path):
+    """The discount comes from the nearest non-landmark references wherever they rank, so it is continuous."""
+    from retrieval.extract import Features
+
+    dim = 16
+    e = np.eye(dim, dtype=np.float32)
+    query = e[0]
+    rows = [(f"lm{i}", "a", e[0] + 0.2 * e[1 + i]) for i in range(5)]  # the 5 nearest: all landmark images
+    rows += [(f"bg{i}", "", e[0] + (0.8 + 0.1 * i) * e[6 + i]) for i in range(3)]  # beyond k = 5
+    db = _vector_index(tmp_path / "idx", rows, dim)
+    rec = _recognizer(db, k=5, num_candidates=1, distractor_discount=True, distractor_k=3)
+    ev = rec.evidence(Features(query, None), verify=False)[0]
+    bg = db.global_descriptors(np.array([5, 6, 7]))
+    assert ev.discount == pytest.approx(float((bg @ query).mean()), abs=1e-5)
+    assert all(n[1] == "a" for n in ev.neighbours)  # none of them was among the k neighbours
+    assert ev.candidates[0].sim == pytest.approx(ev.candidates[0].raw_sim - ev.discount, abs=1e-6)
+
+
+def test_margin_rejects_an_ambiguous_winner():
+    ev = Evidence([], [Candidate("a", 0.9, 0.9, inliers=100, verified_refs=1), Candidate("b", 0.8, 0.8, inliers=80, verified_refs=1)])
+    assert decide(ev, inlier_threshold=20).landmark_id == "a"
+    pred = decide(ev, inlier_threshold=20, min_margin=1.5)
+    assert pred.landmark_id is None and pred.guess == "a"
+    ev.candidates[1].inliers = 60
+    assert decide(ev, inlier_threshold=20, min_margin=1.5).landmark_id == "a"
 
 
 def test_decide_bands():
@@ -57,6 +128,8 @@ def test_decide_bands():
         ({"k": 5, "num_candidates": 6}, "num_candidates = 6 must be <= k"),
         ({"inlier_threshold": -1}, "inlier_threshold = -1"),
         ({"vote_weight": 2}, "vote_weight"),
+        ({"min_margin": 0.5}, "min_margin"),
+        ({"candidate_score": "mean"}, "candidate_score"),
         ({"bogus": 1}, "unknown recognition parameter"),
     ],
 )
@@ -215,6 +288,13 @@ def test_evaluate_and_tune_threshold(index_copy, demo_data, tmp_path):
     manifest = json.loads((index_copy / "manifest.json").read_text())
     assert manifest["thresholds"]["inlier_threshold"] == int(tuned["chosen_inlier_threshold"])
     assert (out / "gap_vs_threshold.png").is_file()
+    assert report["in_sample"] is False and "global_1nn" in report and "gap_minus_global_1nn" in report
+    # evaluating on the queries the threshold was tuned on is in-sample: said in the log and the report
+    again = tmp_path / "again"
+    result = invoke("evaluate", "--index", index_copy, "--queries", demo_data.holdout_csv, "--images", demo_data.images_dir,
+                    "--out", again, "--bootstrap", 50, "--workers", "0")
+    assert result.exit_code == 0, result.output
+    assert json.loads((again / "report.json").read_text())["in_sample"] is True and "in-sample" in result.output
     # another decision parameter, from the same evidence, without touching the manifest
     result = invoke("tune-threshold", "--index", index_copy, "--queries", demo_data.holdout_csv, "--out", out,
                     "--folds", 3, "--param", "vote_weight", "--dry-run")
