@@ -1,8 +1,9 @@
-"""``demo``: synthetic landmark photos -> index -> recognition of the holdout -> GAP and the tuned threshold.
+"""``demo``: real photos -> index -> recognition of the holdout -> GAP, the tuned threshold, a match picture.
 
-Everything runs offline on a fresh install: the photos are generated
-(``synthetic.photos``), the default global model's weights come from a pip
-package, and RootSIFT needs no weights.
+By default the demo runs on the 37 real, permissively licensed photos that ship with the package
+(``eval/demo_photos``: 7 landmarks, 16 references, 21 queries; licences in its LICENSES.md), so a newcomer's
+first figures come from real buildings. ``synthetic=True`` generates landmark photos of any size instead
+(``synthetic.photos``). Everything runs offline: the default models' weights come from pip packages.
 """
 from __future__ import annotations
 
@@ -12,14 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from retrieval import extract
-from retrieval.data import read_reference_csv
+from retrieval import extract, visualize
+from retrieval.data import read_reference_csv, resolve_image_path
+from retrieval.defaults import DEFAULT_GLOBAL, DEFAULT_LOCAL
 from retrieval.global_model import resolve_global_conf
+from retrieval.recognize import VERIFIED_BASE
 from synthetic import generate_demo_dataset
 
 from . import evaluate as evaluate_mod
-from .queries import read_solution, solution_dict
+from .queries import read_solution, read_submission, solution_dict
 from .runner import read_evidence
 
 logger = logging.getLogger(__name__)
@@ -40,28 +44,56 @@ def retrieval_figures(evidence_path: Path, solution: dict[str, frozenset[str]], 
     return out
 
 
+DEMO_PHOTOS = Path(__file__).resolve().parent / "demo_photos"
+
+
+def landmark_names(data_dir: Path) -> dict[str, str]:
+    """landmark_id -> name from a ``sources.csv`` beside the CSVs (empty when there is none)."""
+    sources = data_dir / "sources.csv"
+    if not sources.is_file():
+        return {}
+    df = pd.read_csv(sources, dtype=str, keep_default_na=False)
+    return dict(zip(df["landmark_id"], df["landmark_name"])) if {"landmark_id", "landmark_name"} <= set(df) else {}
+
+
 def main(
-    work_dir: str | Path, n_landmarks: int = 24, seed: int = 0, conf: str = "lite0-gem",
-    local_conf: str | None = "rootsift", device: str | None = None, progress: bool = True,
+    work_dir: str | Path, synthetic: bool = False, n_landmarks: int = 24, seed: int = 0, conf: str = DEFAULT_GLOBAL,
+    local_conf: str | None = DEFAULT_LOCAL, device: str | None = None, progress: bool = True,
     image_size: int | None = None, num_workers: int | None = None, n_boot: int = 1000,
 ) -> dict[str, Any]:
-    """Run the whole product on generated data in ``work_dir``; returns the figures."""
+    """Run the whole product on the shipped real photos (or generated ones) in ``work_dir``; returns the figures."""
     start = time.perf_counter()
     work_dir = Path(work_dir)
-    data = generate_demo_dataset(work_dir / "data", n_landmarks=n_landmarks, seed=seed)
+    if synthetic:
+        data = generate_demo_dataset(work_dir / "data", n_landmarks=n_landmarks, seed=seed)
+        data_dir, train_csv, holdout_csv, images_dir = data.root, data.train_csv, data.holdout_csv, data.images_dir
+    else:
+        data_dir = DEMO_PHOTOS
+        train_csv, holdout_csv, images_dir = data_dir / "train.csv", data_dir / "holdout.csv", data_dir / "images"
+        if not train_csv.is_file():
+            raise FileNotFoundError(f"the demo photos are missing from the installation ({data_dir}); "
+                                    "run `landmarks demo --synthetic` to generate photos instead")
     index_dir = work_dir / "index"
     report_dir = work_dir / "report"
-    refs = read_reference_csv(data.train_csv, data.images_dir)
+    refs = read_reference_csv(train_csv, images_dir)
     gconf = resolve_global_conf(conf, image_size=image_size)
     build = extract.main(refs, index_dir, gconf, extract.resolve_local_conf_name(local_conf), device=device,
                          num_workers=num_workers, progress=progress)
-    report = evaluate_mod.main(index_dir, data.holdout_csv, data.images_dir, report_dir, device=device,
+    report = evaluate_mod.main(index_dir, holdout_csv, images_dir, report_dir, device=device,
                                progress=progress, num_workers=num_workers, n_boot=n_boot)
-    solution = solution_dict(read_solution(data.holdout_csv))
-    tuned = evaluate_mod.tune(index_dir, data.holdout_csv, None, report_dir, progress=progress)
+    solution = solution_dict(read_solution(holdout_csv))
+    tuned = evaluate_mod.tune(index_dir, holdout_csv, None, report_dir, progress=progress)
+    # one match picture: the first landmark query that was verified (what show-matches draws)
+    predictions = read_submission(report_dir / "predictions.csv")
+    shown = next((q for q in sorted(solution) if solution[q] and (predictions.get(q) or ("", 0.0))[1] >= VERIFIED_BASE), None)
+    picture = None
+    if shown is not None:
+        picture, _ = visualize.main(index_dir, resolve_image_path(Path(images_dir), shown), report_dir / "matches.png", device=device)
     return {
         "work_dir": str(work_dir),
-        "data": str(data.root),
+        "data": str(data_dir),
+        "synthetic": synthetic,
+        "landmark_names": landmark_names(Path(data_dir)),
         "index": str(index_dir),
         "report": str(report_dir),
         "n_references": build["n_total"],
@@ -69,6 +101,7 @@ def main(
         "retrieval": retrieval_figures(report_dir / evaluate_mod.EVIDENCE_FILE, solution),
         "evaluation": report,
         "tuning": tuned,
+        "matches_png": str(picture) if picture else None,
         "seconds": round(time.perf_counter() - start, 1),
     }
 
@@ -80,10 +113,11 @@ def format_summary(s: dict[str, Any]) -> str:
     ret = s["retrieval"]
     fmt = lambda x: "n/a" if x is None else f"{x:.3f}"
     lines = [
-        f"demo data: {s['data']}  ({s['n_references']} reference images indexed in {s['build_seconds']:.1f} s)",
+        f"demo data: {s['data']} ({'generated photos' if s['synthetic'] else 'real photos'}; "
+        f"{s['n_references']} reference images indexed in {s['build_seconds']:.1f} s)",
         f"queries: {r['n_queries']} ({r['n_landmark_queries']} landmark, {r['n_nonlandmark_queries']} non-landmark)",
         "global retrieval: " + ", ".join(f"{k} {v:.3f}" for k, v in ret.items()),
-        f"GAP global kNN only:            {fmt(r['global_only']['gap'])}  95% CI [{fmt(r['global_only']['gap_ci95'][0])}, {fmt(r['global_only']['gap_ci95'][1])}]",
+        f"GAP global 1-NN only:           {fmt(r['global_1nn']['gap'])}  95% CI [{fmt(r['global_1nn']['gap_ci95'][0])}, {fmt(r['global_1nn']['gap_ci95'][1])}]",
         f"GAP full pipeline (verified):   {fmt(r['gap'])}  95% CI [{fmt(r['gap_ci95'][0])}, {fmt(r['gap_ci95'][1])}]"
         f"  (inlier threshold {r['thresholds']['inlier_threshold']})",
         f"non-landmark queries answered: global {fmt(r['global_only']['nonlandmark_prediction_rate'])}, "
@@ -92,4 +126,11 @@ def format_summary(s: dict[str, Any]) -> str:
         f"cross-validated {t['cv_gap']:.3f}); written to {s['index']}/manifest.json",
         f"report, plots and predictions: {s['report']}   ({s['seconds']:.0f} s in all)",
     ]
+    if s.get("matches_png"):
+        lines.insert(-1, f"match picture (show-matches): {s['matches_png']}")
+    names = s.get("landmark_names") or {}
+    if names:
+        lines.insert(2, "landmarks: " + ", ".join(f"{k} {v}" for k, v in sorted(names.items(), key=lambda kv: (len(kv[0]), kv[0]))))
+    if not s["synthetic"]:
+        lines.append("(37 photos: enough to see the product work, far too few to measure it; see the README's figures)")
     return "\n".join(lines)

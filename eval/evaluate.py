@@ -23,7 +23,8 @@ from index.database import IndexDatabase
 from index.manifest import atomic_write_text
 from retrieval.data import resolve_image_path
 from retrieval.recognize import (
-    DECISION_KEYS, VERIFIED_BASE, Evidence, Recognizer, decide, global_only, resolve_recognition_conf, submission_answer,
+    DECISION_KEYS, VERIFIED_BASE, Evidence, Recognizer, decide, global_only, index_local_extractor, resolve_recognition_conf,
+    submission_answer,
 )
 
 from . import metrics, plots, tuning
@@ -210,7 +211,7 @@ def tune(
         collect_evidence(rec, ids, query_paths(ids, images_dir), evidence_path, early_exit=False, progress=progress)
     db = IndexDatabase.open(index_dir)
     evidence = load_evidence_for(db, evidence_path, solution)
-    base = resolve_recognition_conf(None, db.manifest.get("thresholds") or {})
+    base = resolve_recognition_conf(None, db.manifest.get("thresholds") or {}, index_local_extractor(db.manifest))
     grid = threshold_grid(evidence) if param == "inlier_threshold" else [round(0.1 * i, 1) for i in range(11)]
     by_value = {}
     for v in grid:

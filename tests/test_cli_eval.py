@@ -37,15 +37,28 @@ def test_split_command(demo_data, tmp_path):
     assert bad.exit_code == 2 and "1.5" in bad.output
 
 
-def test_demo_end_to_end(tmp_path):
-    result = runner.invoke(app, ["demo", "--work-dir", str(tmp_path / "demo"), "--landmarks", "5", "--seed", "2"])
+def test_demo_end_to_end_on_the_shipped_real_photos(tmp_path):
+    result = runner.invoke(app, ["demo", "--work-dir", str(tmp_path / "demo")])
     assert result.exit_code == 0, result.output
-    assert "GAP global kNN only" in result.output and "GAP full pipeline" in result.output
-    assert "tuned inlier threshold" in result.output
+    assert "real photos" in result.output and "GAP global 1-NN only" in result.output and "GAP full pipeline" in result.output
+    assert "tuned inlier threshold" in result.output and "cyprus_arch_ruin" in result.output
     report = json.loads((tmp_path / "demo" / "report" / "report.json").read_text())
-    assert report["n_queries"] > 0 and 0 <= report["gap"] <= 1
+    assert report["n_queries"] == 21 and report["n_landmark_queries"] == 11
+    # on real photos the full pipeline is not worse than its own first stage, and answers no distractor as verified
+    assert report["gap"] >= report["global_1nn"]["gap"] and report["strict"]["nonlandmark_prediction_rate"] == 0
     manifest = json.loads((tmp_path / "demo" / "index" / "manifest.json").read_text())
     assert "inlier_threshold" in manifest["thresholds"]
+    picture = tmp_path / "demo" / "report" / "matches.png"
+    assert "match picture" in result.output and picture.stat().st_size > 10_000
+
+
+def test_demo_synthetic_and_rerun(tmp_path):
+    args = ["demo", "--synthetic", "--work-dir", str(tmp_path / "demo"), "--landmarks", "5", "--seed", "2"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "generated photos" in result.output and "GAP full pipeline" in result.output
+    report = json.loads((tmp_path / "demo" / "report" / "report.json").read_text())
+    assert report["n_queries"] > 0 and 0 <= report["gap"] <= 1
     # rerunning the demo reuses the generated data and the index (resume), and still works
-    result = runner.invoke(app, ["demo", "--work-dir", str(tmp_path / "demo"), "--landmarks", "5", "--seed", "2"])
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output

@@ -198,7 +198,7 @@ def test_on_demand_local_features(demo_data, tmp_path, holdout):
     df, _ = holdout
     index = tmp_path / "noloc"
     result = invoke("build-index", "--train", demo_data.train_csv, "--images", demo_data.images_dir, "--index", index,
-                    "--image-size", "224", "--workers", "0")
+                    "--local-conf", "none", "--image-size", "224", "--workers", "0")
     assert result.exit_code == 0, result.output
     assert not IndexDatabase.open(index).has_local()
     seen = df[df["landmark_id"] != ""].iloc[1]

@@ -1,0 +1,47 @@
+"""The shipped defaults, in one place and importable without torch (the CLI shows them in ``--help``).
+
+Recognition defaults were chosen on real photos with ``benchmarks/bench_real.py`` and
+``benchmarks/bench_local.py`` (README, "Measured figures"), not on generated ones.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+DEFAULT_GLOBAL = "lite2-gem"  # global configuration of build-index (retrieval.global_model.global_confs)
+DEFAULT_LOCAL = "rootsift"  # local features build-index stores (retrieval.local_features.local_confs)
+
+DEFAULT_RECOGNITION_CONF: dict[str, Any] = {
+    "k": 50,  # neighbours taken from the (exactly re-scored) global search
+    # Per-landmark score that ranks the candidates. "best": the landmark's best neighbour similarity
+    # (fair to class size: in GLDv2 a landmark has 1 to hundreds of images, and a sum over many
+    # neighbours is a size prior, not evidence); "top2": mean of its two best (a missing second counts 0);
+    # "sum": the old sum of max(sim - discount, 0) ** alpha over its neighbours. Measured on real photos
+    # (benchmarks/bench_real.py): "best" ranks the true landmark first far more often.
+    "candidate_score": "best",
+    "alpha": 3.0,  # exponent of a neighbour's weight in the "sum" score
+    "num_candidates": 10,  # C: landmarks verified per query, in score order
+    "refs_per_candidate": 2,  # R: best-ranked images of a candidate verified (all first images before any second)
+    "max_verifications": 20,  # total verification pairs per query
+    "inlier_threshold": 20,  # below this many inliers the answer is "no landmark" (tuned value lives in the manifest)
+    # A verified answer needs this many times the inliers of the best other candidate (1: off). Learned
+    # matchers give wrong pairs of repetitive facades many inliers, but the true landmark has more.
+    "min_margin": 1.0,
+    "confirm_inliers": 60,  # early exit: stop verifying once a pair reaches this many inliers (None: verify all)
+    "inlier_cap": 100,  # inliers above this add no confidence
+    "vote_weight": 0.5,  # w: share of similarity (vs inliers) in a verified confidence
+    # Subtract from every similarity the mean similarity of the query to its `distractor_k` nearest
+    # non-landmark references (GLR 2020 winner's discount), searched among all of them, not only among the
+    # k neighbours (that made it jump when one moved from rank k+1 to k). Off by default: see README.
+    "distractor_discount": False,
+    "distractor_k": 3,
+    "on_demand_local": "rootsift",  # local features extracted on demand when the index stores none
+}
+
+
+# Decision defaults per local extractor, calibrated on the inlier counts of true and wrong pairs of real
+# photos (README): each matcher has its own scale. They apply under the index manifest's tuned values
+# (tune-threshold) and the user's overrides.
+CALIBRATED_DECISIONS: dict[str, dict[str, Any]] = {
+    # RootSIFT, MNN + ratio 0.9, MAGSAC 8 px: wrong pairs of real photos stay at <= 10 inliers.
+    "rootsift": {"inlier_threshold": 12},
+}
