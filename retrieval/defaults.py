@@ -35,6 +35,7 @@ DEFAULT_RECOGNITION_CONF: dict[str, Any] = {
     "distractor_discount": False,
     "distractor_k": 3,
     "on_demand_local": "rootsift",  # local features extracted on demand when the index stores none
+    "cache_mb": 256,  # memory for reference features extracted on demand (LRU; about 1,000 RootSIFT images)
 }
 
 

@@ -30,7 +30,7 @@ from index.database import IndexDatabase
 from .defaults import CALIBRATED_DECISIONS, DEFAULT_RECOGNITION_CONF
 from .extract import DEFAULT_LOCAL_IMAGE_SIZE, FeatureExtractor, Features, scale_keypoints
 from .image_io import ImageError, load_image
-from .local_features import LocalExtractor, LocalFeatures, make_local_extractor
+from .local_features import LocalExtractor, LocalFeatures, extractors, local_confs, make_local_extractor
 from .matching import match_confs, verify_many
 
 logger = logging.getLogger(__name__)
@@ -72,7 +72,13 @@ def resolve_recognition_conf(overrides: Mapping[str, Any] | None = None, base: M
         ("candidate_score", conf["candidate_score"] in CANDIDATE_SCORES, f"must be one of {', '.join(CANDIDATE_SCORES)}"),
         ("alpha", conf["alpha"] > 0, "must be > 0"),
         ("distractor_k", conf["distractor_k"] >= 1, "must be >= 1"),
+        ("cache_mb", conf["cache_mb"] >= 0, "must be >= 0"),
     ]
+    on_demand = local_confs.get(conf["on_demand_local"])
+    checks.append(("on_demand_local", on_demand is not None and not extractors[on_demand["extractor"]].needs_pca,
+                   "must name a local configuration that needs no fitted PCA (delf's PCA is fitted on an index's "
+                   f"stored features; build the index with --local-conf delf instead): one of "
+                   f"{', '.join(n for n, lc in local_confs.items() if not extractors[lc['extractor']].needs_pca)}"))
     if conf["confirm_inliers"] is not None:
         checks.append(("confirm_inliers", conf["confirm_inliers"] >= 1, "must be >= 1 (or None)"))
     for key, ok, why in checks:
@@ -226,12 +232,17 @@ def submission_answer(pred: Prediction, keep_guesses: bool = True) -> tuple[str,
 
 
 class _LRU:
-    """A small thread-safe LRU cache of reference local features extracted on demand."""
+    """A thread-safe LRU cache of reference local features extracted on demand, bounded in bytes."""
 
-    def __init__(self, size: int = 2048):
-        self.size = size
+    def __init__(self, max_bytes: int):
+        self.max_bytes = int(max_bytes)
+        self.bytes = 0
         self.data: OrderedDict[int, LocalFeatures] = OrderedDict()
         self.lock = threading.Lock()
+
+    @staticmethod
+    def _size(value: LocalFeatures) -> int:
+        return sum(a.nbytes for a in (value.keypoints, value.scales, value.scores, value.descriptors))
 
     def get(self, key: int, make: Callable[[], LocalFeatures]) -> LocalFeatures:
         with self.lock:
@@ -240,9 +251,12 @@ class _LRU:
                 return self.data[key]
         value = make()
         with self.lock:
-            self.data[key] = value
-            while len(self.data) > self.size:
-                self.data.popitem(last=False)
+            if key not in self.data:
+                self.data[key] = value
+                self.bytes += self._size(value)
+            while self.bytes > self.max_bytes and self.data:
+                _, old = self.data.popitem(last=False)
+                self.bytes -= self._size(old)
         return value
 
 
@@ -270,7 +284,7 @@ class Recognizer:
             # Each local extractor has a matching configuration tuned to it (e.g. DELF's stride-16 grid
             # needs a looser reprojection threshold than SIFT).
             self.match_conf = dict(match_confs.get(self.local.conf.get("extractor"), {}))
-        self._cache = _LRU()
+        self._cache = _LRU(int(self.conf["cache_mb"] * 2**20))
         meta = db.metadata
         self._ids = meta["id"].to_numpy()
         self._landmarks = meta["landmark_id"].to_numpy()

@@ -102,6 +102,20 @@ def test_distractor_discount_uses_all_non_landmark_references(tmp_path):
     assert ev.candidates[0].sim == pytest.approx(ev.candidates[0].raw_sim - ev.discount, abs=1e-6)
 
 
+def test_on_demand_cache_is_bounded_in_bytes():
+    from retrieval.local_features import LocalFeatures
+    from retrieval.recognize import _LRU
+
+    feats = LocalFeatures(np.zeros((100, 2)), np.zeros(100), np.zeros(100), np.zeros((100, 128)))
+    size = _LRU._size(feats)
+    cache = _LRU(max_bytes=3 * size)
+    calls = []
+    for key in [1, 2, 3, 1, 4, 5]:
+        cache.get(key, lambda key=key: calls.append(key) or feats)
+    assert calls == [1, 2, 3, 4, 5]  # 1 was a hit
+    assert list(cache.data) == [1, 4, 5] and cache.bytes == 3 * size  # 2 and 3 evicted, least recently used first
+
+
 def test_margin_rejects_an_ambiguous_winner():
     ev = Evidence([], [Candidate("a", 0.9, 0.9, inliers=100, verified_refs=1), Candidate("b", 0.8, 0.8, inliers=80, verified_refs=1)])
     assert decide(ev, inlier_threshold=20).landmark_id == "a"
@@ -130,6 +144,8 @@ def test_decide_bands():
         ({"vote_weight": 2}, "vote_weight"),
         ({"min_margin": 0.5}, "min_margin"),
         ({"candidate_score": "mean"}, "candidate_score"),
+        ({"on_demand_local": "delf"}, "needs no fitted PCA"),
+        ({"on_demand_local": "sift2"}, "on_demand_local"),
         ({"bogus": 1}, "unknown recognition parameter"),
     ],
 )
