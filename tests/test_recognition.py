@@ -336,3 +336,31 @@ def test_evaluate_and_tune_threshold(index_copy, demo_data, tmp_path):
     seen = read_csv(demo_data.holdout_csv)
     seen = seen[seen["landmark_id"] != ""].iloc[0]
     assert rec.recognize(demo_data.images_dir / f"{seen['id']}.jpg").landmark_id is None
+
+
+def test_decide_many_equals_decide_query_by_query():
+    """The vectorised decision (tune-threshold) gives exactly the answers of decide(), ties and margins included."""
+    from dataclasses import asdict
+
+    from retrieval.recognize import CandidateArrays, decide_many, submission_answer
+
+    rng = np.random.default_rng(0)
+    evidences = []
+    for q in range(400):
+        n = int(rng.integers(0, 7))
+        cands = [Candidate(f"L{rng.integers(0, 30)}", float(rng.choice([0.5, 0.7, 0.9])), float(rng.choice([0.6, 0.8, 1.2])),
+                           inliers=int(rng.choice([0, 5, 12, 40, 150, 150])), verified_refs=int(rng.integers(0, 2)))
+                 for _ in range(n)]
+        evidences.append(Evidence([], cands) if q % 50 else None)
+    arrays = CandidateArrays.from_candidates([[asdict(c) for c in ev.candidates] if ev else None for ev in evidences])
+    for params in [dict(inlier_threshold=10), dict(inlier_threshold=0, min_margin=1.5), dict(inlier_threshold=40, vote_weight=0.0),
+                   dict(inlier_threshold=12, inlier_cap=50, vote_weight=1.0, min_margin=2.0)]:
+        for keep in (True, False):
+            column, confidence, verified = decide_many(arrays, keep_guesses=keep, **params)
+            for i, ev in enumerate(evidences):
+                expected = submission_answer(decide(ev, **params), keep) if ev else None
+                if expected is None:
+                    assert column[i] == -1 and np.isnan(confidence[i]), (i, params)
+                else:
+                    assert (arrays.landmarks[i, column[i]], confidence[i]) == pytest.approx(expected), (i, params)
+                    assert verified[i] == (expected[1] >= 0.5)
