@@ -161,9 +161,14 @@ class FeatureExtractor:
                     continue
                 yield it.index, self.describe_local(it, by_index[it.index], g_time, raw_local=raw_local)
 
-    def decode(self, path: str | Path) -> Item:
-        """Decode one image file as ``iter_paths`` does (for both extractors); raises ImageError for a bad file."""
-        item = decode_item(path, int(self.global_conf["image_size"]), self.global_conf["resize"], self.local_image_size)
+    def decode(self, path: str | Path, local: bool = True) -> Item:
+        """Decode one image file as ``iter_paths`` does; raises ImageError for a bad file.
+
+        ``local=False`` decodes for the global model alone, as an extractor without local features does
+        (the JPEG draft size depends on it, so the global descriptor can differ in the last digits).
+        """
+        local_size = self.local_image_size if local else None
+        item = decode_item(path, int(self.global_conf["image_size"]), self.global_conf["resize"], local_size)
         if item.error is not None:
             raise ImageError(item.error)
         return item

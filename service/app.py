@@ -150,15 +150,23 @@ def _validation_message(exc: RequestValidationError) -> str:
     return f"{where}: {err.get('msg', 'invalid')}"
 
 
-def create_app(index_dir: str | Path, limits: Limits | None = None, device: str | None = None,
-               overrides: Mapping[str, Any] | None = None, handle_sighup: bool = False) -> FastAPI:
-    """The ASGI app for one index. The index and models load at start-up (lifespan), once."""
+def create_app(index_dir: str | Path | None = None, limits: Limits | None = None, device: str | None = None,
+               overrides: Mapping[str, Any] | None = None, handle_sighup: bool = False,
+               engine: Engine | None = None) -> FastAPI:
+    """The ASGI app for one index. The index and models load at start-up (lifespan), once.
+
+    ``engine``: an already loaded :class:`Engine` to serve instead of ``index_dir`` (it is not
+    closed at shutdown; tests share one between apps with different limits).
+    """
     limits = limits or Limits()
     holder: dict[str, Any] = {}
+    if (index_dir is None) == (engine is None):
+        raise ValueError("give index_dir or engine")
+    given = engine
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        engine = await asyncio.to_thread(Engine, index_dir, device, overrides, limits.max_global_batch)
+        engine = given or await asyncio.to_thread(Engine, index_dir, device, overrides, limits.max_global_batch)
         pool = Pool(limits)
         holder.update(engine=engine, pool=pool, reload_task=None)
         loop = asyncio.get_running_loop()
@@ -170,7 +178,8 @@ def create_app(index_dir: str | Path, limits: Limits | None = None, device: str 
             yield
         finally:
             pool.shutdown()
-            engine.close()
+            if given is None:
+                engine.close()
 
     app = FastAPI(
         title="landmarks",
@@ -274,10 +283,11 @@ def create_app(index_dir: str | Path, limits: Limits | None = None, device: str 
 
     @app.get("/matches/{rid}.png", summary="The match picture of a recognize answer (as `show-matches`)",
              response_class=Response, responses={200: {"content": {"image/png": {}}}})
-    async def matches(request: Request, rid: str):
-        _check_params(request, set())
+    async def matches(request: Request, rid: str,
+                      candidates: int = Query(3, ge=1, le=10, description="Candidates drawn, the answer first")):
+        _check_params(request, {"candidates"})
         try:
-            png = await run(engine().matches_png, rid)
+            png = await run(engine().matches_png, rid, candidates)
         except UnknownResult:
             raise ServiceError(404, f"no answer {rid!r} (unknown or expired: recent answers are kept)") from None
         return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})

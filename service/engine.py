@@ -163,7 +163,7 @@ class Answer:
     pred: Prediction
     query: np.ndarray  # the query downscaled to QUERY_KEEP_SIDE
     orig_size: tuple[int, int]
-    png: bytes | None = None
+    pngs: dict[int, bytes] = field(default_factory=dict)  # match pictures drawn, by number of candidates
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -255,7 +255,7 @@ class Engine:
 
     # ------------------------------------------------------------------ requests (blocking; run in the pool)
 
-    def _decode(self, state: Loaded, data: bytes, name: str) -> Item:
+    def _decode(self, state: Loaded, data: bytes, name: str, local: bool = True) -> Item:
         """Decode uploaded bytes exactly as the CLI decodes a file (``FeatureExtractor.decode``)."""
         if not data:
             raise BadImage(f"{name}: empty file (0 bytes)")
@@ -264,7 +264,7 @@ class Engine:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
             try:
-                return state.rec.fx.decode(tmp)
+                return state.rec.fx.decode(tmp, local=local)
             except ImageError as exc:
                 raise BadImage(str(exc).replace(tmp, name)) from None
         finally:
@@ -273,7 +273,7 @@ class Engine:
     def features(self, state: Loaded, data: bytes, name: str, local: bool = True) -> tuple[Item, Features]:
         """Decode, global descriptor (batched with concurrent requests) and local features of one upload."""
         fx = state.rec.fx
-        item = self._decode(state, data, name)
+        item = self._decode(state, data, name, local)
         desc, g_time = self.batcher.describe(fx, item)
         if not local:
             return item, Features(desc, None, item.orig_size, {"decode": item.seconds, "global": g_time})
@@ -322,20 +322,20 @@ class Engine:
             "matches": f"/matches/{rid}.png",
         }
 
-    def matches_png(self, rid: str) -> bytes:
+    def matches_png(self, rid: str, candidates: int = 3) -> bytes:
         """The match picture of a recent recognize answer: the rendering of ``show-matches``, drawn once."""
         from retrieval import visualize
 
         ans = self.answer(rid)
         with ans.lock:
-            if ans.png is None:
+            if candidates not in ans.pngs:
                 sheet = visualize.render(ans.state.rec, ans.name, ans.query, ans.orig_size, ans.features,
-                                         ans.evidence, ans.pred)
+                                         ans.evidence, ans.pred, max_candidates=candidates)
                 ok, buf = cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
                 if not ok:
                     raise RuntimeError("PNG encoding failed")
-                ans.png = buf.tobytes()
-            return ans.png
+                ans.pngs[candidates] = buf.tobytes()
+            return ans.pngs[candidates]
 
     def thumbnail(self, ref_id: str) -> bytes | None:
         """A JPEG thumbnail of the reference image ``ref_id`` (looked up in the index; None when unknown)."""
