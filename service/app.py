@@ -32,7 +32,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 
-from .engine import MAX_K, BadImage, Engine, UnknownResult
+from .engine import MAX_K, BadImage, Engine, UnknownResult, clean_name
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def create_app(index_dir: str | Path | None = None, limits: Limits | None = None
         loop = asyncio.get_running_loop()
         if handle_sighup and hasattr(signal, "SIGHUP"):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(_reload("SIGHUP")))
+                loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(_sighup()))
         logger.info("serving %s (%d images)", engine.index_dir, engine.state.rec.db.size)
         try:
             yield
@@ -223,6 +223,12 @@ def create_app(index_dir: str | Path | None = None, limits: Limits | None = None
             holder["reload_task"] = task
         return await asyncio.shield(task)
 
+    async def _sighup() -> None:
+        try:
+            await _reload("SIGHUP")
+        except Exception as exc:  # noqa: BLE001 - a failed reload keeps the old index; say why
+            logger.error("reload failed, still serving the previous index: %s", exc)
+
     # ------------------------------------------------------------------ routes
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -265,7 +271,7 @@ def create_app(index_dir: str | Path | None = None, limits: Limits | None = None
             try:
                 return await run(engine().recognize, data, name)
             except BadImage as exc:
-                return "", {"image": engine_name(name), "error": str(exc)}
+                return "", {"image": clean_name(name), "error": str(exc)}
 
         results = await asyncio.gather(*(one(d, u.filename) for d, u in zip(datas, image)))
         return JSONResponse([obj for _, obj in results], headers={"X-Request-Ids": ",".join(r for r, _ in results)})
@@ -321,12 +327,6 @@ def create_app(index_dir: str | Path | None = None, limits: Limits | None = None
     return app
 
 
-def engine_name(name: str | None) -> str:
-    from .engine import _clean_name
-
-    return _clean_name(name)
-
-
 def _version() -> str:
     from index.manifest import package_version
 
@@ -334,18 +334,26 @@ def _version() -> str:
 
 
 def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None,
-          device: str | None = None, overrides: Mapping[str, Any] | None = None, log_level: str = "info") -> None:
-    """Run the service until interrupted (what ``landmarks serve`` calls)."""
+          device: str | None = None, overrides: Mapping[str, Any] | None = None) -> None:
+    """Run the service until interrupted (what ``landmarks serve`` calls).
+
+    The index and models are loaded before the server starts, so a bad index is one error line, not a trace.
+    """
     import uvicorn
 
     limits = limits or Limits()
     index_dir = Path(index_dir)
     if not (index_dir / "manifest.json").exists():
         raise FileNotFoundError(f"{index_dir} is not an index directory (no manifest.json); build it with build-index")
-    app = create_app(index_dir, limits, device=device, overrides=overrides, handle_sighup=True)
-    uvicorn.run(
-        app, host=host, port=port, log_level=log_level,
-        # connections beyond this get 503 from uvicorn itself; idle keep-alive connections are closed after 5 s
-        limit_concurrency=limits.workers + limits.max_queue + 64, timeout_keep_alive=5,
-        timeout_graceful_shutdown=10, server_header=False,
-    )
+    engine = Engine(index_dir, device, overrides, limits.max_global_batch)
+    try:
+        app = create_app(limits=limits, handle_sighup=True, engine=engine)
+        uvicorn.run(
+            app, host=host, port=port,
+            log_level="info" if logging.getLogger().getEffectiveLevel() <= logging.INFO else "warning",
+            # connections beyond this get 503 from uvicorn itself; idle keep-alive connections close after 5 s
+            limit_concurrency=limits.workers + limits.max_queue + 64, timeout_keep_alive=5,
+            timeout_graceful_shutdown=10, server_header=False,
+        )
+    finally:
+        engine.close()

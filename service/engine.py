@@ -167,7 +167,7 @@ class Answer:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def _clean_name(name: str | None) -> str:
+def clean_name(name: str | None) -> str:
     """The upload's file name as shown in answers: base name only, printable, bounded."""
     base = os.path.basename((name or "").replace("\\", "/")).strip()
     base = "".join(ch for ch in base if ch.isprintable())[:200]
@@ -281,7 +281,7 @@ class Engine:
 
     def recognize(self, data: bytes, name: str | None) -> tuple[str, dict[str, Any]]:
         """(request id, the JSON of ``recognize --json``) for one uploaded image. Raises BadImage."""
-        name = _clean_name(name)
+        name = clean_name(name)
         state = self.state
         rec = state.rec
         item, features = self.features(state, data, name)
@@ -295,7 +295,7 @@ class Engine:
 
     def neighbours(self, data: bytes, name: str | None, k: int = 10) -> dict[str, Any]:
         """The JSON of ``query --json`` for one uploaded image. Raises BadImage."""
-        name = _clean_name(name)
+        name = clean_name(name)
         state = self.state
         db = state.rec.db
         _, features = self.features(state, data, name, local=False)

@@ -279,3 +279,30 @@ def test_build_index_while_serving_then_reload(index_copy, demo_data, queries, t
         assert nearest["id"] == new_refs["id"].iloc[0] and nearest["score"] > 0.99  # the photo itself is a reference now
         assert c.get(f"/matches/{rid}.png").status_code == 200  # answers from before the reload keep their picture
         assert_one_line_error(c.post("/reload?now=1"), 422)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_serve_command(tmp_path, built_index, monkeypatch):
+    result = runner.invoke(cli_app, ["serve", "--index", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and "not an index directory" in result.output
+    calls = []
+    import service.app
+
+    monkeypatch.setattr(service.app, "serve", lambda index, **kw: calls.append((index, kw)))
+    result = runner.invoke(cli_app, ["serve", "--index", str(built_index), "--port", "8123", "--workers", "3",
+                                     "--max-upload-mb", "5", "--inlier-threshold", "30"])
+    assert result.exit_code == 0, result.output
+    (index, kw), = calls
+    assert index == built_index and kw["host"] == "127.0.0.1" and kw["port"] == 8123
+    assert kw["limits"].workers == 3 and kw["limits"].max_upload_mb == 5 and kw["overrides"]["inlier_threshold"] == 30
+    # demo --serve serves an existing demo index at once
+    import shutil
+
+    shutil.copytree(built_index, tmp_path / "demo" / "index")
+    calls.clear()
+    result = runner.invoke(cli_app, ["demo", "--work-dir", str(tmp_path / "demo"), "--serve", "--port", "8124"])
+    assert result.exit_code == 0, result.output
+    assert calls[0][0] == tmp_path / "demo" / "index" and calls[0][1]["port"] == 8124
+    assert "http://127.0.0.1:8124/" in result.output
