@@ -201,14 +201,14 @@ def test_request_shape_errors(client, queries):
 def test_concurrent_requests_answer_as_sequential_ones(client, queries):
     sequential = [post(client, "/recognize", n, d).json() for n, d, _ in queries]
     with ThreadPoolExecutor(12) as ex:
-        concurrent = list(ex.map(lambda q: post(client, "/recognize", q[0], q[1]).json(), queries * 2))
-    for got, want in zip(concurrent, sequential * 2):
+        concurrent = list(ex.map(lambda q: post(client, "/recognize", q[0], q[1]).json(), queries))
+    for got, want in zip(concurrent, sequential):
         # the global model may describe concurrent images in one batch: identical up to float rounding
         assert got["landmark_id"] == want["landmark_id"] and got["inliers"] == want["inliers"]
         assert [c["landmark_id"] for c in got["candidates"]] == [c["landmark_id"] for c in want["candidates"]]
         assert got["confidence"] == pytest.approx(want["confidence"], abs=1e-4)
     batches = client.get("/health").json()["global_batches"]
-    assert batches["images"] >= 3 * len(queries) and batches["batches"] <= batches["images"]
+    assert batches["images"] >= 2 * len(queries) and batches["batches"] <= batches["images"]
 
 
 @pytest.fixture
