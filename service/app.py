@@ -48,7 +48,7 @@ class Limits:
     max_queue: int = 32  # requests waiting for a worker beyond the running ones; more get 503
     max_batch_files: int = 32  # images per /recognize/batch request
     request_timeout_s: float = 60.0  # a request still unanswered after this gets 504
-    max_global_batch: int = 8  # images the global model describes together
+    max_global_batch: int | None = None  # images the global model describes together (None: 8 on GPU, 1 on CPU)
 
     @property
     def max_upload_bytes(self) -> int:

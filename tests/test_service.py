@@ -211,6 +211,32 @@ def test_concurrent_requests_answer_as_sequential_ones(client, queries):
     assert batches["images"] >= 2 * len(queries) and batches["batches"] <= batches["images"]
 
 
+def test_global_batcher_batches_waiting_images():
+    from service.engine import GlobalBatcher
+
+    release = threading.Event()
+    calls = []
+
+    class FakeExtractor:
+        def describe_global(self, items):
+            calls.append(list(items))
+            if len(calls) == 1:
+                release.wait(5)  # the first batch is slow: the others queue up meanwhile
+            return np.array([[float(i)] for i in items])
+
+    fx, batcher = FakeExtractor(), GlobalBatcher(max_batch=3)
+    with ThreadPoolExecutor(6) as ex:
+        first = ex.submit(batcher.describe, fx, 0)
+        time.sleep(0.2)
+        rest = [ex.submit(batcher.describe, fx, i) for i in range(1, 6)]
+        time.sleep(0.2)
+        release.set()
+        out = [first.result()[0][0]] + [f.result()[0][0] for f in rest]
+    batcher.close()
+    assert out == [0, 1, 2, 3, 4, 5]  # every caller gets its own descriptor
+    assert [len(c) for c in calls] == [1, 3, 2]
+
+
 @pytest.fixture
 def slow_engine(engine, monkeypatch):
     """Recognition that takes 1.5 s per photo (the pool and the event loop are what is tested)."""
