@@ -30,6 +30,7 @@ from typing import Any, Callable, List, Mapping
 from fastapi import FastAPI, File, HTTPException as FastAPIHTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 
 from .engine import MAX_K, BadImage, Engine, UnknownResult, clean_name
@@ -181,7 +182,8 @@ def create_app(index_dir: str | Path | None = None, limits: Limits | None = None
             if given is None:
                 engine.close()
 
-    app = FastAPI(
+    # FastAPIOffline: FastAPI whose /docs and /redoc load Swagger UI and ReDoc from the installed package, not a CDN
+    app = FastAPIOffline(
         title="landmarks",
         version=_version(),
         summary="Landmark recognition by retrieval: upload a photo, get the landmark (or 'no landmark') and its evidence.",

@@ -141,7 +141,9 @@ def test_thumbnails_and_path_traversal(client, built_index, demo_data):
 def test_page_and_docs(client):
     page = client.get("/")
     assert page.status_code == 200 and "<input" in page.text and "recognize" in page.text
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/static-offline-docs/swagger-ui-bundle.js" in docs.text  # no CDN needed
+    assert client.get("/static-offline-docs/swagger-ui-bundle.js").status_code == 200
     spec = client.get("/openapi.json").json()
     assert {"/recognize", "/recognize/batch", "/neighbours", "/health", "/reload"} <= set(spec["paths"])
 

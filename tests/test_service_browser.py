@@ -125,5 +125,9 @@ def test_page_in_chromium(server, recognised_query, tmp_path):
         assert "not a readable image" in error.text
         # no horizontal scrolling of the page at phone width
         assert driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1")
+        # the OpenAPI docs render offline
+        driver.get(f"{server}/docs")
+        title = WebDriverWait(driver, 20).until(lambda d: d.find_element(By.CSS_SELECTOR, ".swagger-ui .info .title"))
+        assert "landmarks" in title.text
     finally:
         driver.quit()
