@@ -178,7 +178,7 @@ class Engine:
     """Loads an index once and answers recognise / neighbours / match-picture / thumbnail requests."""
 
     def __init__(self, index_dir: str | Path, device: str | None = None, overrides: Mapping[str, Any] | None = None,
-                 max_batch: int | None = None, answers_kept: int = 256, thumbs_kept: int = 1024):
+                 max_batch: int | None = None, answers_kept: int = 128, thumbs_kept: int = 1024):
         """``max_batch``: images the global model describes together; None = 8 on a GPU, 1 (no batching) on CPU.
 
         On CPU a batch is slower per image than single images (measured with lite0 at 384 px on
