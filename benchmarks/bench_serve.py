@@ -180,7 +180,7 @@ def main() -> None:
                 levels.append(res)
                 print(f"service, {clients:2d} clients: {res['rps']:.2f} req/s  p50 {res['p50_ms']:.0f} ms  "
                       f"p95 {res['p95_ms']:.0f} ms  ({res['requests']} requests, {res['errors']} errors)  "
-                      f"{res['rps'] / before['rps']:.2f}x in-process", flush=True)
+                      f"{res['rps'] / before['rps']:.2f}x in-process (before)", flush=True)
             health = httpx.get(f"{url}/health").json()
         finally:
             proc.send_signal(signal.SIGINT)
