@@ -384,6 +384,32 @@ def confs() -> None:
         typer.echo(f"  {name:16s} {json.dumps(c, default=str)}")
 
 
+# ----------------------------------------------------------------------------- serve
+
+
+@app.command("serve")
+def serve(
+    index: Path = typer.Option(..., "--index", help="Index directory built by build-index (opened read-only)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (default: this machine only; see the README before exposing it)."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535),
+    workers: int = typer.Option(4, "--workers", min=1, help="Recognition threads (one process: the model and index are loaded once)."),
+    max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.1, help="Largest request body (all images of a request)."),
+    timeout: float = typer.Option(60.0, "--timeout", min=1, help="Seconds before a request is answered 504."),
+    k: Optional[int] = _K, candidates: Optional[int] = _C, refs: Optional[int] = _R, threshold: Optional[int] = _THR,
+    device: Optional[str] = typer.Option(None, "--device"),
+) -> None:
+    """HTTP service and web page: recognise uploaded photos with the index and models loaded once."""
+
+    def body():
+        from service.app import Limits, serve as serve_app
+
+        limits = Limits(workers=workers, max_upload_mb=max_upload_mb, request_timeout_s=timeout)
+        serve_app(index, host=host, port=port, limits=limits, device=device,
+                  overrides=_overrides(k, candidates, refs, threshold))
+
+    _guard(body)
+
+
 # ----------------------------------------------------------------------------- demo
 
 
@@ -396,6 +422,8 @@ def demo(
     conf: str = typer.Option(DEFAULT_GLOBAL, "--conf", help="Global configuration."),
     local_conf: str = typer.Option(DEFAULT_LOCAL, "--local-conf", help="Local features for verification."),
     device: Optional[str] = typer.Option(None, "--device"),
+    serve_after: bool = typer.Option(False, "--serve", help="Then serve the demo index at http://127.0.0.1:PORT/ (an existing demo index is served at once)."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port for --serve."),
 ) -> None:
     """Build an index of the shipped real photos (37 photos of 7 landmarks), recognise the queries, print GAP and
     the tuned threshold, draw a match picture. Offline; about a minute on 2 CPU cores."""
@@ -403,9 +431,17 @@ def demo(
     def body():
         from eval import demo as demo_mod
 
-        summary = demo_mod.main(work_dir, synthetic=synthetic, n_landmarks=n_landmarks, seed=seed, conf=conf,
-                                local_conf=local_conf, device=device)
-        typer.echo(demo_mod.format_summary(summary))
+        index = work_dir / "index"
+        if not (serve_after and (index / "manifest.json").exists()):
+            summary = demo_mod.main(work_dir, synthetic=synthetic, n_landmarks=n_landmarks, seed=seed, conf=conf,
+                                    local_conf=local_conf, device=device)
+            typer.echo(demo_mod.format_summary(summary))
+        if serve_after:
+            from service.app import serve as serve_app
+
+            typer.echo(f"serving the demo index at http://127.0.0.1:{port}/ (try a photo from "
+                       f"{demo_mod.DEMO_PHOTOS / 'images' if not synthetic else work_dir / 'data' / 'images'}); Ctrl-C stops")
+            serve_app(index, port=port, device=device)
 
     _guard(body)
 

@@ -63,19 +63,26 @@ class ImageDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> Item:
-        start = time.perf_counter()
-        # The global image is decoded the same way whether or not local features are wanted: JPEG draft
-        # decoding (DCT scaling) at another size gives other pixels, and a photo must get the same global
-        # descriptor from `query` (global only) as from `recognize`/`build-index --local-conf ...`.
-        # The local image is a second decode at its own size (local extraction costs far more than that).
-        try:
-            image, orig = load_image(self.paths[i], max_side=self.image_size if self.resize == "longer" else None)
-            local = load_image(self.paths[i], max_side=self.local_size)[0] if self.local_size else None
-        except ImageError as exc:
-            return Item(i, error=str(exc), seconds=time.perf_counter() - start)
-        w, h = target_size(image.shape[1], image.shape[0], self.image_size, self.resize)
-        g = image if (w, h) == (image.shape[1], image.shape[0]) else _resize(image, w, h)
-        return Item(i, g, local, orig, seconds=time.perf_counter() - start)
+        return decode_item(self.paths[i], self.image_size, self.resize, self.local_size, index=i)
+
+
+def decode_item(path: str | Path, image_size: int, resize: str, local_size: int | None, index: int = 0) -> Item:
+    """Decode one image for the global model (resized) and optionally the local extractor; errors become Item.error.
+
+    The global image is decoded the same way whether or not local features are wanted: JPEG draft decoding
+    (DCT scaling) at another size gives other pixels, and a photo must get the same global descriptor from
+    `query` (global only) as from `recognize`/`build-index --local-conf ...`. The local image is a second
+    decode at its own size (local extraction costs far more than that).
+    """
+    start = time.perf_counter()
+    try:
+        image, orig = load_image(path, max_side=image_size if resize == "longer" else None)
+        local = load_image(path, max_side=local_size)[0] if local_size else None
+    except ImageError as exc:
+        return Item(index, error=str(exc), seconds=time.perf_counter() - start)
+    w, h = target_size(image.shape[1], image.shape[0], image_size, resize)
+    g = image if (w, h) == (image.shape[1], image.shape[0]) else _resize(image, w, h)
+    return Item(index, g, local, orig, seconds=time.perf_counter() - start)
 
 
 def _resize(image: np.ndarray, w: int, h: int) -> np.ndarray:
@@ -147,21 +154,43 @@ class FeatureExtractor:
         for batch in iter_batches(paths, self.global_conf, self.local_image_size, batch_size, num_workers):
             good = [it for it in batch if it.error is None]
             start = time.perf_counter()
-            descs = self.global_extractor([it.global_image for it in good]) if good else np.zeros((0, 0), np.float32)
+            descs = self.describe_global(good)
             g_time = (time.perf_counter() - start) / max(1, len(good))
             by_index = {it.index: d for it, d in zip(good, descs)}
             for it in batch:
                 if it.error is not None:
                     yield it.index, it.error
                     continue
-                timings = {"decode": it.seconds, "global": g_time}
-                local = None
-                if self.local_extractor is not None:
-                    start = time.perf_counter()
-                    ex = self.local_extractor.extract_raw if raw_local else self.local_extractor.extract
-                    local = scale_keypoints(ex(it.local_image), it.local_image, it.orig_size)
-                    timings["local"] = time.perf_counter() - start
-                yield it.index, Features(by_index[it.index], local, it.orig_size, timings)
+                yield it.index, self.describe_local(it, by_index[it.index], g_time, raw_local=raw_local)
+
+    def decode(self, path: str | Path, local: bool = True) -> Item:
+        """Decode one image file as ``iter_paths`` does; raises ImageError for a bad file.
+
+        ``local=False`` decodes for the global model alone (the global image is the same either way).
+        """
+        local_size = self.local_image_size if local else None
+        item = decode_item(path, int(self.global_conf["image_size"]), self.global_conf["resize"], local_size)
+        if item.error is not None:
+            raise ImageError(item.error)
+        return item
+
+    def describe_global(self, items: Sequence[Item]) -> np.ndarray:
+        """(len(items), dim) global descriptors of decoded items, in one batch (images of equal input size together)."""
+        if not items:
+            return np.zeros((0, self.global_extractor.dim), np.float32)
+        return self.global_extractor([it.global_image for it in items])
+
+    def describe_local(self, item: Item, global_desc: np.ndarray, global_seconds: float = 0.0,
+                       raw_local: bool = False) -> Features:
+        """Features of a decoded item given its global descriptor: local features (if any) added here."""
+        timings = {"decode": item.seconds, "global": global_seconds}
+        local = None
+        if self.local_extractor is not None:
+            start = time.perf_counter()
+            ex = self.local_extractor.extract_raw if raw_local else self.local_extractor.extract
+            local = scale_keypoints(ex(item.local_image), item.local_image, item.orig_size)
+            timings["local"] = time.perf_counter() - start
+        return Features(global_desc, local, item.orig_size, timings)
 
     def describe_image(self, path: str | Path) -> Features:
         """Features of one image file; raises ImageError for a bad file."""

@@ -111,3 +111,15 @@ def load_image(
         new = (max(1, round(im.size[0] * scale)), max(1, round(im.size[1] * scale)))
         im = im.resize(new, Image.Resampling.BILINEAR, reducing_gap=2.0)
     return np.array(im, dtype=np.uint8), orig  # a writable copy (torch.from_numpy needs one)
+
+
+def resize_max_side(image: np.ndarray, max_side: int) -> np.ndarray:
+    """Downscale an RGB array so that its longer side is at most ``max_side`` (never upscales)."""
+    h, w = image.shape[:2]
+    if max(h, w) <= max_side:
+        return image
+    scale = max_side / max(h, w)
+    im = Image.fromarray(image).resize(
+        (max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR, reducing_gap=2.0
+    )
+    return np.array(im)

@@ -10,7 +10,8 @@ import numpy as np
 
 from .image_io import load_image
 from .matching import verify_pair
-from .recognize import Prediction, Recognizer
+from .extract import Features
+from .recognize import Evidence, Prediction, Recognizer
 
 logger = logging.getLogger(__name__)
 
@@ -59,14 +60,13 @@ def draw_pair(
     return canvas
 
 
-def main(index_dir: str | Path, image: str | Path, out_png: str | Path, max_candidates: int = 3,
-         device: str | None = None) -> tuple[Path, Prediction]:
-    """Recognise ``image`` and draw its verification against the best image of each candidate."""
-    rec = Recognizer.from_index(index_dir, device=device)
-    features = rec.fx.describe_image(image)
-    evidence, _ = rec.evidence(features, early_exit=False)
-    pred = rec.decide(evidence)
-    query_arr, q_orig = load_image(image, max_side=1024)
+def render(rec: Recognizer, name: str, query_arr: np.ndarray, q_orig: tuple[int, int], features: Features,
+           evidence: Evidence, pred: Prediction, max_candidates: int = 3) -> np.ndarray:
+    """The match sheet (RGB) of a recognised query: one row per candidate, the answer first.
+
+    ``query_arr`` is the decoded query (any downscale of the photo, ``q_orig`` its original size);
+    ``features``, ``evidence`` and ``pred`` come from ``rec`` (``describe_image``, ``evidence``, ``decide``).
+    """
     decision = (f"landmark {pred.landmark_id} (confidence {pred.confidence:.3f}, {pred.inliers} inliers)"
                 if pred.landmark_id is not None else
                 f"no landmark (best guess {pred.guess}, {pred.inliers} inliers < threshold {rec.conf['inlier_threshold']})")
@@ -86,7 +86,7 @@ def main(index_dir: str | Path, image: str | Path, out_png: str | Path, max_cand
         res = verify_pair(features.local, ref_local, rec.match_conf or None)
         ref_arr, r_orig = load_image(rec.db.metadata["path"].iloc[row], max_side=1024)
         header = [
-            f"{Path(str(image)).name}: {decision}",
+            f"{name}: {decision}",
             f"#{rank} by inliers: landmark {cand.landmark_id}  vote {cand.vote:.3f}  sim {cand.sim:.3f}  "
             f"inliers {res.inliers} / {len(res.matches)} matches",
             f"reference {ref_id}",
@@ -95,11 +95,22 @@ def main(index_dir: str | Path, image: str | Path, out_png: str | Path, max_cand
                               res.inlier_matches, q_orig, r_orig, header))
     if not rows:
         canvas = np.full((HEADER + 40, 640, 3), 255, np.uint8)
-        _text(canvas, f"{Path(str(image)).name}: no candidate landmark in the index", (6, 20))
+        _text(canvas, f"{name}: no candidate landmark in the index", (6, 20))
         rows = [canvas]
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 8), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
-    sheet = np.concatenate(rows, axis=0)
+    return np.concatenate(rows, axis=0)
+
+
+def main(index_dir: str | Path, image: str | Path, out_png: str | Path, max_candidates: int = 3,
+         device: str | None = None) -> tuple[Path, Prediction]:
+    """Recognise ``image`` and draw its verification against the best image of each candidate."""
+    rec = Recognizer.from_index(index_dir, device=device)
+    features = rec.fx.describe_image(image)
+    evidence, _ = rec.evidence(features, early_exit=False)
+    pred = rec.decide(evidence)
+    query_arr, q_orig = load_image(image, max_side=1024)
+    sheet = render(rec, Path(str(image)).name, query_arr, q_orig, features, evidence, pred, max_candidates)
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_png.with_name(f".{out_png.name}.tmp.png")

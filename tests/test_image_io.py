@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retrieval.image_io import ImageError, load_image
+from retrieval.image_io import ImageError, load_image, resize_max_side
 
 
 def _photo(w: int = 120, h: int = 80, seed: int = 0) -> np.ndarray:
@@ -110,6 +110,13 @@ def test_missing_tiny_and_bomb(tmp_path):
     Image.new("L", (3000, 3000)).save(big)
     with pytest.raises(ImageError, match="decompression-bomb"):
         load_image(big, max_pixels=1_000_000)
+
+
+def test_resize_max_side_never_upscales():
+    img = _photo(100, 50)
+    assert resize_max_side(img, 200) is img
+    out = resize_max_side(img, 50)
+    assert out.shape == (25, 50, 3)
 
 
 def test_long_strip_drafts_no_smaller_than_min_side(tmp_path):

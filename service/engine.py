@@ -1,0 +1,380 @@
+"""The recognition engine behind the HTTP service: one loaded index, a bounded worker pool, global batching.
+
+Everything here is synchronous and thread-safe; ``service.app`` runs it off the
+event loop. Recognition is the same Python API as the CLI
+(``Recognizer.evidence`` + ``Recognizer.decide`` on ``FeatureExtractor``
+features, ``Prediction.to_json``); the engine only adds
+
+- a :class:`GlobalBatcher`: the global model runs on the images of concurrent
+  requests in one batch (whatever is waiting, no added delay when idle);
+- a snapshot (:class:`Loaded`) of the index and models that :meth:`Engine.reload`
+  replaces atomically: a request keeps the snapshot it started with;
+- bounded caches of recent answers (for their match pictures) and thumbnails.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import tempfile
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import cv2
+import numpy as np
+
+from index.manifest import package_version
+from retrieval.extract import FeatureExtractor, Features, Item
+from retrieval.image_io import ImageError, load_image, resize_max_side
+from retrieval.query import neighbours_table
+from retrieval.recognize import Evidence, Prediction, Recognizer
+
+logger = logging.getLogger(__name__)
+
+THUMB_SIDE = 256  # longer side of reference thumbnails
+QUERY_KEEP_SIDE = 480  # the query is kept at this size for its match picture (visualize.PANEL_SIDE)
+MAX_K = 1000  # neighbours per /neighbours request
+
+
+class BadImage(ValueError):
+    """An upload that is not a usable image (the message names the upload, never a server path)."""
+
+
+class UnknownResult(KeyError):
+    """A request id that is unknown or expired from the answer cache."""
+
+
+class LRU:
+    """A small thread-safe LRU mapping."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._data: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Any:
+        with self._lock:
+            if key not in self._data:
+                return None
+            self._data.move_to_end(key)
+            return self._data[key]
+
+    def put(self, key: str, value: Any) -> None:
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.size:
+                self._data.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+
+class GlobalBatcher:
+    """Runs ``FeatureExtractor.describe_global`` for concurrent callers in shared batches.
+
+    A caller blocks in :meth:`describe` while one thread takes the first waiting
+    item and every other item already queued (up to ``max_batch``) and describes
+    them together. Nothing waits for a batch to fill: a lone request is described
+    at once. Items of different extractors (before and after a reload) are never mixed.
+    """
+
+    def __init__(self, max_batch: int = 8):
+        self.max_batch = max(1, int(max_batch))
+        self._queue: queue.Queue = queue.Queue()
+        self.batches = 0
+        self.items = 0
+        self._thread = threading.Thread(target=self._run, name="global-batcher", daemon=True)
+        self._thread.start()
+
+    def describe(self, fx: FeatureExtractor, item: Item) -> tuple[np.ndarray, float]:
+        """(global descriptor, seconds of model time per image of its batch) of one decoded item."""
+        fut: Future = Future()
+        self._queue.put((fx, item, fut))
+        return fut.result()
+
+    def close(self) -> None:
+        self._queue.put(None)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self.max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                batch.append(nxt)
+            by_fx: dict[int, list] = {}
+            for entry in batch:
+                by_fx.setdefault(id(entry[0]), []).append(entry)
+            for group in by_fx.values():
+                fx = group[0][0]
+                start = time.perf_counter()
+                try:
+                    descs = fx.describe_global([e[1] for e in group])
+                except BaseException as exc:  # noqa: BLE001 - handed to each waiting caller, which raises it
+                    for e in group:
+                        e[2].set_exception(exc)
+                    continue
+                per_image = (time.perf_counter() - start) / len(group)
+                self.batches += 1
+                self.items += len(group)
+                for e, d in zip(group, descs):
+                    e[2].set_result((d, per_image))
+
+
+@dataclass
+class Loaded:
+    """One snapshot of the index and its models; replaced whole by a reload."""
+
+    rec: Recognizer
+    index_dir: Path
+    generation: int
+    loaded_at: float
+    row_of: dict[str, int]
+
+    @property
+    def path_of(self) -> Any:
+        return self.rec.db.metadata["path"]
+
+
+@dataclass
+class Answer:
+    """What a recognize answer keeps for its match picture and neighbour list."""
+
+    state: Loaded
+    name: str
+    features: Features
+    evidence: Evidence
+    pred: Prediction
+    query: np.ndarray  # the query downscaled to QUERY_KEEP_SIDE
+    orig_size: tuple[int, int]
+    pngs: dict[int, bytes] = field(default_factory=dict)  # match pictures drawn, by number of candidates
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def clean_name(name: str | None) -> str:
+    """The upload's file name as shown in answers: base name only, printable, bounded."""
+    base = os.path.basename((name or "").replace("\\", "/")).strip()
+    base = "".join(ch for ch in base if ch.isprintable())[:200]
+    return base or "upload"
+
+
+class Engine:
+    """Loads an index once and answers recognise / neighbours / match-picture / thumbnail requests."""
+
+    def __init__(self, index_dir: str | Path, device: str | None = None, overrides: Mapping[str, Any] | None = None,
+                 max_batch: int | None = None, answers_kept: int = 128, thumbs_kept: int = 1024):
+        """``max_batch``: images the global model describes together; None = 8 on a GPU, 1 (no batching) on CPU.
+
+        On CPU a batch is slower per image than single images (measured with lite0 at 384 px on
+        one thread: 9.5 img/s one at a time, 5 img/s in batches of 4), so there each worker thread
+        runs the model itself, in parallel; an accelerator gains from batches.
+        """
+        self.index_dir = Path(index_dir).resolve()
+        self.device = device
+        self.overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+        self.answers = LRU(answers_kept)
+        self.thumbs = LRU(thumbs_kept)
+        self._reload_lock = threading.Lock()
+        self.reloads = 0
+        self.tmp_dir = Path(tempfile.mkdtemp(prefix="landmarks-serve-"))
+        self.state = self._load(generation=0)
+        if max_batch is None:
+            max_batch = 1 if self.state.rec.fx.global_extractor.device.type == "cpu" else 8
+        self.batcher = GlobalBatcher(max_batch) if max_batch > 1 else None
+        self._direct = [0]  # global descriptors computed without the batcher
+
+    # ------------------------------------------------------------------ loading
+
+    def _load(self, generation: int) -> Loaded:
+        start = time.perf_counter()
+        rec = Recognizer.from_index(self.index_dir, device=self.device, **self.overrides)
+        db = rec.db
+        # Warm up what is built lazily (the FAISS search index, the metadata table) before any request sees it.
+        db.search(np.ones((1, db.dim), np.float32), 1)
+        row_of = {str(i): r for r, i in enumerate(db.metadata["id"])}
+        logger.info("loaded index %s (%d images, index_id %s) in %.1f s", self.index_dir, db.size,
+                    db.manifest.get("index_id"), time.perf_counter() - start)
+        return Loaded(rec, self.index_dir, generation, time.time(), row_of)
+
+    def reload(self) -> dict[str, Any]:
+        """Reopen the index (e.g. after build-index added images or tune-threshold changed the manifest).
+
+        The new snapshot replaces the old one in a single assignment: requests in
+        flight finish on the snapshot they started with. On failure the old one is kept
+        and the error raised. Concurrent calls are serialised.
+        """
+        with self._reload_lock:
+            old = self.state
+            new = self._load(old.generation + 1)
+            self.state = new
+            self.reloads += 1
+            self.thumbs.clear()  # image paths may have changed
+        return {"reloaded": True, "previous_index_id": old.rec.db.manifest.get("index_id"), **self.health()}
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+        for p in self.tmp_dir.glob("*"):
+            p.unlink(missing_ok=True)
+        try:
+            self.tmp_dir.rmdir()
+        except OSError:
+            pass
+
+    # ------------------------------------------------------------------ info
+
+    def health(self) -> dict[str, Any]:
+        state = self.state
+        rec, db = state.rec, state.rec.db
+        manifest = db.manifest
+        return {
+            "status": "ok",
+            "version": package_version(),
+            "index": str(state.index_dir),
+            "index_id": manifest.get("index_id"),
+            "index_updated": manifest.get("updated"),
+            "images": db.size,
+            "landmarks": manifest.get("counts", {}).get("landmarks"),
+            "configs": {
+                "global": manifest["config"].get("global"),
+                "local": manifest["config"].get("local") or {"on_demand": rec.conf["on_demand_local"]},
+                "recognition": rec.conf,
+                "faiss": manifest.get("faiss"),
+            },
+            "inlier_threshold": rec.conf["inlier_threshold"],
+            "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(state.loaded_at)),
+            "reloads": self.reloads,
+            "global_batches": {
+                "max_batch": self.batcher.max_batch if self.batcher else 1,
+                "batches": (self.batcher.batches if self.batcher else 0) + self._direct[0],
+                "images": (self.batcher.items if self.batcher else 0) + self._direct[0],
+            },
+        }
+
+    # ------------------------------------------------------------------ requests (blocking; run in the pool)
+
+    def _decode(self, state: Loaded, data: bytes, name: str, local: bool = True) -> Item:
+        """Decode uploaded bytes exactly as the CLI decodes a file (``FeatureExtractor.decode``)."""
+        if not data:
+            raise BadImage(f"{name}: empty file (0 bytes)")
+        fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, suffix=".upload")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            try:
+                return state.rec.fx.decode(tmp, local=local)
+            except ImageError as exc:
+                raise BadImage(str(exc).replace(tmp, name)) from None
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    def features(self, state: Loaded, data: bytes, name: str, local: bool = True) -> tuple[Item, Features]:
+        """Decode, global descriptor (batched with concurrent requests) and local features of one upload."""
+        fx = state.rec.fx
+        item = self._decode(state, data, name, local)
+        if self.batcher is not None:
+            desc, g_time = self.batcher.describe(fx, item)
+        else:
+            start = time.perf_counter()
+            desc = fx.describe_global([item])[0]
+            g_time = time.perf_counter() - start
+            self._direct[0] += 1
+        if not local:
+            return item, Features(desc, None, item.orig_size, {"decode": item.seconds, "global": g_time})
+        return item, fx.describe_local(item, desc, g_time)
+
+    def recognize(self, data: bytes, name: str | None) -> tuple[str, dict[str, Any]]:
+        """(request id, the JSON of ``recognize --json``) for one uploaded image. Raises BadImage."""
+        name = clean_name(name)
+        state = self.state
+        rec = state.rec
+        item, features = self.features(state, data, name)
+        evidence, timings = rec.evidence(features)
+        pred = rec.decide(evidence)
+        pred.timings = {**features.timings, **timings}
+        rid = uuid.uuid4().hex[:16]
+        keep = resize_max_side(item.local_image if item.local_image is not None else item.global_image, QUERY_KEEP_SIDE)
+        self.answers.put(rid, Answer(state, name, features, evidence, pred, keep, item.orig_size))
+        return rid, pred.to_json(name)
+
+    def neighbours(self, data: bytes, name: str | None, k: int = 10) -> dict[str, Any]:
+        """The JSON of ``query --json`` for one uploaded image. Raises BadImage."""
+        name = clean_name(name)
+        state = self.state
+        db = state.rec.db
+        _, features = self.features(state, data, name, local=False)
+        D, I = db.search(features.global_desc[None].astype(np.float32), min(int(k), db.size))
+        return {"image": name, "neighbours": neighbours_table(db, D[0], I[0])}
+
+    def answer(self, rid: str) -> Answer:
+        ans = self.answers.get(rid)
+        if ans is None:
+            raise UnknownResult(rid)
+        return ans
+
+    def result(self, rid: str, k: int = 12) -> dict[str, Any]:
+        """A recent recognize answer with its nearest references (as ``query --json`` rows)."""
+        ans = self.answer(rid)
+        db = ans.state.rec.db
+        top = ans.evidence.neighbours[:k]
+        rows = np.array([ans.state.row_of[n[0]] for n in top], np.int64)
+        scores = np.array([n[2] for n in top], np.float32)
+        return {
+            "request_id": rid,
+            "recognition": ans.pred.to_json(ans.name),
+            "neighbours": neighbours_table(db, scores, rows),
+            "matches": f"/matches/{rid}.png",
+        }
+
+    def matches_png(self, rid: str, candidates: int = 3) -> bytes:
+        """The match picture of a recent recognize answer: the rendering of ``show-matches``, drawn once."""
+        from retrieval import visualize
+
+        ans = self.answer(rid)
+        with ans.lock:
+            if candidates not in ans.pngs:
+                sheet = visualize.render(ans.state.rec, ans.name, ans.query, ans.orig_size, ans.features,
+                                         ans.evidence, ans.pred, max_candidates=candidates)
+                ok, buf = cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+                if not ok:
+                    raise RuntimeError("PNG encoding failed")
+                ans.pngs[candidates] = buf.tobytes()
+            return ans.pngs[candidates]
+
+    def thumbnail(self, ref_id: str) -> bytes | None:
+        """A JPEG thumbnail of the reference image ``ref_id`` (looked up in the index; None when unknown)."""
+        state = self.state
+        row = state.row_of.get(ref_id)
+        if row is None:
+            return None
+        key = f"{state.generation}:{row}"
+        cached = self.thumbs.get(key)
+        if cached is not None:
+            return cached
+        try:
+            image, _ = load_image(state.path_of.iloc[row], max_side=THUMB_SIDE)
+        except ImageError as exc:
+            logger.warning("thumbnail of %s: %s", ref_id, exc)
+            return None
+        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
+        data = buf.tobytes() if ok else None
+        if data is not None:
+            self.thumbs.put(key, data)
+        return data
+
