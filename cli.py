@@ -345,7 +345,7 @@ def tune_threshold(
     folds: int = typer.Option(5, "--folds", min=2, help="Cross-validation folds."),
     strict: bool = typer.Option(False, "--strict", help="Tune for strict answers (unverified = no landmark) instead of a submission with guesses."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Report only; do not write the manifest."),
-    param: str = typer.Option("inlier_threshold", "--param", help="Decision parameter to tune: inlier_threshold or vote_weight (share of similarity vs inliers in a verified confidence)."),
+    param: str = typer.Option("inlier_threshold", "--param", help="Decision parameter to tune: inlier_threshold, vote_weight (share of similarity vs inliers in a verified confidence) or min_margin (best candidate's inliers over the runner-up's)."),
     device: Optional[str] = typer.Option(None, "--device"),
 ) -> None:
     """Choose the inlier threshold (or --param) that maximises GAP, with a cross-validated estimate, and store it in the index."""

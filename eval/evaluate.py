@@ -23,8 +23,8 @@ from index.database import IndexDatabase
 from index.manifest import atomic_write_text
 from retrieval.data import resolve_image_path
 from retrieval.recognize import (
-    DECISION_KEYS, VERIFIED_BASE, Evidence, Recognizer, decide, global_only, index_local_extractor, resolve_recognition_conf,
-    submission_answer,
+    DECISION_KEYS, VERIFIED_BASE, CandidateArrays, Evidence, Recognizer, decide, decide_many, global_only, index_local_extractor,
+    resolve_recognition_conf, submission_answer,
 )
 
 from . import metrics, plots, tuning
@@ -34,7 +34,12 @@ from .runner import collect_evidence, read_evidence, timing_summary
 logger = logging.getLogger(__name__)
 
 EVIDENCE_FILE = "evidence.jsonl"
-TUNABLE = ("inlier_threshold", "vote_weight")
+# Tunable decision parameters and their candidate values (the inlier threshold's come from the evidence).
+TUNABLE: dict[str, tuple[float, ...]] = {
+    "inlier_threshold": (),
+    "vote_weight": tuple(round(0.1 * i, 1) for i in range(11)),
+    "min_margin": (1.0, 1.1, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0),
+}
 
 
 def query_paths(ids: list[str], images_dir: str | Path) -> list[str]:
@@ -143,37 +148,69 @@ def main(
 # ----------------------------------------------------------------------------- tune-threshold
 
 
-def load_evidence_for(db: IndexDatabase, evidence_path: str | Path, solution: Mapping[str, Any]) -> dict[str, Evidence | None]:
-    """Stored evidence for the solution's queries, checked against the index it must come from."""
+def candidates_for(db: IndexDatabase, evidence_path: str | Path, solution: Mapping[str, Any]) -> CandidateArrays:
+    """The stored candidates of the solution's queries (rows in sorted query-id order), checked against the index.
+
+    The evidence file is streamed line by line and only the candidates are kept, so 100,000 queries with
+    their 50 neighbours each never sit in memory as objects.
+    """
     index_dir = db.path
-    header, records = read_evidence(evidence_path)
-    if header is None:
-        raise FileNotFoundError(f"evidence file not found or empty: {evidence_path}")
-    if (header.get("index_id") != db.manifest.get("index_id") or header.get("index_created") != db.manifest.get("created")
-            or header.get("index_images") != db.size):
-        raise ValueError(
-            f"{evidence_path} was computed against another index ({header.get('index')}, "
-            f"{header.get('index_images')} images) than {index_dir} ({db.size} images); run evaluate again"
-        )
-    if header.get("early_exit"):
-        raise ValueError(f"{evidence_path} was made with early exit (inlier counts are lower bounds); use evaluate's evidence")
-    missing = [q for q in solution if q not in records]
+    evidence_path = Path(evidence_path)
+    if not evidence_path.is_file():
+        raise FileNotFoundError(f"evidence file not found: {evidence_path}")
+    wanted = set(solution)
+    found: dict[str, Any] = {}
+    with open(evidence_path, encoding="utf-8") as f:
+        header = json.loads(f.readline() or "null")
+        if not header or "evidence_version" not in header:
+            raise FileNotFoundError(f"evidence file empty or without a header: {evidence_path}")
+        if (header.get("index_id") != db.manifest.get("index_id") or header.get("index_created") != db.manifest.get("created")
+                or header.get("index_images") != db.size):
+            raise ValueError(
+                f"{evidence_path} was computed against another index ({header.get('index')}, "
+                f"{header.get('index_images')} images) than {index_dir} ({db.size} images); run evaluate again"
+            )
+        if header.get("early_exit"):
+            raise ValueError(f"{evidence_path} was made with early exit (inlier counts are lower bounds); use evaluate's evidence")
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by an interruption (read_evidence says so when evaluate resumes)
+            if record.get("id") in wanted:
+                found[record["id"]] = (record.get("evidence") or {}).get("candidates") if record.get("evidence") else None
+    missing = [q for q in solution if q not in found]
     if missing:
         raise ValueError(f"{evidence_path} has no evidence for {len(missing)} queries, e.g. {missing[0]!r}; run evaluate first")
-    return {q: Evidence.from_json(records[q]["evidence"]) if records[q].get("evidence") else None for q in solution}
+    return CandidateArrays.from_candidates([found[q] for q in sorted(solution)])
 
 
-def threshold_grid(evidence: Mapping[str, Evidence | None], dense_up_to: int = 200) -> list[float]:
+def threshold_grid(arrays: CandidateArrays, dense_up_to: int = 200) -> list[float]:
     """Candidate inlier thresholds: every integer from 0 to min(max observed, ``dense_up_to``), the observed
     counts above that, and one above the maximum (nobody verified). Every integer, not just observed counts,
     so that a flat stretch of the GAP curve has a real middle to choose."""
-    seen = {0}
-    for ev in evidence.values():
-        if ev is not None:
-            seen.update(c.inliers for c in ev.candidates if c.verified_refs)
+    seen = {0} | {int(v) for v in np.unique(arrays.inliers[arrays.valid & arrays.verified])}
     top = max(seen)
     values = set(range(0, min(top, dense_up_to) + 1)) | {v for v in seen if v > dense_up_to} | {top + 1}
     return [float(v) for v in sorted(values)]
+
+
+def prediction_matrix(arrays: CandidateArrays, solution: Mapping[str, Any], base: Mapping[str, Any], param: str,
+                      grid: list[float], mode: str) -> tuning.PredictionMatrix:
+    """Every query's answer under every value of ``param`` (the others from ``base``), decided all at once."""
+    ids = sorted(solution)
+    correct_c = np.array([[lm in solution[q] for lm in row] for q, row in zip(ids, arrays.landmarks)], bool).reshape(arrays.valid.shape)
+    rows = np.arange(len(ids))
+    conf = np.full((len(grid), len(ids)), np.nan)
+    correct = np.zeros(conf.shape, bool)
+    for v, value in enumerate(grid):
+        th = {k: base[k] for k in DECISION_KEYS}
+        th[param] = value
+        column, confidence, _ = decide_many(arrays, keep_guesses=mode == "submission", **th)
+        conf[v] = confidence
+        correct[v] = (column >= 0) & correct_c[rows, np.maximum(column, 0)]
+    is_landmark = np.array([len(solution[q]) > 0 for q in ids], bool)
+    return tuning.PredictionMatrix(np.asarray(grid, float), ids, conf, correct, is_landmark)
 
 
 def tune(
@@ -192,8 +229,9 @@ def tune(
 ) -> dict[str, Any]:
     """Choose the value of a decision parameter maximising GAP; report a cross-validated estimate; store it.
 
-    ``param``: "inlier_threshold" (candidates: every observed inlier count) or "vote_weight" (the share
-    of similarity vs inliers in a verified confidence; candidates 0, 0.1, ..., 1).
+    ``param``: "inlier_threshold" (candidates: every integer up to 200 and every observed inlier count),
+    "vote_weight" (the share of similarity vs inliers in a verified confidence; 0, 0.1, ..., 1) or
+    "min_margin" (the best candidate's inliers over the runner-up's; 1 ... 4).
     """
     if param not in TUNABLE:
         raise ValueError(f"cannot tune {param!r}; tunable parameters: {', '.join(TUNABLE)}")
@@ -210,14 +248,10 @@ def tune(
         ids = list(sol_df["id"])
         collect_evidence(rec, ids, query_paths(ids, images_dir), evidence_path, early_exit=False, progress=progress)
     db = IndexDatabase.open(index_dir)
-    evidence = load_evidence_for(db, evidence_path, solution)
+    arrays = candidates_for(db, evidence_path, solution)
     base = resolve_recognition_conf(None, db.manifest.get("thresholds") or {}, index_local_extractor(db.manifest))
-    grid = threshold_grid(evidence) if param == "inlier_threshold" else [round(0.1 * i, 1) for i in range(11)]
-    by_value = {}
-    for v in grid:
-        th = {k: base[k] for k in DECISION_KEYS}
-        th[param] = v
-        by_value[v] = predictions_from_evidence(evidence, th, mode)
+    grid = threshold_grid(arrays) if param == "inlier_threshold" else list(TUNABLE[param])
+    by_value = prediction_matrix(arrays, solution, base, param, grid, mode)
     table = tuning.sweep(by_value, solution, seed=seed)
     # Ties in GAP are broken by the fewest wrong answers that recognize would show as verified.
     cv = tuning.cross_validated_gap(by_value, solution, n_folds=n_folds, seed=seed, accept_confidence=VERIFIED_BASE)

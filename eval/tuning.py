@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,85 @@ logger = logging.getLogger(__name__)
 TIE_ATOL = 1e-12  # GAPs closer than this are ties (summation-order noise)
 
 
+@dataclass
+class PredictionMatrix:
+    """Predictions of every candidate value for every query, as arrays (what tuning at Kaggle scale needs).
+
+    ``conf[v, q]`` is the confidence of value ``values[v]``'s answer to query ``query_ids[q]`` (NaN: no answer),
+    ``correct[v, q]`` whether that answer is right. Query ids are sorted, so GAP's tie-break (confidence
+    descending, then query id) is a sort by (-conf, column). Every function here accepts either this or the
+    plain ``{value: {query id: prediction}}`` mapping (converted with :meth:`from_predictions`).
+    """
+
+    values: np.ndarray  # (V,) sorted candidate values
+    query_ids: list[str]  # (Q,) sorted
+    conf: np.ndarray  # (V, Q) float64, NaN = no answer
+    correct: np.ndarray  # (V, Q) bool
+    is_landmark: np.ndarray  # (Q,) bool: the query shows a landmark
+
+    @classmethod
+    def from_predictions(cls, predictions_by_value: Mapping[float, Mapping[str, Prediction]], solution: Solution) -> "PredictionMatrix":
+        values = _sorted_values(predictions_by_value)
+        query_ids = sorted(solution)
+        col = {q: i for i, q in enumerate(query_ids)}
+        conf = np.full((len(values), len(query_ids)), np.nan)
+        correct = np.zeros(conf.shape, bool)
+        for v, value in enumerate(values):
+            for q, pred in predictions_by_value[value].items():
+                if q not in col:
+                    raise ValueError(f"prediction(s) for queries not in the solution, e.g. {q!r}")
+                if pred is not None:
+                    conf[v, col[q]] = float(pred[1])
+                    correct[v, col[q]] = pred[0] in solution[q]
+        is_landmark = np.array([len(solution[q]) > 0 for q in query_ids], bool)
+        return cls(np.asarray(values, float), query_ids, conf, correct, is_landmark)
+
+    def mask(self, query_ids: Iterable[str] | None) -> np.ndarray:
+        """(Q,) bool selecting ``query_ids`` (all when None)."""
+        if query_ids is None:
+            return np.ones(len(self.query_ids), bool)
+        col = {q: i for i, q in enumerate(self.query_ids)}
+        ids = list(query_ids)
+        missing = [q for q in ids if q not in col]
+        if missing:
+            raise ValueError(f"{len(missing)} query id(s) not in the solution, e.g. {sorted(missing)[0]!r}")
+        out = np.zeros(len(self.query_ids), bool)
+        out[[col[q] for q in ids]] = True
+        return out
+
+    def gap(self, v: int, mask: np.ndarray) -> float:
+        """GAP of value index ``v`` over the selected queries (as :func:`eval.metrics.gap`)."""
+        m = int(self.is_landmark[mask].sum())
+        if m == 0:
+            raise ValueError("GAP is undefined: no query with a landmark (M == 0)")
+        idx = np.flatnonzero(mask & ~np.isnan(self.conf[v]))
+        order = idx[np.lexsort((idx, -self.conf[v, idx]))]
+        rel = self.correct[v, order]
+        ranks = np.arange(1, len(order) + 1)
+        return float((rel * np.cumsum(rel) / ranks).sum() / m)
+
+    def accepted_counts(self, v: int, mask: np.ndarray, accept_confidence: float) -> tuple[int, int]:
+        """(wrong, correct) answers with confidence >= ``accept_confidence`` among the selected queries."""
+        acc = mask & (np.nan_to_num(self.conf[v], nan=-np.inf) >= accept_confidence)
+        correct = int((acc & self.correct[v]).sum())
+        return int(acc.sum()) - correct, correct
+
+    def as_dicts(self, v: int, mask: np.ndarray | None = None) -> tuple[dict[str, Prediction], dict[str, frozenset[str]]]:
+        """An equivalent ``(predictions, solution)`` pair for value ``v`` (landmark "T" right, "F" wrong), for the
+        dict-based metrics such as the bootstrap interval: every metric of it equals the original's."""
+        keep = range(len(self.query_ids)) if mask is None else np.flatnonzero(mask)
+        preds = {self.query_ids[q]: None if np.isnan(self.conf[v, q]) else ("T" if self.correct[v, q] else "F", float(self.conf[v, q]))
+                 for q in keep}
+        sol = {self.query_ids[q]: frozenset({"T"}) if self.is_landmark[q] else frozenset() for q in keep}
+        return preds, sol
+
+
+def _as_matrix(predictions_by_value: Any, solution: Solution) -> PredictionMatrix:
+    if isinstance(predictions_by_value, PredictionMatrix):
+        return predictions_by_value
+    return PredictionMatrix.from_predictions(predictions_by_value, solution)
+
+
 def _sorted_values(predictions_by_value: Mapping[float, Mapping[str, Prediction]]) -> list[float]:
     if not predictions_by_value:
         raise ValueError("predictions_by_value is empty: no candidate value to evaluate")
@@ -44,19 +124,11 @@ def _sorted_values(predictions_by_value: Mapping[float, Mapping[str, Prediction]
     return values
 
 
-def _restrict(
-    predictions: Mapping[str, Prediction], solution: Solution, query_ids: set[str]
-) -> tuple[dict[str, Prediction], dict[str, Any]]:
-    unknown = [q for q in predictions if q not in solution]
-    if unknown:
-        raise ValueError(f"{len(unknown)} prediction(s) for queries not in the solution, e.g. {sorted(unknown)[0]!r}")
-    sol = {q: solution[q] for q in query_ids}
-    preds = {q: p for q, p in predictions.items() if q in query_ids}
-    return preds, sol
+BOOTSTRAP_MAX_QUERIES = 2_000  # above this, sweep leaves the per-value intervals out (NaN): they cost seconds per value
 
 
 def sweep(
-    predictions_by_value: Mapping[float, Mapping[str, Prediction]],
+    predictions_by_value: Mapping[float, Mapping[str, Prediction]] | PredictionMatrix,
     solution: Solution,
     n_boot: int = 200,
     seed: int = 0,
@@ -65,27 +137,34 @@ def sweep(
 
     Returns a frame sorted by ``value`` with columns ``value, gap, gap_ci_lo,
     gap_ci_hi, top1_accuracy, nonlandmark_prediction_rate`` (95% bootstrap
-    interval, same ``seed`` for every value so the intervals are comparable).
+    interval, same ``seed`` for every value so the intervals are comparable;
+    NaN above :data:`BOOTSTRAP_MAX_QUERIES` queries).
     """
+    pm = _as_matrix(predictions_by_value, solution)
+    everything = pm.mask(None)
+    n_landmark = int(pm.is_landmark.sum())
+    n_non = len(pm.query_ids) - n_landmark
     rows = []
-    for v in _sorted_values(predictions_by_value):
-        preds = predictions_by_value[v]
-        lo, hi = metrics.bootstrap_gap_ci(preds, solution, n_boot=n_boot, seed=seed)
+    for v, value in enumerate(pm.values):
+        answered = ~np.isnan(pm.conf[v])
+        lo = hi = math.nan
+        if len(pm.query_ids) <= BOOTSTRAP_MAX_QUERIES:
+            lo, hi = metrics.bootstrap_gap_ci(*pm.as_dicts(v), n_boot=n_boot, seed=seed)
         rows.append(
             {
-                "value": float(v),
-                "gap": metrics.gap(preds, solution),
+                "value": float(value),
+                "gap": pm.gap(v, everything),
                 "gap_ci_lo": lo,
                 "gap_ci_hi": hi,
-                "top1_accuracy": metrics.top1_accuracy(preds, solution),
-                "nonlandmark_prediction_rate": metrics.nonlandmark_prediction_rate(preds, solution),
+                "top1_accuracy": float((pm.correct[v] & pm.is_landmark).sum() / n_landmark) if n_landmark else math.nan,
+                "nonlandmark_prediction_rate": float((answered & ~pm.is_landmark).sum() / n_non) if n_non else math.nan,
             }
         )
     return pd.DataFrame(rows, columns=["value", "gap", "gap_ci_lo", "gap_ci_hi", "top1_accuracy", "nonlandmark_prediction_rate"])
 
 
 def choose_value(
-    predictions_by_value: Mapping[float, Mapping[str, Prediction]],
+    predictions_by_value: Mapping[float, Mapping[str, Prediction]] | PredictionMatrix,
     solution: Solution,
     query_ids: Iterable[str] | None = None,
     accept_confidence: float | None = None,
@@ -105,30 +184,16 @@ def choose_value(
         ValueError: no candidates, ``query_ids`` not in the solution, or no
             landmark query among the selected queries.
     """
-    values = _sorted_values(predictions_by_value)
-    if query_ids is None:
-        selected = set(solution)
-    else:
-        selected = set(query_ids)
-        missing = selected - set(solution)
-        if missing:
-            raise ValueError(f"{len(missing)} query id(s) not in the solution, e.g. {sorted(missing)[0]!r}")
-    gaps = []
-    accepts = []
-    for v in values:
-        preds, sol = _restrict(predictions_by_value[v], solution, selected)
-        gaps.append(metrics.gap(preds, sol))
-        if accept_confidence is not None:
-            accepted = [(q, p) for q, p in preds.items() if p is not None and p[1] >= accept_confidence]
-            correct = sum(1 for q, p in accepted if p[0] in sol[q])
-            accepts.append((len(accepted) - correct, -correct))
-    gaps_a = np.asarray(gaps)
+    pm = _as_matrix(predictions_by_value, solution)
+    selected = pm.mask(query_ids)
+    gaps_a = np.array([pm.gap(v, selected) for v in range(len(pm.values))])
     tied = np.flatnonzero(gaps_a >= gaps_a.max() - TIE_ATOL)
     if accept_confidence is not None:
-        fewest = min(accepts[i] for i in tied)
-        tied = np.asarray([i for i in tied if accepts[i] == fewest])
+        accepts = {int(i): pm.accepted_counts(int(i), selected, accept_confidence) for i in tied}
+        fewest = min((w, -c) for w, c in accepts.values())
+        tied = np.asarray([i for i in tied if (accepts[int(i)][0], -accepts[int(i)][1]) == fewest])
     best = int(tied[(len(tied) - 1) // 2])
-    return float(values[best]), float(gaps_a[best])
+    return float(pm.values[best]), float(gaps_a[best])
 
 
 def assign_folds(solution: Solution, n_folds: int = 5, seed: int = 0) -> dict[str, int]:
@@ -153,7 +218,7 @@ def assign_folds(solution: Solution, n_folds: int = 5, seed: int = 0) -> dict[st
 
 
 def cross_validated_gap(
-    predictions_by_value: Mapping[float, Mapping[str, Prediction]],
+    predictions_by_value: Mapping[float, Mapping[str, Prediction]] | PredictionMatrix,
     solution: Solution,
     n_folds: int = 5,
     seed: int = 0,
@@ -174,7 +239,6 @@ def cross_validated_gap(
         per fold: ``fold, chosen_value, train_gap, heldout_gap, n_queries``),
         ``in_sample_value``, ``in_sample_gap``.
     """
-    values = _sorted_values(predictions_by_value)
     if int(n_folds) != n_folds or n_folds < 2:
         raise ValueError(f"n_folds must be an integer >= 2, got {n_folds!r}")
     n_landmark = sum(1 for s in solution.values() if len(s) > 0)
@@ -185,17 +249,21 @@ def cross_validated_gap(
         logger.warning("only %d landmark queries: using %d folds instead of %d", n_landmark, n_landmark, k)
         k = n_landmark
     fold_of = assign_folds(solution, n_folds=k, seed=seed)
+    pm = _as_matrix(predictions_by_value, solution)
+    values = list(pm.values)
 
     folds = []
-    pooled: dict[str, Prediction] = {}
+    pooled_conf = np.full(len(pm.query_ids), np.nan)
+    pooled_correct = np.zeros(len(pm.query_ids), bool)
     for f in range(k):
         held = {q for q, g in fold_of.items() if g == f}
         train_ids = [q for q, g in fold_of.items() if g != f]
-        chosen, train_gap = choose_value(predictions_by_value, solution, query_ids=train_ids,
-                                         accept_confidence=accept_confidence)
-        preds, sol = _restrict(predictions_by_value[chosen], solution, held)
-        held_gap = metrics.gap(preds, sol)
-        pooled.update(preds)
+        chosen, train_gap = choose_value(pm, solution, query_ids=train_ids, accept_confidence=accept_confidence)
+        v = values.index(chosen)
+        held_mask = pm.mask(held)
+        held_gap = pm.gap(v, held_mask)
+        pooled_conf[held_mask] = pm.conf[v, held_mask]
+        pooled_correct[held_mask] = pm.correct[v, held_mask]
         folds.append(
             {
                 "fold": f,
@@ -207,11 +275,12 @@ def cross_validated_gap(
         )
         logger.debug("fold %d: chose %g (train GAP %.4f), held-out GAP %.4f", f, chosen, train_gap, held_gap)
     heldout = np.array([fd["heldout_gap"] for fd in folds])
-    in_value, in_gap = choose_value(predictions_by_value, solution, accept_confidence=accept_confidence)
+    in_value, in_gap = choose_value(pm, solution, accept_confidence=accept_confidence)
+    pooled = PredictionMatrix(pm.values[:1], pm.query_ids, pooled_conf[None], pooled_correct[None], pm.is_landmark)
     result = {
         "cv_gap": float(heldout.mean()),
         "cv_gap_std": float(heldout.std()),
-        "cv_gap_pooled": metrics.gap(pooled, solution),
+        "cv_gap_pooled": pooled.gap(0, pm.mask(None)),
         "n_folds": k,
         "folds": folds,
         "in_sample_value": in_value,

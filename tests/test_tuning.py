@@ -207,3 +207,28 @@ def test_ties_broken_by_fewest_wrong_accepted_answers():
     by_value = {0.0: low, 5.0: high, 10.0: {"q1": ("a", 0.4), "q2": ("b", 0.3)}}
     assert tuning.choose_value(by_value, sol)[1] == 1.0
     assert tuning.choose_value(by_value, sol, accept_confidence=0.5) == (5.0, 1.0)
+
+
+def test_prediction_matrix_agrees_with_the_dict_metrics():
+    """The array path (tune-threshold at scale) scores exactly as eval.metrics, ties and missing answers included."""
+    rng = np.random.default_rng(4)
+    sol = {f"q{i:03d}": S({f"L{i % 7}"}) if i % 3 else S() for i in range(90)}
+    by_value = {}
+    for value in (0.0, 1.0, 2.0):
+        preds = {}
+        for q, truth in sol.items():
+            r = rng.random()
+            if r < 0.2:
+                preds[q] = None
+            else:  # confidences on a coarse grid: many ties, broken by query id
+                preds[q] = (next(iter(truth)) if truth and r < 0.7 else "L9", float(rng.choice([0.2, 0.5, 0.9])))
+        by_value[value] = preds
+    pm = tuning.PredictionMatrix.from_predictions(by_value, sol)
+    some = set(sorted(sol)[::2])
+    for v, value in enumerate(pm.values):
+        assert pm.gap(v, pm.mask(None)) == pytest.approx(metrics.gap(by_value[value], sol), abs=1e-12)
+        sub = {q: p for q, p in by_value[value].items() if q in some}
+        assert pm.gap(v, pm.mask(some)) == pytest.approx(metrics.gap(sub, {q: sol[q] for q in some}), abs=1e-12)
+        preds, s = pm.as_dicts(v)
+        assert metrics.gap(preds, s) == pytest.approx(metrics.gap(by_value[value], sol), abs=1e-12)
+    assert tuning.cross_validated_gap(pm, sol, seed=1) == tuning.cross_validated_gap(by_value, sol, seed=1)
