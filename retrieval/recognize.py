@@ -260,10 +260,10 @@ class Recognizer:
             # needs a looser reprojection threshold than SIFT).
             self.match_conf = dict(match_confs.get(self.local.conf.get("extractor"), {}))
         self._cache = _LRU()
-        meta = db.metadata
-        self._ids = meta["id"].to_numpy()
-        self._landmarks = meta["landmark_id"].to_numpy()
-        self._paths = meta["path"].to_numpy()
+        # lazily read columns: indexing reads just those rows (no per-row strings for the whole index)
+        self._ids = db.column("id")
+        self._landmarks = db.column("landmark_id")
+        self._paths = db.column("path")
 
     @classmethod
     def from_index(cls, path: str | Path, device: str | None = None, **overrides: Any) -> "Recognizer":

@@ -178,7 +178,7 @@ def test_incremental_add_does_not_retrain(tmp_path, monkeypatch, caplog):
     x = clustered(4000, 32, 40, seed=6)
     path = tmp_path / "idx"
     db = build_db(path, x[:3000], shard=1000, factory="IVF32,PQ8x4", nprobe=8)
-    before = fi.read_index(path / "faiss.index")  # keep a reference: extract_index_ivf does not own it
+    before = fi.read_index(db.faiss_path)  # keep a reference: extract_index_ivf does not own it
     centroids = faiss.extract_index_ivf(before).quantizer.reconstruct_n(0, 32)
 
     calls = []
@@ -195,7 +195,7 @@ def test_incremental_add_does_not_retrain(tmp_path, monkeypatch, caplog):
     assert (stats["n_added"], stats["n_duplicates"], stats["n_total"]) == (1000, 100, 4000)
 
     db = IndexDatabase.open(path)
-    stored = fi.read_index(path / "faiss.index")
+    stored = fi.read_index(db.faiss_path)
     after = faiss.extract_index_ivf(stored)
     np.testing.assert_array_equal(after.quantizer.reconstruct_n(0, 32), centroids)
     assert after.ntotal == 4000 and after.nprobe == 8 and db.manifest["faiss"]["nprobe"] == 8
@@ -226,7 +226,7 @@ def test_factory_change_rebuilds_and_nprobe_change_does_not(tmp_path):
     path = tmp_path / "idx"
     db = build_db(path, x, shard=3000, factory="IVF32,PQ8x4")
     stats = db.commit(nprobe=4, gpu="cpu")
-    stored = fi.read_index(path / "faiss.index")
+    stored = fi.read_index(db.faiss_path)
     assert not stats["rebuilt"] and faiss.extract_index_ivf(stored).nprobe == 4
     stats = db.commit(factory="IVF16,PQ4x4", gpu="cpu")
     assert stats["rebuilt"] and stats["faiss"]["nlist"] == 16
