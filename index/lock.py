@@ -50,7 +50,9 @@ class WriterLock:
 
     def __init__(self, index_dir: Path):
         self.index_dir = Path(index_dir)
-        self._lock = filelock.FileLock(str(self.index_dir / LOCK_NAME), thread_local=False)
+        # preserve_lock_file: deleting the file on release would let a process that opened the old inode
+        # and one that creates a new file both "hold" the lock
+        self._lock = filelock.FileLock(str(self.index_dir / LOCK_NAME), thread_local=False, preserve_lock_file=True)
         self.depth = 0
 
     @property
