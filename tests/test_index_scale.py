@@ -296,3 +296,28 @@ def test_format_1_index_is_refused_for_reading_and_upgraded_by_a_writer(tmp_path
     _, I = db.search(x[:5], 1)
     assert I[:, 0].tolist() == list(range(5))
     assert not (path / "global.h5").exists() and not (path / "metadata.csv").exists()
+
+
+def test_reader_retries_when_a_writer_removed_what_its_manifest_named(tmp_path, monkeypatch):
+    """A reader that read the manifest just before a compaction deleted the old segments re-reads it."""
+    import copy
+
+    from index import database
+
+    path = tmp_path / "idx"
+    db = IndexDatabase.create_or_open(path, CONFIG, DIM)
+    for start in (0, 30):
+        add_rows(db, start, vectors(30, start))
+        db.commit(gpu="cpu")
+    stale = json.loads((path / "manifest.json").read_text())
+    IndexDatabase.open_for_write(path).compact()  # deletes the two segments `stale` names
+    real, calls = database.read_manifest, []
+
+    def first_read_is_stale(p):
+        calls.append(p)
+        return copy.deepcopy(stale) if len(calls) == 1 else real(p)
+
+    monkeypatch.setattr(database, "read_manifest", first_read_is_stale)
+    db = IndexDatabase.open(path)
+    assert len(calls) >= 2 and db.size == 60 and len(db.manifest["segments"]) == 1
+    assert db.rows([59])[0][0] == "im0000059"
