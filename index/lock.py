@@ -52,7 +52,11 @@ class WriterLock:
         self.index_dir = Path(index_dir)
         # preserve_lock_file: deleting the file on release would let a process that opened the old inode
         # and one that creates a new file both "hold" the lock
-        self._lock = filelock.FileLock(str(self.index_dir / LOCK_NAME), thread_local=False, preserve_lock_file=True)
+        lock_path = str(self.index_dir / LOCK_NAME)
+        try:
+            self._lock = filelock.FileLock(lock_path, thread_local=False, preserve_lock_file=True)
+        except TypeError:  # filelock 3.x: Unix locks never delete their file
+            self._lock = filelock.FileLock(lock_path, thread_local=False)
         self.depth = 0
 
     @property
