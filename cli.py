@@ -92,6 +92,7 @@ def build_index(
     resize: Optional[str] = typer.Option(None, "--resize", help="Which side gets --image-size: longer or shorter (aspect ratio is kept)."),
     faiss_factory: Optional[str] = typer.Option(None, "--faiss", help="FAISS index_factory string, e.g. 'IVF4096,PQ64x4fs' (default: chosen from the collection size)."),
     nprobe: Optional[int] = typer.Option(None, "--nprobe", help="IVF lists visited per query."),
+    rebuild: bool = typer.Option(False, "--rebuild", help="Retrain the FAISS index from the stored descriptors (parameters chosen for today's size) even if it could be extended."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, mps (default: best available)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding worker processes (default: cores-1, at most 4)."),
@@ -108,12 +109,14 @@ def build_index(
         lconf = extract.resolve_local_conf_name(local_conf)
         stats = extract.main(
             references, index, gconf, lconf, device=device, batch_size=batch_size, num_workers=workers,
-            factory=faiss_factory, nprobe=nprobe,
+            factory=faiss_factory, nprobe=nprobe, rebuild=rebuild,
         )
         typer.echo(
             f"index {index}: {stats['n_total']} images ({stats['n_added']} added, {stats['already_stored']} already "
             f"stored, {stats['skipped']} skipped), FAISS {stats['faiss']['factory']}, {stats['seconds_total']:.1f} s"
         )
+        if stats.get("rebuild_reason"):
+            typer.echo(f"FAISS index (re)trained: {stats['rebuild_reason']}")
         manifest = json.loads((index / "manifest.json").read_text())
         if lconf:
             per_image = manifest.get("local_bytes_per_image") or 0
@@ -362,6 +365,27 @@ def tune_threshold(
         )
         typer.echo(("written to " + str(index / "manifest.json")) if res["written_to_manifest"] else "manifest unchanged (--dry-run)")
         typer.echo(f"plot: {res['plot']}")
+
+    _guard(body)
+
+
+# ----------------------------------------------------------------------------- compact
+
+
+@app.command("compact")
+def compact(
+    index: Path = typer.Option(..., "--index", help="Index directory to compact (also upgrades an index of the old format)."),
+    wait: float = typer.Option(0.0, "--wait", min=0, help="Seconds to wait for another writer (build-index, ...) to finish."),
+) -> None:
+    """Merge the index's segments into one file (crash-safe; queries keep working meanwhile)."""
+
+    def body():
+        from index.database import IndexDatabase
+
+        with IndexDatabase.open_for_write(index, lock_timeout=wait) as db:
+            stats = db.compact()
+        typer.echo(f"index {index}: {stats['segments_before']} segments -> {stats['segments_after']}, "
+                   f"{stats['rows']} images, {stats['seconds']:.1f} s")
 
     _guard(body)
 

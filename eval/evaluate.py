@@ -105,7 +105,7 @@ def main(
     ids = list(sol_df["id"])
     paths = query_paths(ids, images_dir)
     rec = Recognizer.from_index(index_dir, device=device, **dict(overrides or {}))
-    leaked = sorted(set(ids) & set(rec.db.metadata["id"]))
+    leaked = sorted(i for i, row in zip(ids, rec.db.find_rows(ids)) if row >= 0)
     if leaked:
         logger.warning("%d query ids are also indexed references (e.g. %s): their scores are optimistic; "
                        "build the index from split's index.csv", len(leaked), leaked[0])

@@ -1,52 +1,63 @@
 """IndexDatabase: the vector database on disk (one self-describing directory per index).
 
-Directory layout::
+Directory layout (format 2)::
 
-    manifest.json   format/package version, times, caller config, dim, counts,
-                    resolved faiss parameters, thresholds (written LAST by commit)
-    metadata.csv    row,id,landmark_id,path (row == faiss id; landmark_id "" = non-landmark)
-    global.h5       ids + (N, dim) float16 descriptors: the source of truth
-    local.h5        flat CSR local features (only when the caller gives them)
-    faiss.index     the CPU faiss index (ids = row numbers), rebuildable from global.h5
-    shards/         extraction batches not yet committed (shard-XXXXXX.h5)
-    skipped.csv     id,path,reason of images the caller could not process
-    aux/<name>.npz  caller-owned arrays (e.g. a PCA fitted on local features)
+    manifest.json        format/package version, times, caller config, dim, counts, the published
+                         segments in row order, the faiss file and its parameters, thresholds.
+                         Replaced atomically: it is the commit point of every write.
+    segments/seg-*.h5    immutable segments of committed rows: float16 global descriptors (the source
+                         of truth), metadata (id, landmark_id, path) as string columns + an id hash
+                         index, local features in flat CSR form (layout in ``segment.py``)
+    faiss-<random>.index the CPU faiss index over all published rows (ids = row numbers)
+    shards/              extraction batches not yet committed (shard-XXXXXX.h5)
+    skipped.csv          id,path,reason of images the caller could not process (append-only)
+    aux/<name>.npz       caller-owned arrays (e.g. a PCA fitted on local features)
+    writer.lock          held (flock) by the one writer; writer.json names it
 
-Life-cycle: ``create_or_open`` -> ``done_ids`` (resume) -> ``write_shard`` per
-batch -> ``commit`` (merge shards, train or extend faiss) -> ``search``.
-``index/`` knows nothing about images: it stores vectors, local-feature arrays
-and rows. One writer at a time; any number of readers.
+Row numbers are global: segment ``i`` holds rows ``starts[i]:starts[i+1]`` in
+manifest order, and row number == faiss id.
 
-Crash safety. Every file is replaced atomically (temp name, fsync, rename).
-``commit`` orders its writes so that a kill at any point is recoverable by
-running the same calls again:
+Life-cycle: ``create_or_open`` -> ``find_rows``/``done_ids`` (resume) ->
+``write_shard`` per batch -> ``commit`` (shards become one new segment; faiss
+extended, or retrained when the collection outgrew it) -> ``search``/``rows``.
+``compact`` merges segments. ``index/`` knows nothing about images.
 
-1. write ``local.h5.tmp``, ``metadata.csv.tmp``, ``global.h5.tmp`` (old + new rows);
-   a crash here leaves only temp files, deleted on the next writer open/commit.
-2. replace ``local.h5``, then ``metadata.csv``: these files may now be *ahead* of
-   global.h5; their rows beyond global.h5's are ignored (prefix semantics: every
-   rewrite is old rows + appended rows, so the first N rows are unchanged).
-3. replace ``global.h5``: the commit point. Its ids are "committed".
-4. update and replace ``faiss.index``: until then it may be *behind* (fewer
-   vectors than rows); the missing rows are added (trained index) or the index
-   is rebuilt, with a WARNING, at the next search (in memory) or commit (saved).
-5. replace ``manifest.json`` LAST: stale counts/params are detected on open,
-   repaired in memory with a WARNING, and rewritten by the next commit.
-6. delete the merged shards: leftovers hold only committed ids and are
-   dropped (no new rows) by the next commit.
+Commit (crash-safe, resumable; a kill at any point is repaired by running the
+same calls again):
 
-Each commit rewrites global.h5/local.h5/metadata.csv in full: O(N) I/O per
-commit, accepted because a build-index run commits once, and it keeps every
-file whole and contiguous (memory-mappable) with no in-place HDF5 appends
-that a crash could corrupt.
+1. under the writer lock, re-read the manifest (another writer may have committed);
+2. write the new rows (from the shards, ids not yet committed) as a new segment
+   file under a temp name, rename it to ``segments/seg-NNNNNN-<random>.h5``:
+   not referenced by the manifest yet, so invisible;
+3. add the new vectors to the faiss index (or retrain, see ``RETRAIN_GROWTH``)
+   and write it under a new name ``faiss-<random>.index``;
+4. replace ``manifest.json`` naming the new segment list and faiss file: the
+   commit point. Readers see the old or the new state, never a mix;
+5. delete the merged shards, the previous faiss file and skipped duplicates.
+
+A kill before 4 leaves unreferenced files, deleted by the next writer; a kill
+after 4 leaves shards whose ids are all committed (dropped by the next commit).
+Nothing already committed is rewritten: a commit costs O(new rows) I/O plus
+reading and writing the faiss codes (~70 bytes per vector).
+
+Concurrency: one writer at a time (``writer_lock``; a second writer fails with
+IndexLockedError naming the holder, or waits ``lock_timeout`` seconds).
+Readers take no lock: they read the manifest and then the files it names; a
+file removed by a concurrent commit/compaction in between makes them re-read
+the manifest and retry.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import copy
 import logging
 import os
+import re
 import time
+import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +65,9 @@ import numpy as np
 import pandas as pd
 
 from . import faiss_index as fi
+from .lock import HOLDER_NAME, LOCK_NAME, IndexLockedError, WriterLock
 from .manifest import (
+    FORMAT_VERSION,
     MANIFEST_NAME,
     TMP_SUFFIX,
     ConfigMismatchError,
@@ -66,38 +79,61 @@ from .manifest import (
     new_manifest,
     package_version,
     read_manifest,
+    tmp_owner_alive,
     tmp_path,
     write_manifest,
 )
+from .segment import (
+    COPY_CHUNK,
+    SEGMENTS_DIR,
+    Segment,
+    SegmentedArray,
+    SegmentWriter,
+    encode_strings,
+    hash_ids,
+)
 from .store import (
     AUX_DIR,
-    COPY_CHUNK,
     FAISS_NAME,
     GLOBAL_NAME,
     LOCAL_NAME,
+    METADATA_COLUMNS,
     METADATA_NAME,
     SHARDS_DIR,
     SKIPPED_COLUMNS,
     SKIPPED_NAME,
     GlobalStore,
-    GlobalWriter,
     LocalStore,
-    LocalWriter,
     ShardReader,
+    append_skipped,
     check_aux_name,
     empty_metadata,
     list_shards,
     read_aux_file,
     read_metadata,
-    read_skipped,
+    read_skipped_rows,
     write_aux_file,
     write_shard_file,
-    write_table,
+    write_skipped,
 )
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IndexDatabase", "IndexFormatError", "ConfigMismatchError"]
+__all__ = ["IndexDatabase", "IndexFormatError", "ConfigMismatchError", "IndexLockedError", "RETRAIN_GROWTH"]
+
+# An automatically chosen IVF-PQ index is retrained from the stored descriptors when the collection has
+# grown to RETRAIN_GROWTH x the size it was trained on. nlist grows with sqrt(n), so at 4x the right
+# nlist has doubled: the old lists hold twice the codes they should (2x the scan per probe) and their
+# centroids and codebooks were fitted on a quarter of today's data. Retraining at every 4x growth costs at
+# most 1/3 of a final build in total (geometric series 1/4 + 1/16 + ...).
+RETRAIN_GROWTH = 4.0
+OPEN_RETRIES = 5  # re-reads of the manifest when a concurrent commit removed a file a reader was opening
+COLUMNS = ("id", "landmark_id", "path")
+_SEG_RE = re.compile(r"^seg-(\d{6,})-")
+
+
+class _Republished(Exception):
+    """A file named by the manifest vanished because a newer manifest was published meanwhile."""
 
 
 def _l2_normalise(x: np.ndarray) -> np.ndarray:
@@ -114,27 +150,55 @@ def _as_str(value: Any, what: str) -> str:
     return str(value)
 
 
-class IndexDatabase:
-    """A landmark index directory: global/local descriptors, metadata, faiss index, manifest.
+class LazyColumn:
+    """One metadata column (``id``, ``landmark_id`` or ``path``) read on demand.
 
-    Open with :meth:`open` (read) or :meth:`create_or_open` (build/resume);
-    the constructor is internal. ``gpu`` ("auto", "cpu", "gpu") selects where
-    searches run; stored indexes are always CPU indexes.
+    ``col[row]`` -> str, ``col[rows]`` (int array or list) -> object array of str,
+    ``len(col)`` -> number of committed rows. Nothing is loaded until indexed.
     """
 
-    def __init__(self, path: Path, manifest: dict, *, gpu: str = "auto") -> None:
+    def __init__(self, db: IndexDatabase, name: str):
+        if name not in COLUMNS:
+            raise ValueError(f"unknown column {name!r}; choose one of {COLUMNS}")
+        self._db, self.name = db, name
+
+    def __len__(self) -> int:
+        return self._db.size
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, (int, np.integer)):
+            return self._db._value(self.name, int(key))
+        return self._db._column(self.name, np.asarray(key))
+
+
+class IndexDatabase:
+    """A landmark index directory: segments of descriptors/metadata/local features, faiss index, manifest.
+
+    Open with :meth:`open` (read), :meth:`create_or_open` (build/resume) or
+    :meth:`open_for_write` (compact, manifest updates); the constructor is
+    internal. ``gpu`` ("auto", "cpu", "gpu") selects where searches run;
+    stored indexes are always CPU indexes. ``lock_timeout``: seconds a write
+    waits for another writer before raising IndexLockedError (0: fail at once).
+    """
+
+    def __init__(self, path: Path, manifest: dict, *, gpu: str = "auto", lock_timeout: float = 0.0) -> None:
         fi.use_gpu(gpu)  # validates the mode
         self.path = Path(path)
+        if manifest["format_version"] < FORMAT_VERSION:
+            raise IndexFormatError(_legacy_message(self.path, manifest))
         self.manifest = manifest
+        self._disk_manifest = copy.deepcopy(manifest)
         self.gpu = gpu
-        self._global: GlobalStore | None = None
-        self._local: LocalStore | None = None
+        self.lock_timeout = float(lock_timeout)
+        self._lock = WriterLock(self.path)
+        self._segments: list[Segment] = []
+        self._desc = SegmentedArray([], self.dim)
+        self._starts = [0]
         self._metadata: pd.DataFrame | None = None
         self._faiss = None  # CPU faiss index as on disk (or repaired in memory)
         self._faiss_dirty = False  # repaired in memory, not yet saved
         self._search_index = None  # _faiss, or its GPU clone
         self._exact = False
-        self._ahead = False  # metadata.csv/local.h5 hold rows beyond global.h5 (interrupted commit)
         self._local_expect: tuple[bool, int | None] | None = None
         self._skipped_buffer: dict[str, tuple[str, str]] = {}
         self._load()
@@ -142,57 +206,80 @@ class IndexDatabase:
     # ------------------------------------------------------------------ open / create
 
     @classmethod
-    def create_or_open(cls, path: str | os.PathLike, config: dict, dim: int, *, gpu: str = "auto") -> IndexDatabase:
+    def create_or_open(cls, path: str | os.PathLike, config: dict, dim: int, *, gpu: str = "auto",
+                       lock_timeout: float = 0.0) -> IndexDatabase:
         """Create a new index directory, or open an existing one built with the same ``config`` and ``dim``.
+
+        An index of the previous format (1) is upgraded in place first.
 
         Raises:
             ConfigMismatchError: the existing manifest has another config or dim
                 (the message names both configurations and the differing keys).
             FileExistsError: ``path`` is a non-empty directory that is not an index.
             IndexFormatError: the existing index is unreadable.
+            IndexLockedError: another process is writing the index.
         """
         path = Path(path)
         if int(dim) != dim or dim <= 0:
             raise ValueError(f"dim must be a positive integer, got {dim!r}")
-        dim = int(dim)
+        return cls._open_writer(path, config, int(dim), gpu, lock_timeout)
+
+    @classmethod
+    def open_for_write(cls, path: str | os.PathLike, *, gpu: str = "auto", lock_timeout: float = 0.0) -> IndexDatabase:
+        """Open an existing index to change it (compact, manifest updates); upgrades format 1 in place."""
+        path = Path(path)
+        if not (path / MANIFEST_NAME).exists():
+            raise FileNotFoundError(f"{path} is not an index directory: {path / MANIFEST_NAME} not found")
+        return cls._open_writer(path, None, None, gpu, lock_timeout)
+
+    @classmethod
+    def _open_writer(cls, path: Path, config: dict | None, dim: int | None, gpu: str,
+                     lock_timeout: float) -> IndexDatabase:
         mpath = path / MANIFEST_NAME
-        if mpath.exists():
-            manifest = read_manifest(mpath)
-            check_config(path, manifest["config"], config)
-            if manifest["dim"] != dim:
-                raise ConfigMismatchError(
-                    f"index at {path} stores {manifest['dim']}-d global descriptors but {dim}-d were "
-                    f"requested (same configuration {manifest['config']}); use another directory"
-                )
-            db = cls(path, manifest, gpu=gpu)
-            db._remove_stale_tmp()
-            logger.info("resuming index %s: %d images committed, %d shards pending",
-                        path, db.size, len(list_shards(db._shards_dir)))
-            return db
-        if path.exists():
+        if not mpath.exists() and path.exists():
             if not path.is_dir():
                 raise FileExistsError(f"{path} exists and is not a directory")
-            others = [p.name for p in path.iterdir() if not p.name.endswith(TMP_SUFFIX)]
-            if others:
-                raise FileExistsError(
-                    f"{path} is not empty and has no {MANIFEST_NAME}: not an index directory "
-                    f"(found {sorted(others)[:5]}); choose a new or empty directory"
-                )
+            _check_empty(path)
         path.mkdir(parents=True, exist_ok=True)
-        manifest = new_manifest(config, dim)
-        write_manifest(mpath, manifest)  # first file: from now on the directory is an index
-        logger.info("created empty index %s (dim %d)", path, dim)
-        db = cls(path, manifest, gpu=gpu)
-        db._remove_stale_tmp()
+        lock = WriterLock(path)
+        lock.acquire(lock_timeout, "open for writing")
+        try:
+            if mpath.exists():
+                manifest = read_manifest(mpath)
+                if config is not None:
+                    check_config(path, manifest["config"], config)
+                    if manifest["dim"] != dim:
+                        raise ConfigMismatchError(
+                            f"index at {path} stores {manifest['dim']}-d global descriptors but {dim}-d were "
+                            f"requested (same configuration {manifest['config']}); use another directory"
+                        )
+                if manifest["format_version"] < FORMAT_VERSION:
+                    manifest = _upgrade_legacy(path, manifest)
+                created = False
+            else:
+                _check_empty(path)
+                manifest = new_manifest(config, dim)
+                write_manifest(mpath, manifest)  # first file: from now on the directory is an index
+                created = True
+            db = cls(path, manifest, gpu=gpu, lock_timeout=lock_timeout)
+            db._collect_garbage()
+        finally:
+            lock.release()
+        if created:
+            logger.info("created empty index %s (dim %d)", path, dim)
+        else:
+            logger.info("opened index %s for writing: %d images in %d segments, %d shards pending",
+                        path, db.size, len(db._segments), len(list_shards(db._shards_dir)))
         return db
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, gpu: str = "auto") -> IndexDatabase:
-        """Open an existing index directory (read-only use: nothing is written).
+    def open(cls, path: str | os.PathLike, *, gpu: str = "auto", lock_timeout: float = 0.0) -> IndexDatabase:
+        """Open an existing index directory for reading (takes no lock; reads no rows until asked).
 
         Raises:
             FileNotFoundError: the directory or its manifest.json does not exist.
-            IndexFormatError: a file is truncated or malformed (the message names it).
+            IndexFormatError: a file is truncated or malformed (the message names it), or the
+                index is in the old format 1 (the message names the command that upgrades it).
         """
         path = Path(path)
         if not path.is_dir():
@@ -200,59 +287,118 @@ class IndexDatabase:
         mpath = path / MANIFEST_NAME
         if not mpath.exists():
             raise FileNotFoundError(f"{path} is not an index directory: {mpath} not found")
-        return cls(path, read_manifest(mpath), gpu=gpu)
+        for attempt in range(OPEN_RETRIES):
+            manifest = read_manifest(mpath)
+            try:
+                return cls(path, manifest, gpu=gpu, lock_timeout=lock_timeout)
+            except _Republished:
+                time.sleep(0.05 * (attempt + 1))
+        raise IndexFormatError(f"{mpath}: the index kept changing while it was opened ({OPEN_RETRIES} tries)")
 
     def _load(self) -> None:
-        """Open the data files and check that they agree; repair disagreements in memory (WARNING)."""
+        """Open the segments and the faiss file the manifest names; repair disagreements in memory (WARNING)."""
         self._close_stores()
-        gpath = self.path / GLOBAL_NAME
-        self._global = GlobalStore(gpath, self.dim) if gpath.exists() else None
+        segments: list[Segment] = []
+        try:
+            for entry in self.manifest["segments"]:
+                spath = self.path / entry["file"]
+                if not spath.exists():
+                    self._missing(spath)
+                seg = Segment(spath, self.dim)
+                segments.append(seg)
+                if seg.n != entry["rows"]:
+                    raise IndexFormatError(f"{spath}: {seg.n} rows but {MANIFEST_NAME} says {entry['rows']}")
+        except BaseException:
+            for seg in segments:
+                seg.close()
+            raise
+        self._set_segments(segments)
         n = self.size
-        lpath = self.path / LOCAL_NAME
-        if lpath.exists():
-            self._local = LocalStore(lpath, n)
-            if self._local.n_file > n:
-                self._ahead = True
-                logger.warning(
-                    "%s has %d images but %s only %d (interrupted commit): using the first %d; "
-                    "the next commit() rewrites it", lpath, self._local.n_file, GLOBAL_NAME, n, n,
-                )
-        fpath = self.path / FAISS_NAME
-        self._faiss = fi.read_index(fpath) if fpath.exists() else None
+        fname = (self.manifest.get("faiss") or {}).get("file")
+        fpath = self.path / fname if fname else None
+        self._faiss = None
+        if fpath is not None and fpath.exists():
+            self._faiss = fi.read_index(fpath)
+        elif fpath is not None:
+            self._missing(fpath, fatal=False)
         if self._faiss is not None:
             if self._faiss.d != self.dim:
                 raise IndexFormatError(f"{fpath}: index dim {self._faiss.d}, manifest dim {self.dim}")
             if self._faiss.ntotal != n:
                 logger.warning(
-                    "%s holds %d vectors but %s has %d rows (interrupted commit?): it is %s at the "
-                    "next search (in memory) or commit()", fpath, self._faiss.ntotal, GLOBAL_NAME, n,
+                    "%s holds %d vectors but the segments have %d rows: it is %s at the next search (in "
+                    "memory) or commit()", fpath, self._faiss.ntotal, n,
                     "extended" if self._faiss.ntotal < n and self._faiss.is_trained else "rebuilt",
                 )
         elif n > 0:
-            logger.warning("%s is missing but %s has %d rows: it is built at the next search or commit()",
-                           fpath, GLOBAL_NAME, n)
+            logger.warning("%s: no faiss index file for %d rows: it is built at the next search or commit()",
+                           self.path, n)
         self._check_manifest()
+
+    def _missing(self, path: Path, fatal: bool = True) -> None:
+        """A file the manifest names is missing: a newer manifest (retry) or a damaged index."""
+        with contextlib.suppress(OSError, IndexFormatError):
+            if read_manifest(self.path / MANIFEST_NAME) != self._disk_manifest:
+                raise _Republished(str(path))
+        if fatal:
+            raise IndexFormatError(f"{path}: named in {self.path / MANIFEST_NAME} but missing")
+        logger.warning("%s: named in %s but missing", path, MANIFEST_NAME)
 
     def _check_manifest(self) -> None:
         """Compare the manifest with the data files; fix stale counts/params in memory with a WARNING."""
         counts = self.manifest.get("counts", {})
-        n_local = self._local.n_features if self._local is not None else 0
-        stale = []
-        if counts.get("images") != self.size:
-            stale.append(f"images {counts.get('images')} vs {self.size} in {GLOBAL_NAME}")
-        if counts.get("local_features", 0) != n_local:
-            stale.append(f"local_features {counts.get('local_features')} vs {n_local} in {LOCAL_NAME}")
-        if stale:
-            logger.warning("%s counts are stale (%s; interrupted commit?): recomputed from the data files; "
-                           "the next commit() saves them", self.path / MANIFEST_NAME, "; ".join(stale))
-            self.manifest["counts"] = self._compute_counts()
+        n_local = sum(s.n_features for s in self._segments)
+        if counts.get("images") != self.size or counts.get("local_features", 0) != n_local:
+            logger.warning("%s counts are stale: recomputed from the segments; the next commit() saves them",
+                           self.path / MANIFEST_NAME)
+            self.manifest["counts"] = self._counts(self._segments, self.manifest["segments"])
         if self._faiss is not None:
             recorded = self.manifest.get("faiss") or {}
             actual = self._params_for_index(self._faiss, recorded, None)
             if recorded.get("factory") != actual["factory"] or recorded.get("nprobe") != actual["nprobe"]:
                 logger.warning("%s faiss parameters (%s) do not describe %s (%s): using the index's",
-                               self.path / MANIFEST_NAME, recorded.get("factory"), FAISS_NAME, actual["factory"])
+                               self.path / MANIFEST_NAME, recorded.get("factory"), recorded.get("file"),
+                               actual["factory"])
                 self.manifest["faiss"] = actual
+
+    def _set_segments(self, segments: list[Segment]) -> None:
+        self._segments = segments
+        self._desc = SegmentedArray([s.descriptors for s in segments], self.dim)
+        self._starts = self._desc.starts.tolist()
+        self._metadata = None
+        self._search_index = None
+
+    # ------------------------------------------------------------------ writer lock
+
+    @contextlib.contextmanager
+    def writer_lock(self, timeout: float | None = None, what: str = "write") -> Iterator[IndexDatabase]:
+        """Hold the index's writer lock (re-entrant); on first entry re-read the manifest.
+
+        Every write method takes it for its own duration; a long writer (build-index) holds it for
+        its whole run so that a second writer is refused at once, naming the holder.
+
+        Raises:
+            IndexLockedError: another process holds it after ``timeout`` (default ``self.lock_timeout``) s.
+        """
+        first = self._lock.acquire(self.lock_timeout if timeout is None else float(timeout), what)
+        try:
+            if first:
+                self._refresh()
+            yield self
+        finally:
+            self._lock.release()
+
+    def _refresh(self) -> None:
+        """Re-read the manifest (under the lock): another writer may have committed since we read it."""
+        manifest = read_manifest(self.path / MANIFEST_NAME)
+        if manifest != self._disk_manifest:
+            if manifest["format_version"] < FORMAT_VERSION:
+                raise IndexFormatError(_legacy_message(self.path, manifest))
+            logger.info("%s changed since it was opened (another writer committed): reloading", self.path)
+            self.manifest = manifest
+            self._disk_manifest = copy.deepcopy(manifest)
+            self._local_expect = None
+            self._load()
 
     # ------------------------------------------------------------------ properties
 
@@ -263,54 +409,117 @@ class IndexDatabase:
 
     @property
     def size(self) -> int:
-        """Number of committed images (rows of global.h5)."""
-        return self._global.n if self._global is not None else 0
+        """Number of committed images (rows of all published segments)."""
+        return int(self._desc.shape[0])
+
+    @property
+    def faiss_path(self) -> Path | None:
+        """The faiss index file the manifest names (``faiss-<random>.index``), None before the first commit."""
+        name = (self.manifest.get("faiss") or {}).get("file")
+        return self.path / name if name else None
 
     @property
     def _shards_dir(self) -> Path:
         return self.path / SHARDS_DIR
 
     @property
-    def metadata(self) -> pd.DataFrame:
-        """Committed rows: ``row`` (int, == faiss id), ``id``, ``landmark_id`` ("" = non-landmark), ``path``.
+    def _local_dim(self) -> int | None:
+        return next((s.local_dim for s in self._segments if s.local_dim), None)
 
-        Cached and shared: do not modify it in place.
+    @property
+    def metadata(self) -> pd.DataFrame:
+        """All committed rows: ``row`` (int, == faiss id), ``id``, ``landmark_id`` ("" = non-landmark), ``path``.
+
+        O(N) Python strings (about 0.5 GiB per million rows): for small indexes, tests and exports.
+        Per-query code uses :meth:`rows`, :meth:`column` and :meth:`find_rows`, which read only what
+        they need. Cached and shared: do not modify it in place.
         """
         if self._metadata is None:
-            mpath, n = self.path / METADATA_NAME, self.size
-            if not mpath.exists():
-                if n:
-                    raise IndexFormatError(f"{mpath} is missing but {self.path / GLOBAL_NAME} has {n} rows")
-                df = empty_metadata()
+            if not self.size:
+                self._metadata = empty_metadata()
             else:
-                df = read_metadata(mpath)
-                if len(df) < n:
-                    raise IndexFormatError(f"{mpath}: {len(df)} rows but {GLOBAL_NAME} has {n}")
-                if len(df) > n:
-                    self._ahead = True
-                    logger.warning("%s has %d rows but %s only %d (interrupted commit): using the first %d; "
-                                   "the next commit() rewrites it", mpath, len(df), GLOBAL_NAME, n, n)
-                    df = df.iloc[:n].copy()
-                if n and not np.array_equal(df["id"].to_numpy(dtype=object), self._global.ids()):
-                    raise IndexFormatError(f"{mpath}: ids do not match the ids in {self.path / GLOBAL_NAME}")
-            self._metadata = df
+                cols = {c: np.concatenate([s.column_all(c) for s in self._segments]) for c in COLUMNS}
+                df = pd.DataFrame({"row": np.arange(self.size, dtype=np.int64), **cols})
+                self._metadata = df[METADATA_COLUMNS]
         return self._metadata
 
+    def rows(self, rows: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids, landmark_ids, paths) of the given rows (any order), each an object array of str.
+
+        Reads only those rows ("" landmark_id = non-landmark). IndexError for rows out of range.
+        """
+        rows = self._check_rows(rows)
+        return tuple(self._column(c, rows, checked=True) for c in COLUMNS)  # type: ignore[return-value]
+
+    def column(self, name: str) -> LazyColumn:
+        """A lazily read metadata column: ``db.column("path")[row]`` or ``db.column("id")[rows]``."""
+        return LazyColumn(self, name)
+
+    def _check_rows(self, rows: Any) -> np.ndarray:
+        rows = np.atleast_1d(np.asarray(rows))
+        if rows.ndim != 1 or not (np.issubdtype(rows.dtype, np.integer) or rows.size == 0):
+            raise ValueError(f"rows must be a 1-d integer array, got shape {rows.shape} dtype {rows.dtype}")
+        rows = rows.astype(np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.size):
+            raise IndexError(f"rows out of range for {self.size} images")
+        return rows
+
+    def _value(self, name: str, row: int) -> str:
+        """One metadata value (fast path for scalar access: a few microseconds)."""
+        if not 0 <= row < self.size:
+            raise IndexError(f"row {row} out of range for {self.size} images")
+        i = bisect.bisect_right(self._starts, row) - 1
+        return self._segments[i].value(name, row - self._starts[i])
+
+    def _column(self, name: str, rows: np.ndarray, checked: bool = False) -> np.ndarray:
+        if name not in COLUMNS:
+            raise ValueError(f"unknown column {name!r}; choose one of {COLUMNS}")
+        if not checked:
+            rows = self._check_rows(rows)
+        out = np.empty(len(rows), dtype=object)
+        seg = np.searchsorted(self._desc.starts, rows, side="right") - 1
+        for i in np.unique(seg).tolist():
+            mask = seg == i
+            out[mask] = self._segments[i].column(name, rows[mask] - self._desc.starts[i])
+        return out
+
+    def find_rows(self, ids: Sequence[str]) -> np.ndarray:
+        """Row of each id among committed images, -1 when not committed ((len(ids),) int64).
+
+        A hash lookup per segment, confirmed by comparing the id: O(len(ids) * log N), no id list loaded.
+        """
+        ids = [str(i) for i in ids]
+        out = np.full(len(ids), -1, dtype=np.int64)
+        if not ids or not self.size:
+            return out
+        hashes = hash_ids(ids)
+        for i, seg in enumerate(self._segments):
+            todo = np.flatnonzero(out < 0)
+            if not len(todo):
+                break
+            found = seg.find([ids[j] for j in todo], hashes[todo])
+            hit = found >= 0
+            out[todo[hit]] = found[hit] + self._desc.starts[i]
+        return out
+
     def has_local(self) -> bool:
-        """Whether committed images have local features (local.h5 exists)."""
-        return self._local is not None
+        """Whether committed images have local features."""
+        return self._local_dim is not None
 
     # ------------------------------------------------------------------ extraction side
 
     def done_ids(self) -> set[str]:
-        """Ids already stored: committed in global.h5 plus those in complete shards (temp files ignored)."""
-        done = set(self._global.ids()) if self._global is not None else set()
+        """Ids already stored: committed plus those in complete shards (temp files ignored).
+
+        O(N) Python strings; to ask about given ids use :meth:`stored_labels_for` or :meth:`find_rows`.
+        """
+        done = set(self.metadata["id"]) if self.size else set()
         for shard in list_shards(self._shards_dir):
             done.update(ShardReader(shard).ids)
         return done
 
     def stored_labels(self) -> dict[str, str]:
-        """{id: landmark_id} of every stored image: committed rows plus complete, uncommitted shards."""
+        """{id: landmark_id} of every stored image: committed rows plus complete, uncommitted shards (O(N))."""
         labels: dict[str, str] = {}
         if self.size:
             labels.update(zip(self.metadata["id"], self.metadata["landmark_id"]))
@@ -318,6 +527,23 @@ class IndexDatabase:
             reader = ShardReader(shard)
             for i, lm in zip(reader.ids, reader.landmark_ids()):
                 labels.setdefault(str(i), str(lm))
+        return labels
+
+    def stored_labels_for(self, ids: Sequence[str]) -> dict[str, str]:
+        """{id: landmark_id} for those of ``ids`` already stored (committed or in a complete shard).
+
+        Looks up only the given ids (plus the pending shards): what a resuming build needs.
+        """
+        ids = [str(i) for i in ids]
+        rows = self.find_rows(ids)
+        hit = np.flatnonzero(rows >= 0)
+        labels = dict(zip([ids[i] for i in hit], self._column("landmark_id", rows[hit], checked=True)))
+        wanted = set(ids)
+        for shard in list_shards(self._shards_dir):
+            reader = ShardReader(shard)
+            for i, lm in zip(reader.ids, reader.landmark_ids()):
+                if i in wanted:
+                    labels.setdefault(str(i), str(lm))
         return labels
 
     def write_shard(
@@ -328,6 +554,7 @@ class IndexDatabase:
         xb: np.ndarray,
         local_keypoints: list[np.ndarray] | None = None,
         local_descriptors: list[np.ndarray] | None = None,
+        local_sizes: np.ndarray | None = None,
     ) -> Path:
         """Store one extraction batch as a shard (atomic); :meth:`commit` merges shards into the index.
 
@@ -336,6 +563,8 @@ class IndexDatabase:
             xb: (n, dim) float32 global descriptors; L2-normalised here and stored as float16.
             local_keypoints: per image (k_i, 4) float32 [x, y, scale, score], or None.
             local_descriptors: per image (k_i, d) float32/float16, or None; d fixed per index.
+            local_sizes: optional (n, 2) int [width, height] of the image the local features were
+                detected on (returned by :meth:`local_image_size`).
 
         Returns:
             The shard's path.
@@ -357,8 +586,14 @@ class IndexDatabase:
         if not np.all(np.isfinite(xb)):
             raise ValueError("xb contains NaN or infinite values")
         local = self._pack_local(n, local_keypoints, local_descriptors)
+        if local_sizes is not None:
+            local_sizes = np.asarray(local_sizes)
+            if local is None or local_sizes.shape != (n, 2):
+                raise ValueError(f"local_sizes must be ({n}, 2) [width, height] and come with local features, "
+                                 f"got {local_sizes.shape}")
+            local_sizes = local_sizes.astype(np.int32)
         desc16 = _l2_normalise(xb).astype(np.float16)
-        path = write_shard_file(self._shards_dir, ids, landmark_ids, paths, desc16, local)
+        path = write_shard_file(self._shards_dir, ids, landmark_ids, paths, desc16, local, local_sizes)
         if n:
             self._local_expect = (local is not None, None if local is None else local[1].shape[1])
         self.flush_skipped()
@@ -413,7 +648,7 @@ class IndexDatabase:
         """(has local, local dim) fixed by committed rows or earlier shards; (None, None) if not yet fixed."""
         if self._local_expect is None:
             if self.size:
-                self._local_expect = (self._local is not None, self._local.dim if self._local else None)
+                self._local_expect = (self.has_local(), self._local_dim)
             else:
                 for shard in list_shards(self._shards_dir):
                     r = ShardReader(shard)
@@ -423,23 +658,22 @@ class IndexDatabase:
         return self._local_expect if self._local_expect is not None else (None, None)
 
     def record_skipped(self, id: str, path: str, reason: str) -> None:  # noqa: A002 (API name)
-        """Record an image the caller could not process (buffered; saved by commit()/flush_skipped()/write_shard())."""
+        """Record an image the caller could not process (buffered; appended by flush_skipped()/write_shard()/commit())."""
         self._skipped_buffer[_as_str(id, "id")] = (_as_str(path, "path"), _as_str(reason, "reason"))
 
     def flush_skipped(self) -> None:
-        """Merge buffered skipped images into skipped.csv (unique by id, last reason wins; atomic)."""
+        """Append buffered skipped images to skipped.csv (O(buffer), under the writer lock)."""
         if not self._skipped_buffer:
             return
-        write_table(self.path / SKIPPED_NAME, self.skipped())
+        with self.writer_lock(what="skipped list"):
+            append_skipped(self.path / SKIPPED_NAME, self._skipped_buffer)
         self._skipped_buffer.clear()
 
     def skipped(self) -> pd.DataFrame:
-        """Skipped images (``id``, ``path``, ``reason``), including not yet flushed ones."""
-        rows = {r.id: (r.path, r.reason) for r in read_skipped(self.path / SKIPPED_NAME).itertuples()}
+        """Skipped images (``id``, ``path``, ``reason``; unique ids, last reason wins), including unflushed ones."""
+        rows = read_skipped_rows(self.path / SKIPPED_NAME)
         rows.update(self._skipped_buffer)
-        return pd.DataFrame(
-            [(k, p, r) for k, (p, r) in rows.items()], columns=SKIPPED_COLUMNS, dtype=object
-        )
+        return pd.DataFrame([(k, p, r) for k, (p, r) in rows.items()], columns=SKIPPED_COLUMNS, dtype=object)
 
     # ------------------------------------------------------------------ commit
 
@@ -452,13 +686,14 @@ class IndexDatabase:
         *,
         rebuild: bool = False,
     ) -> dict[str, Any]:
-        """Merge complete shards into the index and bring faiss.index up to date (crash-safe, resumable).
+        """Publish complete shards as a new segment and bring the faiss index up to date (crash-safe).
 
         New rows are shard rows whose id is not committed yet (first occurrence
-        wins). A trained faiss index gets the new vectors ``add``-ed without
-        retraining; it is (re)built from global.h5 when missing, untrained,
-        inconsistent, when ``factory`` names a different index, when an exact
-        index chosen automatically is outgrown (>= ``FLAT_MAX_N`` vectors), or
+        wins). A trained faiss index gets the new vectors ``add``-ed; it is
+        (re)built from the stored descriptors when missing, untrained or
+        inconsistent, when ``factory`` names a different index, when an
+        automatically chosen index is outgrown (exact index past
+        ``FLAT_MAX_N``; IVF-PQ at ``RETRAIN_GROWTH`` x its training size), or
         when ``rebuild`` is true. Write order: see the module docstring.
 
         Args:
@@ -469,7 +704,7 @@ class IndexDatabase:
             rebuild: retrain from scratch even if the index could be extended.
 
         Returns:
-            {"n_added", "n_duplicates", "n_total", "rebuilt", "faiss": params, "seconds"}.
+            {"n_added", "n_duplicates", "n_total", "rebuilt", "rebuild_reason", "faiss": params, "seconds"}.
         """
         t0 = time.perf_counter()
         fi.use_gpu(gpu)
@@ -478,43 +713,73 @@ class IndexDatabase:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if factory is not None:
             fi.new_index(factory, self.dim)  # fail on a bad factory string before touching any file
-        self.flush_skipped()
-        self._remove_stale_tmp()
-        shards = list_shards(self._shards_dir)
-        n_old = self.size
-        plans, n_dup, has_local, local_dim = self._plan_merge(shards)
-        n_added = sum(int(keep.sum()) for _, keep in plans)
-        if factory is not None:
-            self._check_trainable(factory, n_old + n_added)  # before any file is replaced
-        if n_added:
-            self._rewrite_files(plans, bool(has_local), local_dim)
-        elif self._ahead or (n_old == 0 and self._has_orphan_files()):
-            # drop rows left ahead of global.h5 by an interrupted commit whose shards are gone
-            self._rewrite_files([], bool(n_old and self._local is not None), local_dim)
-        rebuilt = self._update_faiss(factory, nprobe, shortlist, gpu, rebuild, n_old)
-        self.manifest["counts"] = self._compute_counts()
-        n_local = self._local.n_features if self._local is not None else 0
-        self.manifest["local_bytes_per_image"] = (
-            float(n_local * (4 * 4 + 2 * self._local.dim) / max(1, self.size)) if self._local is not None else 0.0
-        )
-        self.manifest["package_version"] = package_version()
-        write_manifest(self.path / MANIFEST_NAME, self.manifest)  # step 5: manifest last
-        for shard in shards:  # step 6
-            shard.unlink(missing_ok=True)
-        if shards:
-            fsync_dir(self._shards_dir)
-        self._local_expect = None
-        self._drop_committed_skipped()
+        with self.writer_lock(what="commit"):
+            self.flush_skipped()
+            self._collect_garbage()
+            shards = list_shards(self._shards_dir)
+            n_old = self.size
+            plans, n_dup, has_local, local_dim = self._plan_merge(shards)
+            n_added = sum(int(keep.sum()) for _, keep in plans)
+            if factory is not None:
+                self._check_trainable(factory, n_old + n_added)  # before any file is written
+            entries = list(self.manifest["segments"])
+            segments = list(self._segments)
+            new_seg = None
+            try:
+                if n_added:
+                    entry, new_seg = self._write_segment(plans, local_dim if has_local else None)
+                    entries.append(entry)
+                    segments.append(new_seg)
+                xb = SegmentedArray([s.descriptors for s in segments], self.dim)
+                index, params, reason, changed = self._update_faiss(factory, nprobe, shortlist, gpu, rebuild,
+                                                                    n_old, xb)
+                manifest = copy.deepcopy(self.manifest)
+                old_file = (self.manifest.get("faiss") or {}).get("file")
+                if index is not None:
+                    params["file"] = old_file
+                    if changed or not old_file or not (self.path / old_file).exists():
+                        params["file"] = f"faiss-{uuid.uuid4().hex[:12]}.index"
+                        fi.write_index(index, self.path / params["file"])  # step 3
+                manifest["faiss"] = params
+                manifest["segments"] = entries
+                manifest["local_dim"] = local_dim if has_local else None
+                manifest["counts"] = self._counts(segments, entries)
+                n_local = manifest["counts"]["local_features"]
+                manifest["local_bytes_per_image"] = (
+                    float(n_local * (4 * 4 + 2 * local_dim) / max(1, xb.shape[0])) if has_local and local_dim else 0.0
+                )
+                manifest["package_version"] = package_version()
+                write_manifest(self.path / MANIFEST_NAME, manifest)  # step 4: the commit point
+            except BaseException:
+                if new_seg is not None:
+                    new_seg.close()
+                raise
+            self.manifest = manifest
+            self._disk_manifest = copy.deepcopy(manifest)
+            self._set_segments(segments)
+            if index is not None:
+                self._set_faiss(index)
+            # step 5: garbage of the previous state
+            if old_file and old_file != params.get("file"):
+                (self.path / old_file).unlink(missing_ok=True)
+            for shard in shards:
+                shard.unlink(missing_ok=True)
+            if shards:
+                fsync_dir(self._shards_dir)
+            self._local_expect = None
+            self._dedupe_skipped()
         stats = {
             "n_added": n_added,
             "n_duplicates": n_dup,
             "n_total": self.size,
-            "rebuilt": rebuilt,
+            "rebuilt": reason is not None,
+            "rebuild_reason": reason,
             "faiss": dict(self.manifest.get("faiss") or {}),
             "seconds": round(time.perf_counter() - t0, 3),
         }
-        logger.info("commit %s: %d new images (%d already stored, skipped) from %d shards, %d total, %.1f s",
-                    self.path, n_added, n_dup, len(shards), self.size, stats["seconds"])
+        logger.info("commit %s: %d new images (%d already stored, skipped) from %d shards, %d total in %d "
+                    "segments, %.1f s", self.path, n_added, n_dup, len(shards), self.size, len(self._segments),
+                    stats["seconds"])
         return stats
 
     def _check_trainable(self, factory: str, n: int) -> None:
@@ -538,19 +803,20 @@ class IndexDatabase:
         """
         readers = [ShardReader(p) for p in shards]
         n_old = self.size
-        seen = set(self._global.ids()) if self._global is not None else set()
-        has_local: bool | None = (self._local is not None) if n_old else None
-        local_dim = self._local.dim if (n_old and self._local is not None) else None
+        has_local: bool | None = self.has_local() if n_old else None
+        local_dim = self._local_dim if n_old else None
         plans: list[tuple[ShardReader, np.ndarray]] = []
+        seen: set[str] = set()
         n_dup = 0
         for r in readers:
             if r.dim != self.dim:
                 raise IndexFormatError(f"{r.path}: descriptors have dim {r.dim}, index dim {self.dim}")
-            keep = np.zeros(r.n, dtype=bool)
-            for i, id_ in enumerate(r.ids):
-                if id_ not in seen:
-                    keep[i] = True
-                    seen.add(id_)
+            keep = self.find_rows(list(r.ids)) < 0
+            for i in np.flatnonzero(keep).tolist():
+                if r.ids[i] in seen:
+                    keep[i] = False
+                else:
+                    seen.add(r.ids[i])
             n_dup += int(r.n - keep.sum())
             if not keep.any():
                 continue
@@ -568,115 +834,183 @@ class IndexDatabase:
             plans.append((r, keep))
         return plans, n_dup, has_local, local_dim
 
-    def _has_orphan_files(self) -> bool:
-        return (self.path / LOCAL_NAME).exists() or (self.path / METADATA_NAME).exists()
+    def _new_segment_path(self) -> Path:
+        seqs = [int(m.group(1)) for e in self.manifest["segments"] if (m := _SEG_RE.match(Path(e["file"]).name))]
+        seg_dir = self.path / SEGMENTS_DIR
+        seg_dir.mkdir(exist_ok=True)
+        return seg_dir / f"seg-{max(seqs, default=-1) + 1:06d}-{uuid.uuid4().hex[:8]}.h5"
 
-    def _rewrite_files(
-        self, plans: list[tuple[ShardReader, np.ndarray]], has_local: bool, local_dim: int | None
-    ) -> None:
-        """Steps 1-3 of the write order: rewrite local.h5, metadata.csv, global.h5 as old rows + new rows."""
-        n_old = self.size
+    def _write_segment(self, plans: list[tuple[ShardReader, np.ndarray]],
+                       local_dim: int | None) -> tuple[dict[str, Any], Segment]:
+        """Step 2: the new rows as one segment file (temp name, fsync, rename); returns (manifest entry, segment)."""
         n_new = sum(int(keep.sum()) for _, keep in plans)
-        n = n_old + n_new
-        gpath, lpath, mpath = self.path / GLOBAL_NAME, self.path / LOCAL_NAME, self.path / METADATA_NAME
-        gtmp, ltmp, mtmp = tmp_path(gpath), tmp_path(lpath), tmp_path(mpath)
-        md_old = self.metadata
+        m_new = sum(int(np.diff(r.local_offsets)[keep].sum()) for r, keep in plans) if local_dim else 0
+        with_sizes = bool(local_dim) and any(r.has_sizes for r, _ in plans)
+        final = self._new_segment_path()
+        tmp = tmp_path(final)
+        writer = SegmentWriter(tmp, n_new, self.dim, local_dim, m_new, with_sizes)
         try:
-            # step 1: temp files holding old rows + new rows, in shard order
-            lw = None
-            if has_local and n:
-                m_old = self._local.n_features if (n_old and self._local is not None) else 0
-                m_new = sum(int(np.diff(r.local_offsets)[keep].sum()) for r, keep in plans)
-                lw = LocalWriter(ltmp, n, m_old + m_new, local_dim)
-                if n_old and self._local is not None:
-                    lw.append_counts(np.diff(self._local.offsets))
-                    for a in range(0, m_old, COPY_CHUNK):
-                        lw.append_features(*self._local.feature_slice(a, min(m_old, a + COPY_CHUNK)))
-            gw = GlobalWriter(gtmp, n, self.dim)
-            if n_old:
-                ids_old = self._global.ids()
-                for a in range(0, n_old, COPY_CHUNK):
-                    b = min(n_old, a + COPY_CHUNK)
-                    gw.append(ids_old[a:b], np.asarray(self._global.descriptors[a:b]))
-            parts = [md_old[["id", "landmark_id", "path"]]]
             for r, keep in plans:
                 arrays = r.read(keep)
-                gw.append(arrays["ids"], arrays["descriptors"])
-                if lw is not None:
-                    lw.append_counts(arrays["local_counts"])
-                    lw.append_features(arrays["local_keypoints"], arrays["local_descriptors"])
-                parts.append(pd.DataFrame({"id": arrays["ids"], "landmark_id": arrays["landmark_ids"],
-                                           "path": arrays["paths"]}, dtype=object))
-            gw.close()
-            if lw is not None:
-                lw.close()
-            md = pd.concat(parts, ignore_index=True)
-            md.insert(0, "row", np.arange(len(md), dtype=np.int64))
-            md.to_csv(mtmp, index=False)
-            for p in (ltmp, mtmp, gtmp):
-                if p.exists():
-                    fsync_file(p)
+                ids = [str(x) for x in arrays["ids"]]
+                values, codes = np.unique(np.asarray(arrays["landmark_ids"], dtype=str), return_inverse=True)
+                local = None
+                if local_dim:
+                    local = {"counts": arrays["local_counts"], "keypoints": arrays["local_keypoints"],
+                             "descriptors": arrays["local_descriptors"]}
+                    if with_sizes:
+                        local["sizes"] = arrays.get("local_sizes", np.zeros((len(ids), 2), np.int32))
+                writer.append(arrays["descriptors"], encode_strings(ids), encode_strings(arrays["paths"]),
+                              codes.reshape(-1), values, hash_ids(ids), local)
+            entry = writer.close()
+            fsync_file(tmp)
+            os.replace(tmp, final)
         except BaseException:
-            for p in (gtmp, ltmp, mtmp):
-                with contextlib.suppress(OSError):
-                    p.unlink()
+            writer.abort()
+            tmp.unlink(missing_ok=True)
             raise
-        self._close_stores()
-        # steps 2-3: ahead-files first, global.h5 (the commit point) last
-        if lw is not None:
-            os.replace(ltmp, lpath)
-        elif lpath.exists():
-            lpath.unlink()  # only reachable when no rows have local features
-        os.replace(mtmp, mpath)
-        os.replace(gtmp, gpath)
-        fsync_dir(self.path)
-        self._ahead = False
-        self._metadata = None
-        self._global = GlobalStore(gpath, self.dim)
-        self._local = LocalStore(lpath, self.size) if lpath.exists() else None
+        fsync_dir(final.parent)
+        entry["file"] = f"{SEGMENTS_DIR}/{final.name}"
+        return entry, Segment(final, self.dim)
 
-    def _update_faiss(self, factory: str | None, nprobe: int | None, shortlist: int | None,
-                      gpu: str, rebuild: bool, n_old: int) -> bool:
-        """Step 4: extend the trained faiss index with new rows, or (re)build it. Returns whether it was built."""
-        n = self.size
+    def _counts(self, segments: list[Segment], entries: list[dict]) -> dict[str, int]:
+        landmarks: set[str] = set()
+        for seg in segments:
+            landmarks.update(seg.landmark_values().tolist())
+        landmarks.discard("")
+        return {
+            "images": int(sum(s.n for s in segments)),
+            "landmarks": len(landmarks),
+            "nonlandmarks": int(sum(e.get("nonlandmarks", 0) for e in entries)),
+            "local_features": int(sum(s.n_features for s in segments)),
+        }
+
+    # ------------------------------------------------------------------ compaction
+
+    def compact(self) -> dict[str, Any]:
+        """Merge all segments into one (crash-safe); row numbers, faiss index and content are unchanged.
+
+        Writes the merged segment under a new name, publishes it in the manifest (the commit point), then
+        deletes the old segment files; a kill at any point leaves either the old or the new state.
+
+        Returns:
+            {"segments_before", "segments_after", "rows", "seconds"}.
+        """
+        t0 = time.perf_counter()
+        with self.writer_lock(what="compact"):
+            self._collect_garbage()
+            before = len(self._segments)
+            if before <= 1:
+                logger.info("compact %s: %d segment, nothing to merge", self.path, before)
+                return {"segments_before": before, "segments_after": before, "rows": self.size,
+                        "seconds": round(time.perf_counter() - t0, 3)}
+            local_dim = self._local_dim
+            n_features = sum(s.n_features for s in self._segments)
+            with_sizes = bool(local_dim) and any(s.has_sizes for s in self._segments)
+            final = self._new_segment_path()
+            tmp = tmp_path(final)
+            writer = SegmentWriter(tmp, self.size, self.dim, local_dim, n_features, with_sizes)
+            try:
+                for seg in self._segments:
+                    values = seg.landmark_values()
+                    sorted_hash, hash_rows = seg.hashes()
+                    hashes = np.empty(seg.n, dtype=np.uint64)
+                    hashes[hash_rows] = sorted_hash
+                    for a in range(0, seg.n, COPY_CHUNK):
+                        b = min(seg.n, a + COPY_CHUNK)
+                        local = None
+                        if local_dim:
+                            local = seg.local_block(a, b)
+                            if with_sizes and "sizes" not in local:
+                                local["sizes"] = np.zeros((b - a, 2), np.int32)
+                        writer.append(np.asarray(seg.descriptors[a:b]), seg.raw_strings("ids", a, b),
+                                      seg.raw_strings("paths", a, b), seg.raw_codes(a, b), values,
+                                      hashes[a:b], local)
+                entry = writer.close()
+                fsync_file(tmp)
+                os.replace(tmp, final)
+            except BaseException:
+                writer.abort()
+                tmp.unlink(missing_ok=True)
+                raise
+            fsync_dir(final.parent)
+            entry["file"] = f"{SEGMENTS_DIR}/{final.name}"
+            merged = Segment(final, self.dim)
+            manifest = copy.deepcopy(self.manifest)
+            old_files = [e["file"] for e in manifest["segments"]]
+            manifest["segments"] = [entry]
+            try:
+                write_manifest(self.path / MANIFEST_NAME, manifest)  # the commit point
+            except BaseException:
+                merged.close()
+                raise
+            for seg in self._segments:
+                seg.close()
+            self.manifest = manifest
+            self._disk_manifest = copy.deepcopy(manifest)
+            self._set_segments([merged])
+            for f in old_files:
+                (self.path / f).unlink(missing_ok=True)
+            fsync_dir(final.parent)
+        stats = {"segments_before": before, "segments_after": 1, "rows": self.size,
+                 "seconds": round(time.perf_counter() - t0, 3)}
+        logger.info("compact %s: %d segments merged into one (%d rows) in %.1f s", self.path, before, self.size,
+                    stats["seconds"])
+        return stats
+
+    # ------------------------------------------------------------------ faiss
+
+    def _update_faiss(self, factory: str | None, nprobe: int | None, shortlist: int | None, gpu: str,
+                      rebuild: bool, n_old: int, xb: SegmentedArray) -> tuple[Any, dict[str, Any], str | None, bool]:
+        """Step 3: extend the trained faiss index with the new rows of ``xb``, or (re)build it.
+
+        Returns (index or None when empty, manifest params, reason it was rebuilt or None, changed).
+        """
+        n = xb.shape[0]
         old = self.manifest.get("faiss") or {}
         shortlist = shortlist or old.get("shortlist") or fi.DEFAULT_SHORTLIST
         index = self._faiss
         if n == 0:
-            return False
+            return None, {}, None, False
         reason = None
+        desc = fi.describe_index(index) if index is not None else None
+        trained_n = old.get("trained_n") or old.get("n") or 0
         if index is None:
             reason = "no faiss index yet"
         elif not index.is_trained:
-            reason = "faiss.index is not trained"
+            reason = "the faiss index is not trained"
         elif index.ntotal > n:
-            reason = f"faiss.index holds {index.ntotal} vectors but {GLOBAL_NAME} only {n} rows"
+            reason = f"the faiss index holds {index.ntotal} vectors but the segments only {n} rows"
             logger.warning("%s: rebuilding", reason)
         elif rebuild:
             reason = "rebuild requested"
-        elif factory is not None and (
-            fi.factory_signature(factory, self.dim) != fi.index_signature(fi.describe_index(index))
-        ):
+        elif factory is not None and (fi.factory_signature(factory, self.dim) != fi.index_signature(desc)):
             reason = f"factory changed from {old.get('factory')!r} to {factory!r}"
-        elif factory is None and old.get("auto", True) and fi.describe_index(index)["exact"] and n >= fi.FLAT_MAX_N:
+        elif factory is None and old.get("auto", True) and desc["exact"] and n >= fi.FLAT_MAX_N:
             reason = f"{n} vectors outgrow the automatically chosen exact index (IVF-PQ from {fi.FLAT_MAX_N})"
+        elif (factory is None and old.get("auto", True) and not desc["exact"] and trained_n
+              and n >= RETRAIN_GROWTH * trained_n):
+            reason = (f"the collection grew to {n} vectors, {n / trained_n:.1f}x the {trained_n} the index was "
+                      f"trained for (retrain at {RETRAIN_GROWTH:g}x)")
         changed = self._faiss_dirty
         if reason is not None:
-            params = self._build_params(factory, nprobe, shortlist)
+            params = self._build_params(factory, nprobe, shortlist, n)
+            if index is not None:
+                logger.info("retraining the faiss index: %s; new parameters %s", reason, params["factory"])
             t0 = time.perf_counter()
-            index = fi.build_faiss(self._global.descriptors, params, gpu)
+            index = fi.build_faiss(xb, params, gpu)
             logger.info("built %s over %d vectors (%s) in %.1f s", params["factory"], n, reason,
                         time.perf_counter() - t0)
             params["n"] = n
+            params["trained_n"] = n
             changed = True
         else:
             ntotal = index.ntotal
             if ntotal < n_old:
-                logger.warning("%s was %d vectors behind %s (interrupted commit): adding them",
-                               FAISS_NAME, n_old - ntotal, GLOBAL_NAME)
+                logger.warning("the faiss index was %d vectors behind the segments: adding them", n_old - ntotal)
             if ntotal < n:
                 work, on_gpu = fi.to_gpu(index, gpu)
-                fi.add_rows(work, self._global.descriptors, ntotal, n)
+                fi.add_rows(work, xb, ntotal, n)
                 index = fi.to_cpu(work, on_gpu)
                 logger.info("added %d vectors to the trained %s index without retraining (%d total)",
                             n - ntotal, old.get("factory", "faiss"), n)
@@ -686,18 +1020,16 @@ class IndexDatabase:
                 changed = True
             params = self._params_for_index(index, old, factory)
             params["shortlist"] = int(shortlist)
-        if changed or not (self.path / FAISS_NAME).exists():
-            fi.write_index(index, self.path / FAISS_NAME)
-        self._set_faiss(index)
-        self.manifest["faiss"] = params
-        return reason is not None
+            params["trained_n"] = trained_n or n
+        return index, params, reason, changed
 
-    def _build_params(self, factory: str | None, nprobe: int | None, shortlist: int | None) -> dict[str, Any]:
+    def _build_params(self, factory: str | None, nprobe: int | None, shortlist: int | None,
+                      n: int | None = None) -> dict[str, Any]:
         """Parameters for a (re)build: the given factory, else a factory the caller forced earlier, else automatic."""
         old = self.manifest.get("faiss") or {}
         if factory is None and old.get("auto") is False:
             factory = old.get("factory")
-        return fi.choose_params(self.size, self.dim, factory, nprobe, shortlist=shortlist)
+        return fi.choose_params(n if n is not None else self.size, self.dim, factory, nprobe, shortlist=shortlist)
 
     def _params_for_index(self, index: Any, recorded: dict, factory: str | None) -> dict[str, Any]:
         """Manifest parameters for an existing index: the recorded ones when they describe it, else derived."""
@@ -747,13 +1079,13 @@ class IndexDatabase:
         index = self._faiss
         if index is None or not index.is_trained or index.ntotal > n:
             logger.warning("%s missing or inconsistent with %s: rebuilding it in memory; run commit() to save it",
-                           FAISS_NAME, GLOBAL_NAME)
-            index = fi.build_faiss(self._global.descriptors, self._build_params(None, None, None), "cpu")
+                           FAISS_NAME, "the segments")
+            index = fi.build_faiss(self._desc, self._build_params(None, None, None), "cpu")
             self._faiss, self._faiss_dirty = index, True
         elif index.ntotal < n:
             logger.warning("%s is %d vectors behind %s: adding them in memory; run commit() to save it",
-                           FAISS_NAME, n - index.ntotal, GLOBAL_NAME)
-            fi.add_rows(index, self._global.descriptors, index.ntotal, n)
+                           FAISS_NAME, n - index.ntotal, "the segments")
+            fi.add_rows(index, self._desc, index.ntotal, n)
             self._faiss_dirty = True
         self._exact = bool(fi.describe_index(index)["exact"])
         self._search_index, _ = fi.to_gpu(index, self.gpu)
@@ -804,36 +1136,50 @@ class IndexDatabase:
             return fi.finalize_results(D, I, k)
         shortlist = shortlist or (self.manifest.get("faiss") or {}).get("shortlist") or fi.DEFAULT_SHORTLIST
         _, I = index.search(xq, min(max(k, int(shortlist)), n))
-        return fi.rescore(xq, I, self._global.rows, k)
+        return fi.rescore(xq, I, self._desc.rows, k)
 
     def global_descriptors(self, rows: np.ndarray | None = None) -> np.ndarray:
-        """Stored global descriptors as float32: all (N, dim), or ``rows`` (any order) -> (len(rows), dim)."""
-        if self._global is None:
-            if rows is not None and len(np.atleast_1d(rows)):
-                raise IndexError("the index is empty")
-            return np.zeros((0, self.dim), np.float32)
+        """Stored global descriptors as float32: all (N, dim) (O(N) memory), or ``rows`` (any order)."""
         if rows is None:
-            return np.asarray(self._global.descriptors[:], dtype=np.float32)
+            return np.asarray(self._desc[0 : self.size], dtype=np.float32)
         rows = np.asarray(rows)
         if rows.ndim != 1 or not (np.issubdtype(rows.dtype, np.integer) or rows.size == 0):
             raise ValueError(f"rows must be a 1-d integer array, got shape {rows.shape} dtype {rows.dtype}")
         rows = rows.astype(np.int64)
+        if rows.size and not self.size:
+            raise IndexError("the index is empty")
         if rows.size and (rows.min() < 0 or rows.max() >= self.size):
             raise IndexError(f"rows out of range for {self.size} images")
-        return self._global.rows(rows).astype(np.float32)
+        return self._desc.rows(rows).astype(np.float32)
+
+    def _locate(self, row: int) -> tuple[Segment, int]:
+        row = int(row)
+        if not 0 <= row < self.size:
+            raise IndexError(f"row {row} out of range for {self.size} images")
+        i = int(np.searchsorted(self._desc.starts, row, side="right")) - 1
+        return self._segments[i], row - int(self._desc.starts[i])
 
     def local_features(self, row: int) -> tuple[np.ndarray, np.ndarray] | None:
         """(keypoints (k, 4) float32, descriptors (k, d) float32) of image ``row``; None without local features."""
-        if self._local is None:
+        if not self.has_local():
             return None
-        return self._local.get(int(row))
+        seg, r = self._locate(row)
+        return seg.local(r)
+
+    def local_image_size(self, row: int) -> tuple[int, int] | None:
+        """(width, height) of the image the local features of ``row`` were detected on; None when not stored."""
+        if not self.has_local():
+            return None
+        seg, r = self._locate(row)
+        return seg.local_size(r)
 
     # ------------------------------------------------------------------ aux / manifest
 
     def write_aux(self, name: str, arrays: dict[str, np.ndarray]) -> None:
-        """Store caller-owned arrays as aux/<name>.npz (atomic)."""
+        """Store caller-owned arrays as aux/<name>.npz (atomic, under the writer lock)."""
         check_aux_name(name)
-        write_aux_file(self.path / AUX_DIR / f"{name}.npz", arrays)
+        with self.writer_lock(what="write aux"):
+            write_aux_file(self.path / AUX_DIR / f"{name}.npz", arrays)
 
     def read_aux(self, name: str) -> dict[str, np.ndarray] | None:
         """Arrays stored by :meth:`write_aux`, or None."""
@@ -841,49 +1187,77 @@ class IndexDatabase:
         return read_aux_file(self.path / AUX_DIR / f"{name}.npz")
 
     def update_manifest(self, **fields: Any) -> None:
-        """Set caller-owned manifest fields atomically; ``thresholds`` is merged shallowly."""
-        self.manifest = merge_manifest_fields(self.manifest, fields)
-        write_manifest(self.path / MANIFEST_NAME, self.manifest)
+        """Set caller-owned manifest fields; ``thresholds`` is merged shallowly.
+
+        Under the writer lock, on the manifest as re-read under that lock, so a concurrent commit's
+        segments are kept (and the fields are not lost to a commit that started earlier).
+        """
+        with self.writer_lock(what="manifest update"):
+            self.manifest = merge_manifest_fields(self.manifest, fields)
+            write_manifest(self.path / MANIFEST_NAME, self.manifest)
+            self._disk_manifest = copy.deepcopy(self.manifest)
+
+    def update_thresholds(self, **thresholds: Any) -> None:
+        """Merge tuned thresholds into the manifest (``update_manifest(thresholds=...)``)."""
+        self.update_manifest(thresholds=thresholds)
 
     # ------------------------------------------------------------------ housekeeping
 
-    def _compute_counts(self) -> dict[str, int]:
-        lm = self.metadata["landmark_id"]
-        return {
-            "images": self.size,
-            "landmarks": int(lm[lm != ""].nunique()),
-            "nonlandmarks": int((lm == "").sum()),
-            "local_features": self._local.n_features if self._local is not None else 0,
-        }
-
-    def _drop_committed_skipped(self) -> None:
+    def _dedupe_skipped(self) -> None:
+        """Rewrite skipped.csv with one line per id, minus ids now committed (at commit, under the lock)."""
         spath = self.path / SKIPPED_NAME
-        if not spath.exists() or self._global is None:
+        if not spath.exists():
             return
-        df = read_skipped(spath)
-        done = df["id"].isin(set(self._global.ids()))
-        if done.any():
-            logger.info("%d previously skipped images are now indexed: removed from %s", int(done.sum()), SKIPPED_NAME)
-            write_table(spath, df[~done])
+        rows = read_skipped_rows(spath)
+        ids = list(rows)
+        committed = self.find_rows(ids) >= 0
+        for i in np.flatnonzero(committed).tolist():
+            del rows[ids[i]]
+        if committed.any():
+            logger.info("%d previously skipped images are now indexed: removed from %s", int(committed.sum()),
+                        SKIPPED_NAME)
+        with open(spath, encoding="utf-8", errors="replace") as f:
+            n_lines = sum(1 for _ in f) - 1
+        if n_lines != len(rows):
+            write_skipped(spath, rows)
 
-    def _remove_stale_tmp(self) -> None:
-        """Delete temp files left by an interrupted writer (single-writer assumption)."""
+    def _collect_garbage(self) -> None:
+        """Delete what interrupted writers left (the caller holds the writer lock).
+
+        Segment and faiss files the manifest does not name, temp files, files of format 1 after an
+        upgrade; shard temp files only when the process that was writing them is gone.
+        """
+        referenced = {e["file"] for e in self.manifest["segments"]}
+        faiss_file = (self.manifest.get("faiss") or {}).get("file")
+        stale: list[Path] = []
+        seg_dir = self.path / SEGMENTS_DIR
+        if seg_dir.is_dir():
+            stale += [p for p in seg_dir.iterdir() if f"{SEGMENTS_DIR}/{p.name}" not in referenced]
+        for p in self.path.iterdir():
+            if p.name.endswith(TMP_SUFFIX) or (p.name.startswith("faiss-") and p.name != faiss_file):
+                stale.append(p)
+            elif p.name in (GLOBAL_NAME, LOCAL_NAME, METADATA_NAME, FAISS_NAME):
+                stale.append(p)  # format 1 files left by an interrupted upgrade
+        if (self.path / AUX_DIR).is_dir():
+            stale += [p for p in (self.path / AUX_DIR).glob(f"*{TMP_SUFFIX}")]
+        if self._shards_dir.is_dir():
+            stale += [p for p in self._shards_dir.glob(f"*{TMP_SUFFIX}") if not tmp_owner_alive(p)]
         removed = 0
-        for d in (self.path, self._shards_dir, self.path / AUX_DIR):
-            if d.is_dir():
-                for p in d.glob(f"*{TMP_SUFFIX}"):
-                    with contextlib.suppress(OSError):
-                        p.unlink()
-                        removed += 1
+        for p in stale:
+            with contextlib.suppress(OSError):
+                p.unlink()
+                removed += 1
         if removed:
-            logger.warning("removed %d temporary files left by an interrupted run in %s", removed, self.path)
+            logger.warning("removed %d files left by an interrupted writer in %s", removed, self.path)
 
     def _close_stores(self) -> None:
-        for store in (self._global, self._local):
-            if store is not None:
-                store.close()
-        self._global = self._local = None
+        for seg in self._segments:
+            seg.close()
+        self._segments = []
+        self._desc = SegmentedArray([], self.dim)
+        self._starts = [0]
         self._search_index = None
+        self._metadata = None
 
     def close(self) -> None:
         """Release file handles (the object is unusable afterwards)."""
@@ -897,8 +1271,115 @@ class IndexDatabase:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"IndexDatabase({str(self.path)!r}, images={self.size}, dim={self.dim}, "
-                f"faiss={(self.manifest.get('faiss') or {}).get('factory')!r}, local={self.has_local()})")
+        return (f"IndexDatabase({str(self.path)!r}, images={self.size}, segments={len(self._segments)}, "
+                f"dim={self.dim}, faiss={(self.manifest.get('faiss') or {}).get('factory')!r}, "
+                f"local={self.has_local()})")
+
+
+def _check_empty(path: Path) -> None:
+    others = [p.name for p in path.iterdir()
+              if not p.name.endswith(TMP_SUFFIX) and p.name not in (LOCK_NAME, HOLDER_NAME)]
+    if others:
+        raise FileExistsError(
+            f"{path} is not empty and has no {MANIFEST_NAME}: not an index directory "
+            f"(found {sorted(others)[:5]}); choose a new or empty directory"
+        )
+
+
+def _legacy_message(path: Path, manifest: dict) -> str:
+    return (f"index {path} is in format {manifest['format_version']} (whole-file global.h5/metadata.csv); "
+            f"this version reads format {FORMAT_VERSION} (segments). Upgrade it in place, once, with "
+            f"`landmarks compact --index {path}` (any build-index run on it also upgrades it)")
+
+
+def _upgrade_legacy(path: Path, manifest: dict) -> dict:
+    """Convert a format-1 index into one segment + a format-2 manifest (caller holds the writer lock).
+
+    Crash-safe like a commit: the new manifest is the commit point; the format-1 files are deleted
+    after it (or by the next writer's garbage collection).
+    """
+    dim = int(manifest["dim"])
+    logger.warning("upgrading index %s from format %d to %d (one pass over its files)", path,
+                   manifest["format_version"], FORMAT_VERSION)
+    gpath, lpath, mdpath, fpath = (path / GLOBAL_NAME, path / LOCAL_NAME, path / METADATA_NAME, path / FAISS_NAME)
+    new = copy.deepcopy(manifest)
+    new.update(format_version=FORMAT_VERSION, segments=[], local_dim=None)
+    n = 0
+    segment = None
+    if gpath.exists():
+        store = GlobalStore(gpath, dim)
+        n = store.n
+        local = LocalStore(lpath, n) if (n and lpath.exists()) else None
+        try:
+            if n:
+                md = read_metadata(mdpath)
+                if len(md) < n:
+                    raise IndexFormatError(f"{mdpath}: {len(md)} rows but {gpath} has {n}")
+                md = md.iloc[:n]
+                if not np.array_equal(md["id"].to_numpy(dtype=object), store.ids()):
+                    raise IndexFormatError(f"{mdpath}: ids do not match the ids in {gpath}")
+                seg_dir = path / SEGMENTS_DIR
+                seg_dir.mkdir(exist_ok=True)
+                final = seg_dir / f"seg-000000-{uuid.uuid4().hex[:8]}.h5"
+                tmp = tmp_path(final)
+                writer = SegmentWriter(tmp, n, dim, local.dim if local else None, local.n_features if local else 0)
+                try:
+                    for a in range(0, n, COPY_CHUNK):
+                        b = min(n, a + COPY_CHUNK)
+                        ids = [str(x) for x in store.ids()[a:b]]
+                        values, codes = np.unique(md["landmark_id"].to_numpy()[a:b].astype(str), return_inverse=True)
+                        block = None
+                        if local is not None:
+                            off = local.offsets[a : b + 1]
+                            kp, ld = local.feature_slice(int(off[0]), int(off[-1]))
+                            block = {"counts": np.diff(off), "keypoints": kp, "descriptors": ld}
+                        writer.append(np.asarray(store.descriptors[a:b]), encode_strings(ids),
+                                      encode_strings(md["path"].to_numpy()[a:b]), codes.reshape(-1), values,
+                                      hash_ids(ids), block)
+                    entry = writer.close()
+                    fsync_file(tmp)
+                    os.replace(tmp, final)
+                except BaseException:
+                    writer.abort()
+                    tmp.unlink(missing_ok=True)
+                    raise
+                entry["file"] = f"{SEGMENTS_DIR}/{final.name}"
+                new["segments"] = [entry]
+                new["local_dim"] = local.dim if local else None
+                segment = Segment(final, dim)
+        finally:
+            store.close()
+            if local is not None:
+                local.close()
+    params = dict(manifest.get("faiss") or {})
+    params.pop("file", None)
+    if n and fpath.exists():
+        index = fi.read_index(fpath)
+        if index.ntotal == n and index.d == dim:
+            name = f"faiss-{uuid.uuid4().hex[:12]}.index"
+            try:
+                os.link(fpath, path / name)
+            except OSError:
+                fi.write_index(index, path / name)
+            params["file"] = name
+            params.setdefault("trained_n", params.get("n") or n)
+        else:
+            params = {}  # rebuilt by the next commit
+    new["faiss"] = params if n else {}
+    if segment is not None:
+        seg_entries = new["segments"]
+        landmarks = set(segment.landmark_values().tolist()) - {""}
+        new["counts"] = {"images": n, "landmarks": len(landmarks),
+                         "nonlandmarks": int(seg_entries[0]["nonlandmarks"]),
+                         "local_features": int(seg_entries[0]["local_features"])}
+        segment.close()
+    fsync_dir(path)
+    write_manifest(path / MANIFEST_NAME, new)  # the commit point of the upgrade
+    for p in (gpath, lpath, mdpath, fpath):
+        p.unlink(missing_ok=True)
+    fsync_dir(path)
+    logger.warning("index %s upgraded to format %d: %d rows in one segment", path, FORMAT_VERSION, n)
+    return new
 
 
 def _factory_from_description(desc: dict[str, Any]) -> str | None:

@@ -1,10 +1,11 @@
 """The index manifest (``manifest.json``), the package's errors, and atomic file writes.
 
 Every file of an index directory that must be whole is written through
-:func:`atomic_output`: write to ``<name>.tmp``, flush and fsync it, then
-``os.replace`` it over the final name and fsync the directory. A reader (or a
-process killed at any point) therefore sees either the old or the new file,
-never a partial one; stray ``*.tmp`` files are garbage and may be deleted.
+:func:`atomic_output`: write to ``<name>.<pid>.<random>.tmp`` (unique per
+writer, so two processes never write the same temp file), flush and fsync it,
+then ``os.replace`` it over the final name and fsync the directory. A reader
+(or a process killed at any point) therefore sees either the old or the new
+file, never a partial one; stray ``*.tmp`` files of dead writers are garbage.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: append-only segments (format 1: global.h5/local.h5/metadata.csv, upgraded on write)
+LEGACY_FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 TMP_SUFFIX = ".tmp"
 
@@ -40,6 +42,8 @@ MANAGED_KEYS = frozenset(
         "counts",
         "faiss",
         "local_bytes_per_image",
+        "segments",
+        "local_dim",
     }
 )
 
@@ -97,8 +101,29 @@ def fsync_file(path: Path) -> None:
 
 
 def tmp_path(path: Path) -> Path:
-    """The temporary name a file is written under before it is renamed to ``path``."""
-    return path.with_name(path.name + TMP_SUFFIX)
+    """A temporary name, unique to this writer (pid + random), for a file renamed to ``path`` when whole."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
+
+
+def tmp_owner_alive(path: Path) -> bool:
+    """Whether the process that named temp file ``path`` (``<name>.<pid>.<random>.tmp``) still runs on this host.
+
+    Names without a pid (older writers) count as dead.
+    """
+    parts = Path(path).name.split(".")
+    if len(parts) < 4 or not parts[-3].isdigit():
+        return False
+    pid = int(parts[-3])
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # exists but is not ours, or cannot tell: keep the file
+    return True
 
 
 @contextlib.contextmanager
@@ -160,6 +185,8 @@ def new_manifest(config: dict, dim: int) -> dict:
         "faiss": {},
         "thresholds": {},
         "local_bytes_per_image": 0.0,
+        "segments": [],  # published segments in row order: {"file", "rows", "local_features", "nonlandmarks"}
+        "local_dim": None,
     }
 
 
@@ -196,6 +223,10 @@ def read_manifest(path: str | os.PathLike) -> dict:
     manifest.setdefault("faiss", {})
     manifest.setdefault("thresholds", {})
     manifest.setdefault("local_bytes_per_image", 0.0)
+    manifest.setdefault("segments", [])
+    manifest.setdefault("local_dim", None)
+    if not isinstance(manifest["segments"], list):
+        raise IndexFormatError(f"{path}: field 'segments' is not a list")
     return manifest
 
 

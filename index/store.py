@@ -1,18 +1,15 @@
-"""Files of an index directory other than the manifest and faiss.index: HDF5 stores, tables, shards, aux.
+"""Files of an index directory other than the manifest, segments and the faiss index.
 
-Layouts (see also the README of the index directory in ``database.py``):
-
-* ``global.h5``: ``ids`` (N,) variable-length UTF-8, ``descriptors`` (N, dim)
-  float16, contiguous and uncompressed so rows can be memory-mapped for random
-  access (exact re-scoring reads ~100 random rows per query).
-* ``local.h5``: flat CSR: ``keypoints`` (M, 4) float32 [x, y, scale, score],
-  ``descriptors`` (M, d) float16, ``offsets`` (N+1,) int64; image ``r`` owns rows
-  ``offsets[r]:offsets[r+1]``; attr ``dim`` = d.
-* ``metadata.csv``: ``row,id,landmark_id,path``; ``landmark_id`` "" = non-landmark.
-* ``shards/shard-XXXXXX.h5``: one extraction batch: ``ids``, ``landmark_ids``,
-  ``paths``, ``descriptors`` and optionally ``local_keypoints``,
-  ``local_descriptors``, ``local_offsets`` (attr ``local_dim``).
-* ``skipped.csv``: ``id,path,reason``; ``aux/<name>.npz``: caller-owned arrays.
+* ``shards/shard-XXXXXX.h5``: one extraction batch not yet committed: ``ids``,
+  ``landmark_ids``, ``paths``, ``descriptors`` (float16) and optionally
+  ``local_keypoints``, ``local_descriptors``, ``local_offsets`` (attr
+  ``local_dim``) and ``local_sizes``.
+* ``skipped.csv``: ``id,path,reason``, append-only (one line per skipped
+  image, repeated ids allowed: the last reason wins); deduplicated at commit.
+* ``aux/<name>.npz``: caller-owned arrays.
+* Format 1 files, read only to upgrade an old index: ``global.h5`` (``ids``,
+  ``descriptors``), ``local.h5`` (flat CSR ``keypoints``, ``descriptors``,
+  ``offsets``), ``metadata.csv`` (``row,id,landmark_id,path``).
 
 Readers wrap h5py/OSError/pandas errors into IndexFormatError naming the file.
 """
@@ -20,6 +17,8 @@ Readers wrap h5py/OSError/pandas errors into IndexFormatError naming the file.
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import logging
 import os
 import re
@@ -151,30 +150,6 @@ class GlobalStore:
             self._f.close()
 
 
-class GlobalWriter:
-    """Streams rows into a new ``global.h5`` of known final size (contiguous datasets)."""
-
-    def __init__(self, path: Path, n: int, dim: int):
-        self.path, self.n = path, n
-        self._f = h5py.File(path, "w")
-        self._f.attrs["dim"] = dim
-        self._ids = self._f.create_dataset("ids", shape=(n,), dtype=_STR)
-        self._desc = self._f.create_dataset("descriptors", shape=(n, dim), dtype=np.float16)
-        self.pos = 0
-
-    def append(self, ids: np.ndarray, desc16: np.ndarray) -> None:
-        b = self.pos + len(ids)
-        if len(ids):
-            self._ids[self.pos : b] = np.asarray(ids, dtype=object)
-            self._desc[self.pos : b] = desc16
-        self.pos = b
-
-    def close(self) -> None:
-        self._f.close()
-        if self.pos != self.n:
-            raise RuntimeError(f"{self.path}: wrote {self.pos} rows, expected {self.n}")
-
-
 # --------------------------------------------------------------------------- local.h5
 
 
@@ -239,52 +214,6 @@ class LocalStore:
             self._f.close()
 
 
-class LocalWriter:
-    """Streams local features into a new ``local.h5`` of known final size.
-
-    Per-image counts and the concatenated feature rows are appended
-    separately, so old rows can be copied in fixed-size feature chunks
-    regardless of how many features each image has.
-    """
-
-    def __init__(self, path: Path, n_images: int, n_features: int, dim: int):
-        self.path, self.n_images, self.n_features = path, n_images, n_features
-        self._f = h5py.File(path, "w")
-        self._f.attrs["dim"] = dim
-        self._kp = self._f.create_dataset("keypoints", shape=(n_features, 4), dtype=np.float32)
-        self._desc = self._f.create_dataset("descriptors", shape=(n_features, dim), dtype=np.float16)
-        self._off = self._f.create_dataset("offsets", shape=(n_images + 1,), dtype=np.int64)
-        self._off[0] = 0
-        self.img, self.end, self.pos = 0, 0, 0  # images written, offsets[img], feature rows written
-
-    def append_counts(self, counts: np.ndarray) -> None:
-        """Append the feature counts of the next images (their offsets follow)."""
-        counts = np.asarray(counts, dtype=np.int64)
-        if len(counts):
-            ends = self.end + np.cumsum(counts)
-            self._off[self.img + 1 : self.img + 1 + len(counts)] = ends
-            self.end = int(ends[-1])
-            self.img += len(counts)
-
-    def append_features(self, kp: np.ndarray, desc16: np.ndarray) -> None:
-        """Append concatenated feature rows: keypoints (k, 4) float32, descriptors (k, d) float16."""
-        if len(kp) != len(desc16):
-            raise ValueError(f"{len(kp)} keypoints but {len(desc16)} descriptors")
-        b = self.pos + len(kp)
-        if len(kp):
-            self._kp[self.pos : b] = kp
-            self._desc[self.pos : b] = desc16
-        self.pos = b
-
-    def close(self) -> None:
-        self._f.close()
-        if self.img != self.n_images or self.pos != self.n_features or self.end != self.n_features:
-            raise RuntimeError(
-                f"{self.path}: wrote {self.img} images / {self.pos} features (offsets end {self.end}), "
-                f"expected {self.n_images} / {self.n_features}"
-            )
-
-
 # --------------------------------------------------------------------------- tables
 
 
@@ -313,23 +242,63 @@ def empty_metadata() -> pd.DataFrame:
     return df
 
 
-def write_table(path: Path, df: pd.DataFrame) -> None:
-    """Write a DataFrame as CSV atomically."""
-    with atomic_output(path) as tmp:
-        df.to_csv(tmp, index=False)
+def read_skipped_rows(path: Path) -> dict[str, tuple[str, str]]:
+    """``skipped.csv`` as {id: (path, reason)} in first-seen order, last reason winning ({} when absent).
+
+    Lines that do not have three fields (e.g. a line cut by a kill) are ignored.
+    """
+    rows: dict[str, tuple[str, str]] = {}
+    if not path.exists():
+        return rows
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is not None and header != SKIPPED_COLUMNS:
+                raise IndexFormatError(f"{path}: columns {header}, expected {SKIPPED_COLUMNS}")
+            for rec in reader:
+                if len(rec) == 3 and rec[0]:
+                    rows[rec[0]] = (rec[1], rec[2])
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise IndexFormatError(f"{path}: cannot parse skipped table: {e}") from e
+    return rows
 
 
 def read_skipped(path: Path) -> pd.DataFrame:
-    """Read ``skipped.csv`` (empty table when absent)."""
-    if not path.exists():
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in SKIPPED_COLUMNS})
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise IndexFormatError(f"{path}: cannot parse skipped table: {e}") from e
-    if list(df.columns) != SKIPPED_COLUMNS:
-        raise IndexFormatError(f"{path}: columns {list(df.columns)}, expected {SKIPPED_COLUMNS}")
-    return df
+    """``skipped.csv`` deduplicated (empty table when absent)."""
+    rows = read_skipped_rows(path)
+    return pd.DataFrame([(k, p, r) for k, (p, r) in rows.items()], columns=SKIPPED_COLUMNS, dtype=object)
+
+
+def append_skipped(path: Path, rows: dict[str, tuple[str, str]]) -> None:
+    """Append rows to ``skipped.csv`` (O(new rows); fsynced). The caller holds the writer lock."""
+    if not rows:
+        return
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    new = not path.exists() or path.stat().st_size == 0
+    if new:
+        writer.writerow(SKIPPED_COLUMNS)
+    for id_, (p, reason) in rows.items():
+        writer.writerow([id_, p, reason])
+    with open(path, "a+b") as f:
+        if not new:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":  # a line cut by a kill: end it so it stays one (ignored) line
+                f.write(b"\n")
+        f.write(buf.getvalue().encode("utf-8"))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_skipped(path: Path, rows: dict[str, tuple[str, str]]) -> None:
+    """Replace ``skipped.csv`` atomically with ``rows`` (used to deduplicate it at commit)."""
+    with atomic_output(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(SKIPPED_COLUMNS)
+            for id_, (p, reason) in rows.items():
+                writer.writerow([id_, p, reason])
 
 
 # --------------------------------------------------------------------------- shards
@@ -356,6 +325,7 @@ def write_shard_file(
     paths: list[str],
     desc16: np.ndarray,
     local: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+    local_sizes: np.ndarray | None = None,
 ) -> Path:
     """Write one batch as the next ``shard-XXXXXX.h5``; atomic and never overwriting another shard.
 
@@ -380,6 +350,8 @@ def write_shard_file(
                 f.create_dataset("local_keypoints", data=kp)
                 f.create_dataset("local_descriptors", data=ld)
                 f.create_dataset("local_offsets", data=off)
+                if local_sizes is not None:
+                    f.create_dataset("local_sizes", data=np.asarray(local_sizes, dtype=np.int32))
         fsync_file(tmp)
         existing = [n for n in (shard_number(p) for p in shards_dir.iterdir()) if n is not None]
         seq = max(existing, default=-1) + 1
@@ -417,6 +389,7 @@ class ShardReader:
                 if desc.shape[0] != self.n:
                     raise IndexFormatError(f"{path}: {self.n} ids but {desc.shape[0]} descriptors")
                 self.has_local = "local_offsets" in f
+                self.has_sizes = "local_sizes" in f
                 self.local_dim = int(f.attrs["local_dim"]) if self.has_local else None
                 self.local_offsets = (
                     np.asarray(_dataset(f, "local_offsets", path, 1, np.int64)[()])
@@ -457,6 +430,8 @@ class ShardReader:
                     out["local_counts"] = counts[keep]
                     out["local_keypoints"] = kp[feat_keep]
                     out["local_descriptors"] = ld[feat_keep]
+                    if "local_sizes" in f:
+                        out["local_sizes"] = np.asarray(f["local_sizes"][()])[keep]
             except (KeyError, OSError) as e:
                 raise IndexFormatError(f"{self.path}: unreadable shard: {e}") from e
         return out

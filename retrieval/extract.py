@@ -269,13 +269,16 @@ def main(
     factory: str | None = None,
     nprobe: int | None = None,
     progress: bool = True,
+    rebuild: bool = False,
 ) -> dict[str, Any]:
     """Build or extend the index at ``index_dir`` from a reference table (id, landmark_id, path).
 
     Ids already stored are skipped, so a rerun after an interruption resumes and a
     rerun with more rows adds them (incremental add). Extracted features are written
     as a shard every ``shard_size`` images or ``shard_seconds`` seconds, whichever
-    comes first, so a kill loses at most that much work. Returns build statistics.
+    comes first, so a kill loses at most that much work. ``rebuild`` retrains the FAISS index from the
+    stored descriptors even when it could be extended. Holds the index's writer lock for the whole run
+    (a second writer gets IndexLockedError naming this process). Returns build statistics.
     """
     start = time.perf_counter()
     index_dir = Path(index_dir)
@@ -283,9 +286,24 @@ def main(
         global_conf = resolve_global_conf(global_conf)
     fx = FeatureExtractor(global_conf, local_conf, device=device)
     db = IndexDatabase.create_or_open(index_dir, fx.index_config(), fx.global_extractor.dim)
+    # One writer at a time: hold the index's writer lock for the whole run, so that a second build-index
+    # (or tune-threshold) on this index is refused at once, naming this process. Queries keep working.
+    with db.writer_lock(what="build-index"):
+        stats = _build(db, fx, references, index_dir, batch_size, num_workers, shard_size, shard_seconds,
+                       factory, nprobe, rebuild, progress)
+    stats["seconds_total"] = round(time.perf_counter() - start, 2)
+    return stats
+
+
+def _build(
+    db: IndexDatabase, fx: FeatureExtractor, references: pd.DataFrame, index_dir: Path, batch_size: int,
+    num_workers: int | None, shard_size: int, shard_seconds: float, factory: str | None, nprobe: int | None,
+    rebuild: bool, progress: bool,
+) -> dict[str, Any]:
+    """The body of :func:`main`, run under the index's writer lock."""
     # Labels of stored images (committed or in shards of an interrupted run) cannot change by a rerun:
     # refuse instead of silently keeping the old ones.
-    stored = pd.Series(db.stored_labels(), dtype=object)  # committed rows + uncommitted shards
+    stored = pd.Series(db.stored_labels_for(references["id"]), dtype=object)  # committed rows + pending shards
     both = references[references["id"].isin(stored.index)]
     changed = both[both["landmark_id"].to_numpy() != stored.loc[both["id"]].to_numpy()]
     if len(changed):
@@ -341,15 +359,14 @@ def main(
             flush()
     flush()
     bar.close()
-    if stored.empty and not n_done:
+    if not n_done and stored.empty and db.size == 0:
         db.flush_skipped()
         raise ValueError(
             f"no image could be indexed ({n_skipped} of {len(references)} skipped); reasons in {index_dir / 'skipped.csv'}"
         )
-    stats = db.commit(factory=factory, nprobe=nprobe)
+    stats = db.commit(factory=factory, nprobe=nprobe, rebuild=rebuild)
     stats.update(
-        extracted=n_done, skipped=n_skipped, already_stored=len(references) - len(todo),
-        seconds_total=round(time.perf_counter() - start, 2), index=str(index_dir),
+        extracted=n_done, skipped=n_skipped, already_stored=len(references) - len(todo), index=str(index_dir),
     )
     if n_skipped:
         logger.warning("%d images could not be used; see %s", n_skipped, index_dir / "skipped.csv")

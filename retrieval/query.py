@@ -16,20 +16,12 @@ logger = logging.getLogger(__name__)
 
 def neighbours_table(db: IndexDatabase, scores: np.ndarray, rows: np.ndarray) -> list[dict[str, Any]]:
     """Rows of one query's search result as dicts: rank, id, landmark_id (None = non-landmark), score, path."""
-    meta = db.metadata
-    out = []
-    for rank, (score, row) in enumerate(zip(scores, rows), start=1):
-        if row < 0:
-            continue
-        rec = meta.iloc[int(row)]
-        out.append({
-            "rank": rank,
-            "id": rec["id"],
-            "landmark_id": rec["landmark_id"] or None,
-            "score": round(float(score), 6),
-            "path": rec["path"],
-        })
-    return out
+    valid = [(rank, s, int(r)) for rank, (s, r) in enumerate(zip(scores, rows), start=1) if r >= 0]
+    ids, landmarks, paths = db.rows(np.array([r for _, _, r in valid], dtype=np.int64))  # just these rows
+    return [
+        {"rank": rank, "id": i, "landmark_id": lm or None, "score": round(float(score), 6), "path": p}
+        for (rank, score, _), i, lm, p in zip(valid, ids, landmarks, paths)
+    ]
 
 
 def main(

@@ -348,10 +348,10 @@ class Recognizer:
             # needs a looser reprojection threshold than SIFT).
             self.match_conf = dict(match_confs.get(self.local.conf.get("extractor"), {}))
         self._cache = _LRU(int(self.conf["cache_mb"] * 2**20))
-        meta = db.metadata
-        self._ids = meta["id"].to_numpy()
-        self._landmarks = meta["landmark_id"].to_numpy()
-        self._paths = meta["path"].to_numpy()
+        # lazily read columns: indexing reads just those rows (no per-row strings for the whole index)
+        self._ids = db.column("id")
+        self._landmarks = db.column("landmark_id")
+        self._paths = db.column("path")
         self._background: np.ndarray | None = None  # descriptors of the non-landmark references, loaded on demand
 
     @classmethod
@@ -391,16 +391,17 @@ class Recognizer:
         timings["search"] = time.perf_counter() - start
         valid = I[0] >= 0
         rows, sims = I[0][valid], D[0][valid]
-        neighbours = [(str(self._ids[r]), str(self._landmarks[r]), float(s)) for r, s in zip(rows, sims)]
+        ids, lms = (self._ids[rows], self._landmarks[rows]) if len(rows) else ([], [])  # one read per column
+        neighbours = [(str(i), str(lm), float(s)) for i, lm, s in zip(ids, lms, sims)]
         discount = self.distractor_discount(features.global_desc) if c["distractor_discount"] else 0.0
-        cands = vote(sims, [self._landmarks[r] for r in rows], c["candidate_score"], c["alpha"], discount)
+        cands = vote(sims, list(lms), c["candidate_score"], c["alpha"], discount)
         cands = cands[: int(c["num_candidates"])]
         evidence = Evidence(neighbours, cands, discount)
         if not verify or not cands or c["max_verifications"] == 0:
             return evidence, timings
         # Pairs to verify: each candidate's best-ranked images, interleaved by rank so that a
         # tight budget still reaches every candidate.
-        per_cand = {cand.landmark_id: [r for r in rows if self._landmarks[r] == cand.landmark_id][: c["refs_per_candidate"]] for cand in cands}
+        per_cand = {cand.landmark_id: [r for r, lm in zip(rows, lms) if lm == cand.landmark_id][: c["refs_per_candidate"]] for cand in cands}
         pairs: list[tuple[Candidate, int]] = []
         for depth in range(int(c["refs_per_candidate"])):
             for cand in cands:
@@ -430,7 +431,10 @@ class Recognizer:
         continuous function of the query and never depends on which references made the top k.
         """
         if self._background is None:
-            rows = np.flatnonzero(self._landmarks == "")
+            # one pass over the landmark column, in chunks (only when the discount is asked for)
+            chunk = 1 << 17
+            rows = np.concatenate([np.int64(a) + np.flatnonzero(self._landmarks[np.arange(a, min(a + chunk, self.db.size))] == "")
+                                   for a in range(0, self.db.size, chunk)] or [np.zeros(0, np.int64)])
             self._background = self.db.global_descriptors(rows) if len(rows) else np.zeros((0, self.db.dim), np.float32)
         if not len(self._background):
             return 0.0

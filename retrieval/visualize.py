@@ -71,7 +71,8 @@ def render(rec: Recognizer, name: str, query_arr: np.ndarray, q_orig: tuple[int,
                 if pred.landmark_id is not None else
                 f"no landmark (best guess {pred.guess}, {pred.inliers} inliers < threshold {rec.conf['inlier_threshold']})")
     rows = []
-    row_of = {i: r for r, i in enumerate(rec.db.metadata["id"])}
+    def row_of(image_id: str) -> int:
+        return int(rec.db.find_rows([image_id])[0])
     # the answer first: candidates by inliers, then by vote
     ranked = sorted(evidence.candidates, key=lambda c: (-c.inliers, -c.vote, c.landmark_id))
     for rank, cand in enumerate(ranked[:max_candidates], start=1):
@@ -81,10 +82,10 @@ def render(rec: Recognizer, name: str, query_arr: np.ndarray, q_orig: tuple[int,
             ref_id = next((n[0] for n in evidence.neighbours if n[1] == cand.landmark_id), None)
         if ref_id is None:
             continue
-        row = row_of[ref_id]
+        row = row_of(ref_id)
         ref_local = rec._reference_local(row)
         res = verify_pair(features.local, ref_local, rec.match_conf or None)
-        ref_arr, r_orig = load_image(rec.db.metadata["path"].iloc[row], max_side=1024)
+        ref_arr, r_orig = load_image(rec.db.column("path")[row], max_side=1024)
         header = [
             f"{name}: {decision}",
             f"#{rank} by inliers: landmark {cand.landmark_id}  vote {cand.vote:.3f}  sim {cand.sim:.3f}  "

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -139,6 +140,23 @@ def test_incremental_add_and_config_mismatch(demo_data, tmp_path):
                     "--index", index, "--image-size", "160", "--workers", "0")
     assert result.exit_code == 2
     assert "image_size" in result.output and "224" in result.output and "160" in result.output
+    # two commits made two segments: compact merges them, content unchanged
+    before = IndexDatabase.open(index).metadata
+    result = invoke("compact", "--index", index)
+    assert result.exit_code == 0, result.output
+    assert "2 segments -> 1" in result.output
+    pd.testing.assert_frame_equal(IndexDatabase.open(index).metadata, before)
+    # --rebuild retrains the FAISS index and says so
+    result = build(demo_data.train_csv, demo_data.images_dir, index, "--rebuild")
+    assert result.exit_code == 0, result.output
+    assert "(re)trained: rebuild requested" in result.output
+    # one writer at a time: while another writer holds the index, writers stop with its name
+    with IndexDatabase.open_for_write(index).writer_lock(what="another build"):
+        result = invoke("compact", "--index", index)
+        assert result.exit_code == 2 and f"pid {os.getpid()}" in result.output and "another build" in result.output
+        result = build(demo_data.train_csv, demo_data.images_dir, index)
+        assert result.exit_code == 2 and "being written by" in result.output
+        assert IndexDatabase.open(index).size == len(train)  # readers are not blocked
 
 
 def test_bad_images_are_skipped_and_listed(demo_data, tmp_path):

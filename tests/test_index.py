@@ -57,11 +57,12 @@ def test_flat_below_threshold(caplog):
 def test_ivfpq_rules_at_scale(n, dim):
     p = choose_params(n, dim)
     nlist = p["nlist"]
-    assert p["factory"] == f"IVF{nlist},PQ{p['m']}" and not p["exact"] and not p["opq"]
+    prefix = f"PCAR{fi.PCA_DIM}," if dim > fi.PCA_DIM else ""
+    assert p["factory"] == f"{prefix}IVF{nlist},PQ{p['m']}" and not p["exact"] and not p["opq"]
     assert nlist & (nlist - 1) == 0, "nlist is a power of two"
-    assert 4 * math.sqrt(n) <= nlist <= 16 * math.sqrt(n)
+    assert 2 * math.sqrt(n) < nlist <= 4 * math.sqrt(n)
     assert n / nlist >= fi.MIN_POINTS_PER_LIST
-    assert dim % p["m"] == 0 and p["nbits"] == 8
+    assert min(dim, fi.PCA_DIM) % p["m"] == 0 and p["nbits"] == 8
     assert 50 <= p["bytes_per_vector"] <= 100
     assert p["ntrain"] == n or 30 <= p["ntrain"] / nlist <= 256
     assert p["ntrain"] >= fi.MIN_POINTS_PER_LIST * 256  # enough for the PQ codebooks
@@ -71,15 +72,17 @@ def test_ivfpq_rules_at_scale(n, dim):
 def test_ivfpq_just_above_threshold_keeps_39_points_per_list():
     for n in (FLAT_MAX_N, 20_000, 50_000, 90_000):
         p = choose_params(n, 1280)
-        assert p["factory"].startswith("IVF") and p["m"] == 64
-        assert n / p["nlist"] >= fi.MIN_POINTS_PER_LIST and p["nlist"] <= 16 * math.sqrt(n)
+        assert p["factory"].startswith("PCAR256,IVF") and p["m"] == 64
+        assert n / p["nlist"] >= fi.MIN_POINTS_PER_LIST and p["nlist"] <= 4 * math.sqrt(n)
         assert p["ntrain"] <= n and 1 <= p["nprobe"] <= p["nlist"]
 
 
 def test_awkward_dimension_gets_opq():
-    p = choose_params(200_000, 1002)  # 1002 = 2 * 3 * 167: no divisor near 64
-    assert p["opq"] and p["factory"] == f"OPQ64_256,IVF{p['nlist']},PQ64"
-    assert p["bytes_per_vector"] == 64
+    p = choose_params(200_000, 254)  # 254 = 2 * 127: no divisor near 63
+    assert p["opq"] and p["factory"] == f"OPQ63_252,IVF{p['nlist']},PQ63"
+    assert p["bytes_per_vector"] == 63
+    wide = choose_params(200_000, 1002)  # wider than PCA_DIM: reduced to 256 first, whose divisors fit
+    assert wide["factory"] == f"PCAR256,IVF{wide['nlist']},PQ64" and not wide["opq"]
 
 
 def test_factory_and_nprobe_overrides(caplog):
@@ -178,7 +181,7 @@ def test_incremental_add_does_not_retrain(tmp_path, monkeypatch, caplog):
     x = clustered(4000, 32, 40, seed=6)
     path = tmp_path / "idx"
     db = build_db(path, x[:3000], shard=1000, factory="IVF32,PQ8x4", nprobe=8)
-    before = fi.read_index(path / "faiss.index")  # keep a reference: extract_index_ivf does not own it
+    before = fi.read_index(db.faiss_path)  # keep a reference: extract_index_ivf does not own it
     centroids = faiss.extract_index_ivf(before).quantizer.reconstruct_n(0, 32)
 
     calls = []
@@ -195,7 +198,7 @@ def test_incremental_add_does_not_retrain(tmp_path, monkeypatch, caplog):
     assert (stats["n_added"], stats["n_duplicates"], stats["n_total"]) == (1000, 100, 4000)
 
     db = IndexDatabase.open(path)
-    stored = fi.read_index(path / "faiss.index")
+    stored = fi.read_index(db.faiss_path)
     after = faiss.extract_index_ivf(stored)
     np.testing.assert_array_equal(after.quantizer.reconstruct_n(0, 32), centroids)
     assert after.ntotal == 4000 and after.nprobe == 8 and db.manifest["faiss"]["nprobe"] == 8
@@ -226,7 +229,7 @@ def test_factory_change_rebuilds_and_nprobe_change_does_not(tmp_path):
     path = tmp_path / "idx"
     db = build_db(path, x, shard=3000, factory="IVF32,PQ8x4")
     stats = db.commit(nprobe=4, gpu="cpu")
-    stored = fi.read_index(path / "faiss.index")
+    stored = fi.read_index(db.faiss_path)
     assert not stats["rebuilt"] and faiss.extract_index_ivf(stored).nprobe == 4
     stats = db.commit(factory="IVF16,PQ4x4", gpu="cpu")
     assert stats["rebuilt"] and stats["faiss"]["nlist"] == 16

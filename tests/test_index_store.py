@@ -1,4 +1,4 @@
-"""index/ on disk: round trips, crash at every write of commit() and resume, corrupt files, side tables."""
+"""index/ on disk: round trips, crash at every write of commit()/compact() and resume, corrupt files, side tables."""
 from __future__ import annotations
 
 import json
@@ -72,9 +72,13 @@ def assert_same_index(a_path: Path, b_path: Path) -> None:
     Db, Ib = b.search(xq, 5)
     np.testing.assert_array_equal(Ia, Ib)
     np.testing.assert_allclose(Da, Db, atol=1e-6)
-    for p in (a_path, b_path):
+    for p, db in ((a_path, a), (b_path, b)):
         assert not list(p.rglob("*.tmp")) and not list((p / "shards").glob("*.h5"))
-        assert fi.read_index(p / "faiss.index").ntotal == a.size
+        assert fi.read_index(db.faiss_path).ntotal == a.size
+        # no orphans: exactly the files the manifest names
+        named = {e["file"] for e in db.manifest["segments"]}
+        assert {f"segments/{f.name}" for f in (p / "segments").iterdir()} == named
+        assert [f.name for f in p.glob("faiss-*")] == [db.faiss_path.name]
 
 
 @pytest.fixture(scope="module")
@@ -107,12 +111,17 @@ def test_round_trip(tmp_path, batches, reference, caplog):
     xb /= np.linalg.norm(xb, axis=1, keepdims=True)
     np.testing.assert_allclose(db.global_descriptors(), xb, atol=1e-3)  # float16 storage
     np.testing.assert_array_equal(db.global_descriptors(np.array([5, 1, 5])), db.global_descriptors()[[5, 1, 5]])
-    with h5py.File(reference / "global.h5") as f:
-        assert f["descriptors"].dtype == np.float16 and f["descriptors"].shape == (1200, DIM)
-        assert f["ids"].asstr()[3] == all_ids[3]
-    with h5py.File(reference / "local.h5") as f:
-        assert f["offsets"].shape == (1201,) and f.attrs["dim"] == LOCAL_DIM
-        assert f["descriptors"].dtype == np.float16 and f["keypoints"].shape[1] == 4
+    segments = db.manifest["segments"]
+    assert [e["rows"] for e in segments] == [900, 300]  # two commits: two append-only segments
+    with h5py.File(reference / segments[0]["file"]) as f:
+        assert f["descriptors"].dtype == np.float16 and f["descriptors"].shape == (900, DIM)
+        assert f["local_offsets"].shape == (901,) and f.attrs["local_dim"] == LOCAL_DIM
+        assert f["local_descriptors"].dtype == np.float16 and f["local_keypoints"].shape[1] == 4
+    ids, lms, paths = db.rows(np.array([3, 1199, 3]))
+    assert ids.tolist() == [all_ids[3], all_ids[1199], all_ids[3]]
+    assert lms.tolist() == md["landmark_id"].iloc[[3, 1199, 3]].tolist()
+    assert db.column("path")[950] == md["path"].iloc[950]
+    assert db.find_rows([all_ids[1000], "nope", all_ids[0]]).tolist() == [1000, -1, 0]
     assert db.has_local()
     flat_b = [(b, i) for b in batches for i in range(len(b["ids"]))]
     for row in (0, 1, 6, 299, 300, 1199):  # row 0 and 6 have 0 local features
@@ -131,7 +140,7 @@ def test_round_trip(tmp_path, batches, reference, caplog):
                                      "nonlandmarks": 240, "local_features": n_local}
     assert db.manifest["local_bytes_per_image"] == pytest.approx(n_local * (16 + 2 * LOCAL_DIM) / 1200)
     manifest = json.loads((reference / "manifest.json").read_text())
-    assert manifest["format_version"] == 1 and manifest["dim"] == DIM and manifest["config"] == CONFIG
+    assert manifest["format_version"] == 2 and manifest["dim"] == DIM and manifest["config"] == CONFIG
     assert manifest["faiss"]["metric"] == "IP" and manifest["faiss"]["factory"] == FACTORY
     assert {"created", "updated", "package_version", "thresholds"} <= set(manifest)
     # a second open gives identical search results
@@ -166,9 +175,10 @@ def test_resume_after_extraction_crash(tmp_path, batches, reference):
     b = batches[3]
     db.write_shard(b["ids"][:100], b["landmark_ids"][:100], b["paths"][:100], b["xb"][:100],
                    b["local_keypoints"][:100], b["local_descriptors"][:100])
-    stray = path / "shards" / "shard-000001.h5.1234.abcd.tmp"  # a batch killed while being written
+    stray = path / "shards" / "shard-000000.h5.999999999.abcd1234.tmp"  # a batch killed while being written
     stray.write_bytes(b"partial")
-    (path / "global.h5.tmp").write_bytes(b"partial")
+    (path / "segments" / "seg-000001-0badc0de.h5.999999999.abcd1234.tmp").write_bytes(b"partial")
+    (path / "segments" / "seg-000007-0badc0de.h5").write_bytes(b"an unpublished segment")
     done = IndexDatabase.open(path).done_ids()
     assert len(done) == 1000 and b["ids"][99] in done and b["ids"][100] not in done
     run_build(path, batches)  # same calls again
@@ -178,47 +188,49 @@ def test_resume_after_extraction_crash(tmp_path, batches, reference):
 CRASH_SCRIPT = textwrap.dedent("""
     import os, sys
     from pathlib import Path
-    path, when, target = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+    path, op, when, target = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
     real_replace, real_unlink = os.replace, Path.unlink
 
-    def replace(src, dst, *args, **kwargs):  # kill -9 right before/after renaming onto `target`
-        if when == "before" and Path(dst).name == target:
+    def replace(src, dst, *args, **kwargs):  # kill -9 right before/after renaming onto a name starting with `target`
+        if when == "before" and Path(dst).name.startswith(target):
             os._exit(77)
         real_replace(src, dst, *args, **kwargs)
-        if when == "after" and Path(dst).name == target:
+        if when == "after" and Path(dst).name.startswith(target):
             os._exit(77)
 
-    def unlink(self, *args, **kwargs):
+    def unlink(self, *args, **kwargs):  # kill -9 right after deleting the first file starting with `target`
         real_unlink(self, *args, **kwargs)
-        if target == "shard" and self.name.startswith("shard-") and self.name.endswith(".h5"):
+        if when == "unlink" and self.name.startswith(target):
             os._exit(77)
 
     os.replace, Path.unlink = replace, unlink
     from index.database import IndexDatabase
     db = IndexDatabase.create_or_open(path, {config!r}, {dim})
-    db.commit(factory={factory!r}, gpu="cpu")
+    if op == "commit":
+        db.commit(factory={factory!r}, gpu="cpu")
+    else:
+        db.compact()
     sys.exit(0)
 """).format(config=CONFIG, dim=DIM, factory=FACTORY)
 
 
-def crash_commit(path: Path, when: str, target: str) -> None:
+def crash(path: Path, op: str, when: str, target: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run([sys.executable, "-c", CRASH_SCRIPT, str(path), when, target],
+    proc = subprocess.run([sys.executable, "-c", CRASH_SCRIPT, str(path), op, when, target],
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 77, proc.stderr[-3000:]
 
 
 @pytest.mark.parametrize("run, when, target", [
-    (1, "before", "local.h5"),  # temp files written, nothing renamed
-    (1, "after", "local.h5"),  # local.h5 ahead of global.h5
-    (1, "after", "metadata.csv"),  # metadata.csv ahead too
-    (1, "after", "global.h5"),  # committed rows, no faiss.index yet
-    (1, "after", "faiss.index"),  # manifest stale (no faiss params / counts)
-    (1, "after", "manifest.json"),  # shards not deleted yet
-    (1, "after", "shard"),  # some shards deleted
-    (2, "after", "metadata.csv"),
-    (2, "after", "global.h5"),  # faiss.index behind: incremental add on repair
-    (2, "after", "faiss.index"),
+    (1, "before", "seg-"),  # segment temp file written, not renamed
+    (1, "after", "seg-"),  # segment renamed, not published
+    (1, "after", "faiss-"),  # faiss file written, not published
+    (1, "before", "manifest.json"),
+    (1, "after", "manifest.json"),  # published; shards not deleted yet
+    (1, "unlink", "shard-"),  # some shards deleted
+    (2, "after", "seg-"),
+    (2, "after", "faiss-"),
+    (2, "after", "manifest.json"),  # published; the previous faiss file not deleted yet
 ])
 def test_kill_during_commit_then_rerun(tmp_path, batches, reference, run, when, target):
     """A kill -9 at any write of commit() leaves a directory from which the same calls finish the build."""
@@ -233,11 +245,14 @@ def test_kill_during_commit_then_rerun(tmp_path, batches, reference, run, when, 
             db.write_shard(b["ids"], b["landmark_ids"], b["paths"], b["xb"], b["local_keypoints"],
                            b["local_descriptors"])
     db.close()
-    crash_commit(path, when, target)
-    committed = target not in ("local.h5", "metadata.csv")  # global.h5 is the commit point
+    crash(path, "commit", when, target)
+    committed = (when, target) in (("after", "manifest.json"), ("unlink", "shard-"))  # the manifest is the commit point
     expected = (900 if run == 1 else 1200) if committed else (0 if run == 1 else 900)
     crashed = IndexDatabase.open(path)
     assert crashed.size == expected and len(crashed.metadata) == expected
+    if expected:
+        _, I = crashed.search(crashed.global_descriptors(np.arange(0, expected, 50)), 1)  # readable as is
+        assert np.mean(I[:, 0] == np.arange(0, expected, 50)) > 0.9
     assert (path / "shards").is_dir() and list((path / "shards").glob("shard-*.h5"))  # not all merged
     crashed.close()
     if run == 1:
@@ -246,8 +261,31 @@ def test_kill_during_commit_then_rerun(tmp_path, batches, reference, run, when, 
     assert_same_index(path, reference)
 
 
-def test_exception_after_global_replaced_is_repaired(tmp_path, batches, reference, monkeypatch, caplog):
-    """In-process variant: commit dies after global.h5 but before faiss.index/manifest; open repairs and warns."""
+@pytest.mark.parametrize("when, target", [
+    ("after", "seg-"),  # merged segment written, not published
+    ("after", "manifest.json"),  # published, old segments not deleted
+    ("unlink", "seg-"),  # some old segments deleted
+])
+def test_kill_during_compaction(tmp_path, batches, reference, when, target):
+    """compact() merges segments without changing content; a kill at any point leaves a whole index."""
+    import shutil
+
+    path = tmp_path / "idx"
+    shutil.copytree(reference, path)
+    before = IndexDatabase.open(path)
+    assert len(before.manifest["segments"]) == 2
+    before.close()
+    crash(path, "compact", when, target)
+    db = IndexDatabase.open(path)
+    assert db.size == 1200 and len(db.manifest["segments"]) == (2 if target == "seg-" and when == "after" else 1)
+    db.close()
+    stats = IndexDatabase.open_for_write(path).compact()  # finishes (or is a no-op) and collects garbage
+    assert stats["segments_after"] == 1
+    assert_same_index(path, reference)
+
+
+def test_commit_fails_before_publishing_changes_nothing(tmp_path, batches, reference, monkeypatch, caplog):
+    """In-process variant: commit dies after writing its segment, before the manifest: nothing is visible."""
     path = tmp_path / "idx"
     run_build(path, batches[:3])
     db = IndexDatabase.create_or_open(path, CONFIG, DIM)
@@ -261,14 +299,14 @@ def test_exception_after_global_replaced_is_repaired(tmp_path, batches, referenc
     with pytest.raises(RuntimeError, match="simulated crash"):
         db.commit(factory=FACTORY, gpu="cpu")
     monkeypatch.undo()
+    assert len(list((path / "segments").iterdir())) == 2  # one orphan
     with caplog.at_level(logging.WARNING, logger="index.database"):
         db = IndexDatabase.open(path)
-        assert db.size == 1200
-        D, I = db.search(db.global_descriptors(np.arange(1100, 1200)), 1)  # repaired in memory
-    assert "faiss.index holds 900 vectors" in caplog.text and "counts are stale" in caplog.text
-    assert "behind" in caplog.text
-    assert np.mean(I[:, 0] == np.arange(1100, 1200)) > 0.95
-    assert db.manifest["counts"]["images"] == 1200  # in-memory repair of the stale manifest
+        assert db.size == 900 and db.manifest["counts"]["images"] == 900
+        D, I = db.search(db.global_descriptors(np.arange(0, 900, 9)), 1)
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not warnings, "the published state is consistent: no repair warnings"
+    assert np.mean(I[:, 0] == np.arange(0, 900, 9)) > 0.95
     run_build(path, batches)
     assert_same_index(path, reference)
 
@@ -305,19 +343,21 @@ def _truncate(path: Path, keep: float = 0.5) -> None:
     path.write_bytes(data[: int(len(data) * keep)])
 
 
-@pytest.mark.parametrize("name", ["faiss.index", "global.h5", "manifest.json", "local.h5", "metadata.csv"])
-def test_truncated_file_raises_naming_it(tmp_path, reference, name):
+@pytest.mark.parametrize("which", ["faiss", "segment", "manifest.json", "missing segment"])
+def test_truncated_file_raises_naming_it(tmp_path, reference, which):
     import shutil
 
     path = tmp_path / "idx"
     shutil.copytree(reference, path)
-    if name == "metadata.csv":
-        (path / name).write_text("row,id\n0,x\n")
+    manifest = json.loads((path / "manifest.json").read_text())
+    name = {"faiss": manifest["faiss"]["file"], "segment": manifest["segments"][1]["file"],
+            "missing segment": manifest["segments"][0]["file"]}.get(which, which)
+    if which == "missing segment":
+        (path / name).unlink()
     else:
         _truncate(path / name)
-    with pytest.raises(IndexFormatError, match=name.replace(".", r"\.")):
-        db = IndexDatabase.open(path)
-        db.metadata  # metadata.csv is read lazily
+    with pytest.raises(IndexFormatError, match=Path(name).name.replace(".", r"\.")):
+        IndexDatabase.open(path)
 
 
 def test_write_shard_validation(tmp_path):
