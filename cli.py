@@ -84,7 +84,7 @@ def build_index(
     train: Optional[Path] = typer.Option(None, "--train", help="Reference CSV with columns id,landmark_id (empty landmark_id = non-landmark). Omit to read a folder per landmark."),
     distractors: Optional[Path] = typer.Option(None, "--distractors", help="CSV of non-landmark image ids (column id) to index as distractors."),
     conf: str = typer.Option("lite0-gem", "--conf", help="Global configuration name (see `landmarks confs`)."),
-    local_conf: str = typer.Option("none", "--local-conf", help="Local features to store: none, delf or rootsift (none: extracted on demand at verification)."),
+    local_conf: str = typer.Option("none", "--local-conf", help="Local features to store: none, rootsift, delf, aliked (ALIKED + LightGlue) or xfeat (XFeat + LighterGlue) (none: extracted on demand at verification)."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Backbone weights: a checkpoint file, 'timm' (online), 'random', or 'auto'."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Override the configuration's input size (pixels)."),
     resize: Optional[str] = typer.Option(None, "--resize", help="Which side gets --image-size: longer or shorter (aspect ratio is kept)."),

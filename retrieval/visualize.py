@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .extract import scale_keypoints
 from .image_io import load_image
 from .matching import verify_pair
 from .recognize import Prediction, Recognizer
@@ -33,10 +34,13 @@ def draw_pair(
     query: np.ndarray, ref: np.ndarray, kq: np.ndarray, kr: np.ndarray, inliers: np.ndarray,
     q_orig: tuple[int, int], r_orig: tuple[int, int], header: list[str], max_lines: int = 200,
 ) -> np.ndarray:
-    """One row: query (left), reference (right), a line per inlier pair; keypoints in original pixels."""
+    """One row: query (left), reference (right), a line per inlier pair.
+
+    ``kq`` / ``kr`` are in the pixels of an image of size ``q_orig`` / ``r_orig`` (w, h): the
+    arrays given here, or any other size of the same photos (mapped by the ratio of sizes).
+    """
     qa, sq = _fit(query, PANEL_SIDE)
     ra, sr = _fit(ref, PANEL_SIDE)
-    # keypoints are in original-photo pixels; the decoded arrays may be downscaled
     sq_x, sq_y = qa.shape[1] / q_orig[0], qa.shape[0] / q_orig[1]
     sr_x, sr_y = ra.shape[1] / r_orig[0], ra.shape[0] / r_orig[1]
     height = HEADER + max(qa.shape[0], ra.shape[0])
@@ -66,7 +70,13 @@ def main(index_dir: str | Path, image: str | Path, out_png: str | Path, max_cand
     features = rec.fx.describe_image(image)
     evidence, _ = rec.evidence(features, early_exit=False)
     pred = rec.decide(evidence)
-    query_arr, q_orig = load_image(image, max_side=1024)
+    side = rec.local_image_size or 1024
+    resize_max = rec.local.conf.get("resize_max")  # DELF has none: it detects on the decoded image itself
+    query_arr, _ = load_image(image, max_side=side)
+    q_size = (query_arr.shape[1], query_arr.shape[0])
+    # Keypoints are in detection pixels; draw them on the decoded arrays (the query's features carry their
+    # detection size, stored references' are derived from the decoded size and the extractor's resize rule).
+    query_kp = scale_keypoints(features.local, q_size, resize_max).keypoints
     decision = (f"landmark {pred.landmark_id} (confidence {pred.confidence:.3f}, {pred.inliers} inliers)"
                 if pred.landmark_id is not None else
                 f"no landmark (best guess {pred.guess}, {pred.inliers} inliers < threshold {rec.conf['inlier_threshold']})")
@@ -84,15 +94,16 @@ def main(index_dir: str | Path, image: str | Path, out_png: str | Path, max_cand
         row = row_of[ref_id]
         ref_local = rec._reference_local(row)
         res = verify_pair(features.local, ref_local, rec.match_conf or None)
-        ref_arr, r_orig = load_image(rec.db.metadata["path"].iloc[row], max_side=1024)
+        ref_arr, _ = load_image(rec.db.metadata["path"].iloc[row], max_side=side)
+        r_size = (ref_arr.shape[1], ref_arr.shape[0])
+        ref_kp = scale_keypoints(ref_local, r_size, resize_max).keypoints
         header = [
             f"{Path(str(image)).name}: {decision}",
             f"#{rank} by inliers: landmark {cand.landmark_id}  vote {cand.vote:.3f}  sim {cand.sim:.3f}  "
             f"inliers {res.inliers} / {len(res.matches)} matches",
             f"reference {ref_id}",
         ]
-        rows.append(draw_pair(query_arr, ref_arr, features.local.keypoints, ref_local.keypoints,
-                              res.inlier_matches, q_orig, r_orig, header))
+        rows.append(draw_pair(query_arr, ref_arr, query_kp, ref_kp, res.inlier_matches, q_size, r_size, header))
     if not rows:
         canvas = np.full((HEADER + 40, 640, 3), 255, np.uint8)
         _text(canvas, f"{Path(str(image)).name}: no candidate landmark in the index", (6, 20))
