@@ -286,7 +286,7 @@ class Recognizer:
 
         def make() -> LocalFeatures:
             try:
-                image, orig = load_image(self._paths[row], max_side=self.local_image_size)
+                image, _ = load_image(self._paths[row], max_side=self.local_image_size)
             except ImageError as exc:
                 logger.warning("reference %s cannot be verified: %s", self._ids[row], exc)
                 return LocalFeatures.empty(self.local.dim)

@@ -221,3 +221,15 @@ def test_recognizer_on_an_aliked_index(tmp_path):
     assert correct >= len(landmark_queries) - 1 and correct >= 1, correct
     # the matcher is overridable by name
     assert Recognizer.from_index(index, match_conf="mnn").match_conf["method"] == "mnn"
+
+
+def test_scale_keypoints_derives_the_detection_size_of_stored_features():
+    """Stored features have no image size: drawing derives it from the decoded size and resize_max."""
+    from retrieval.extract import scale_keypoints
+
+    stored = LocalFeatures.unpack(np.array([[0, 0, 2, 1], [255, 127, 2, 1]], np.float32), np.zeros((2, 4), np.float16))
+    shown = scale_keypoints(stored, (2048, 1024), resize_max=256)  # detected at 256 x 128
+    np.testing.assert_allclose(shown.keypoints, [[3.5, 3.5], [2043.5, 1019.5]])
+    assert shown.image_size == (2048, 1024) and np.allclose(shown.scales, 16)
+    known = LocalFeatures(stored.keypoints, stored.scales, stored.scores, stored.descriptors, (512, 256))
+    np.testing.assert_allclose(scale_keypoints(known, (1024, 512)).keypoints, [[0.5, 0.5], [510.5, 254.5]])
