@@ -90,6 +90,35 @@ def summarise(label: str, pairs: dict[tuple[str, str], int], queries: pd.DataFra
     }
 
 
+def speed_only(images: dict[str, np.ndarray], ids: list[str], args: argparse.Namespace) -> None:
+    """Extraction ms/image and verification ms/pair (consecutive images, stored-form references)."""
+    print(f"speed on {len(ids)} images, torch threads {args.threads}, device {args.device}")
+    print(f"{'configuration':24s} {'extract ms':>10s} {'verify ms':>9s} {'kpts':>6s} {'KB/img':>7s}")
+    feats: dict[str, dict[str, LocalFeatures]] = {}
+    extract_ms: dict[str, float] = {}
+    out = {}
+    for label, local_name, match_name in CONFIGS:
+        if local_name not in feats:
+            ex = make_local_extractor(local_name, device=args.device)
+            ex.extract(images[ids[0]])  # warm-up
+            times, f = [], {}
+            for i in ids:
+                t = time.perf_counter()
+                f[i] = ex.extract(images[i])
+                times.append(1000 * (time.perf_counter() - t))
+            feats[local_name], extract_ms[local_name] = f, statistics.median(times)
+        f = feats[local_name]
+        verify_pair(f[ids[0]], f[ids[1]], match_name)  # warm-up
+        times = [1000 * verify_pair(f[a], LocalFeatures.unpack(*f[b].pack()), match_name).seconds
+                 for a, b in zip(ids[:-1], ids[1:])]
+        kb = np.mean([sum(x.nbytes for x in f[i].pack()) for i in ids]) / 1024
+        kp = np.median([len(f[i]) for i in ids])
+        print(f"{label:24s} {extract_ms[local_name]:10.0f} {statistics.median(times):9.1f} {kp:6.0f} {kb:7.0f}")
+        out[label] = {"extract_ms": round(extract_ms[local_name], 1), "verify_ms": round(statistics.median(times), 2)}
+    out["threads"] = args.threads
+    print(json.dumps(out, sort_keys=True))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="folder with train.csv, holdout.csv, images/<id>.jpg")
@@ -98,6 +127,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--configs", default=",".join(c[0] for c in CONFIGS), help="comma-separated labels to run")
     ap.add_argument("--max-queries", type=int, default=None, help="first N queries only (quick runs)")
+    ap.add_argument("--speed-only", type=int, default=None, metavar="N",
+                    help="only time extraction on N images and verification of their consecutive pairs")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -109,6 +140,9 @@ def main() -> None:
         queries = queries.head(args.max_queries)
     ids = list(refs["id"]) + list(queries["id"])
     images = {i: load_image(data / "images" / f"{i}.jpg", max_side=1024)[0] for i in ids}
+    if args.speed_only:
+        speed_only(images, ids[: args.speed_only], args)
+        return
     print(f"{len(refs)} index images, {len(queries)} queries ({(queries['landmark_id'] != '').sum()} landmark), "
           f"longer side <= {max(max(im.shape[:2]) for im in images.values())} px; torch threads {args.threads}, "
           f"device {args.device}")
