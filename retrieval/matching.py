@@ -388,8 +388,9 @@ def verify_many(
     if n == 0:
         return []
     if max_workers is None and c["method"] in LEARNED_METHODS:
-        # A learned matcher is a torch model that already uses every core (intra-op threads): pairs
-        # run one after another (threads were slower, see benchmarks/bench_local.py).
+        # A learned matcher is a torch model that already uses the cores (intra-op threads): pairs run
+        # one after another. Two threads measured 0-13% faster on 2 shared cores (benchmarks/bench_local.py),
+        # within the noise, and threads would multiply the model's working memory.
         max_workers = 1
     workers = max(1, min(n, max_workers or min(os.cpu_count() or 1, 8)))
     lock = threading.Lock()
