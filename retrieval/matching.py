@@ -1,13 +1,19 @@
 """Descriptor matching and RANSAC verification of local features.
 
 :func:`match_descriptors` gives putative matches (mutual nearest neighbours and/or
-Lowe's ratio test), :func:`verify_pair` fits a homography or affine transform with
+Lowe's ratio test); the learned matchers LightGlue (ALIKED features) and LighterGlue
+(XFeat features) are the other ``method`` values. :func:`verify_pair` fits a homography or affine transform with
 OpenCV's robust estimators and returns the inlier count, :func:`verify_many` verifies
 one query against many references in parallel and stops early once one is confirmed.
 
 Following DELF's ``image_reranking``: too few matches, a failed or degenerate fit give
 0 inliers (never an exception); a descriptor-dimension mismatch raises ``ValueError``
 (it means features of two different extractors are being compared).
+
+Keypoints are in detection-image pixels (:mod:`retrieval.local_features`), so
+``reproj_threshold`` is in detection pixels of the reference image: the same pair of
+photos gives the same inlier count whatever resolution the files were stored at.
+Each local configuration has a default matcher (:func:`default_match_conf_for`).
 """
 from __future__ import annotations
 
@@ -23,21 +29,29 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import cv2
 import numpy as np
 
-from .local_features import LocalFeatures
+from .local_features import LocalFeatures, extractors, local_confs
 
 logger = logging.getLogger(__name__)
 
-MATCH_METHODS = ("mnn", "ratio", "mnn+ratio")
+DESCRIPTOR_METHODS = ("mnn", "ratio", "mnn+ratio")  # putative matches from descriptor distances alone
+LEARNED_METHODS = ("lightglue", "lighterglue")  # learned matchers (retrieval.learned): LightGlue, LighterGlue
+MATCH_METHODS = DESCRIPTOR_METHODS + LEARNED_METHODS
 
 default_match_conf: dict[str, Any] = {
     # Putative matches: "mnn" mutual nearest neighbours, "ratio" Lowe's test, or both.
     # Both is the default: MNN removes many-to-one matches onto repeated texture, and a lenient
     # ratio (0.9 instead of Lowe's 0.8) removes the ambiguous rest without starving RANSAC.
+    # "lightglue" (ALIKED's 128-d descriptors) and "lighterglue" (XFeat's 64-d) are learned matchers that
+    # also use keypoint positions; RANSAC then counts inliers among their matches as for the others.
     "method": "mnn+ratio",
     "ratio": 0.9,  # nearest / second-nearest L2 distance must be below this (ratio and mnn+ratio)
+    "min_score": 0.1,  # learned matchers: drop matches scored below this (LightGlue's filter_threshold)
+    "adaptive": True,  # learned matchers: LightGlue's early stopping and point pruning (deterministic)
+    "device": None,  # learned matchers: "cpu", "cuda", ...; None: CUDA when available, else CPU
+    "amp": True,  # learned matchers: float16 autocast on CUDA (LightGlue's "mp"; ignored on CPU)
     "ransac": "usac_magsac",  # "usac_magsac" (cv2.USAC_MAGSAC: threshold-robust, LO) or "ransac" (cv2.RANSAC)
     "model": "homography",  # "homography" (cv2.findHomography, planar facades) or "affine" (cv2.estimateAffine2D)
-    # Max reprojection error (original-image px) for an inlier. 8 px is ~1.5% of a ~500 px image:
+    # Max reprojection error (detection-image px, longer side <= 1024) for an inlier. 8 px is ~1.5% of a ~500 px image:
     # loose enough for SIFT localisation error and perspective that a planar model misses,
     # tight enough that random matches rarely agree. DELF keypoints sit on a stride-16 grid
     # (64 px apart at pyramid scale 0.25), so the "delf" conf uses 16 px.
@@ -55,7 +69,33 @@ match_confs: dict[str, dict[str, Any]] = {
     "rootsift": dict(default_match_conf),
     "delf": {**default_match_conf, "reproj_threshold": 16.0},
     "affine": {**default_match_conf, "model": "affine"},
+    # Plain mutual nearest neighbours (no ratio test): any extractor, e.g. XFeat without LighterGlue.
+    "mnn": {**default_match_conf, "method": "mnn"},
+    # Learned matchers, each for the features it was trained on (the default of "aliked" / "xfeat").
+    "lightglue": {**default_match_conf, "method": "lightglue"},
+    "lighterglue": {**default_match_conf, "method": "lighterglue"},
 }
+
+
+def default_match_conf_for(local_conf: Mapping[str, Any] | str | None) -> dict[str, Any]:
+    """The match configuration a local configuration is verified with by default.
+
+    ``local_conf`` is a name in :data:`~retrieval.local_features.local_confs` or a (resolved) conf
+    dict with an ``"extractor"`` key; None gives :data:`default_match_conf`. The choice is the
+    extractor's ``default_matcher``: aliked -> "lightglue", xfeat -> "lighterglue",
+    rootsift -> "rootsift" (mnn+ratio), delf -> "delf". Pass a name of :data:`match_confs` to
+    ``Recognizer(match_conf=...)`` / :func:`verify_pair` to use another matcher.
+    """
+    if local_conf is None:
+        return dict(default_match_conf)
+    if isinstance(local_conf, str):
+        if local_conf not in local_confs:
+            raise ValueError(f"unknown local feature configuration {local_conf!r}; valid names: {sorted(local_confs)}")
+        local_conf = local_confs[local_conf]
+    extractor = extractors.get(str(local_conf.get("extractor")))
+    if extractor is None:
+        raise ValueError(f"unknown local extractor {local_conf.get('extractor')!r}; valid: {sorted(extractors)}")
+    return dict(match_confs[extractor.default_matcher])
 
 _MIN_SAMPLE = {"homography": 4, "affine": 3}
 _RANSAC_FLAGS = {"usac_magsac": cv2.USAC_MAGSAC, "ransac": cv2.RANSAC}
@@ -85,6 +125,57 @@ def resolve_match_conf(conf: Mapping[str, Any] | str | None) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 # Matching
 # --------------------------------------------------------------------------------------------
+def _check_dims(desc1: np.ndarray, desc2: np.ndarray) -> None:
+    if desc1.ndim != 2 or desc2.ndim != 2:
+        raise ValueError(f"descriptors must be (n, d) arrays, got shapes {desc1.shape} and {desc2.shape}")
+    if desc1.shape[1] != desc2.shape[1]:
+        raise ValueError(
+            f"descriptor dimension mismatch: {desc1.shape[1]} vs {desc2.shape[1]} "
+            "(features of different extractors or PCA settings?)"
+        )
+
+
+def learned_matches(query: LocalFeatures, ref: LocalFeatures, conf: Mapping[str, Any]) -> np.ndarray:
+    """Matches of a learned matcher (``conf["method"]`` in :data:`LEARNED_METHODS`), ``(m, 2)`` int64.
+
+    The matcher sees keypoints in detection pixels with the detection image size; features
+    without ``image_size`` (read back from an index) use the keypoints' extent instead
+    (:func:`retrieval.learned.estimated_image_size`). Matches scored below ``min_score`` are dropped.
+
+    Raises:
+        ValueError: descriptor dimension mismatch between the two sets, or descriptors of
+            another dimension than the matcher was trained on (e.g. XFeat features with LightGlue).
+    """
+    from . import learned
+
+    method = conf["method"]
+    _check_dims(query.descriptors, ref.descriptors)
+    expected = learned.matcher_input_dim(method)
+    if query.dim != expected:
+        raise ValueError(
+            f"{method} matches {expected}-d descriptors, got {query.dim}-d "
+            f"({'ALIKED' if method == 'lightglue' else 'XFeat'} features expected; use another match conf, e.g. 'mnn')"
+        )
+    if len(query) == 0 or len(ref) == 0:
+        return np.zeros((0, 2), np.int64)
+    device = conf["device"] or ("cuda" if torch_cuda_available() else "cpu")
+    sizes = [
+        np.asarray(f.image_size, np.float32) if f.image_size is not None else learned.estimated_image_size(f.keypoints)
+        for f in (query, ref)
+    ]
+    matches, scores = learned.lightglue_match(
+        method, query.keypoints, query.descriptors, sizes[0], ref.keypoints, ref.descriptors, sizes[1],
+        device=device, adaptive=bool(conf["adaptive"]), amp=bool(conf["amp"]),
+    )
+    return matches[scores > float(conf["min_score"])]
+
+
+def torch_cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
 def match_descriptors(
     desc1: np.ndarray, desc2: np.ndarray, method: str = "mnn+ratio", ratio: float = 0.9
 ) -> np.ndarray:
@@ -107,17 +198,14 @@ def match_descriptors(
     Raises:
         ValueError: different descriptor dimensions, or an unknown method.
     """
-    if method not in MATCH_METHODS:
-        raise ValueError(f"unknown match method {method!r}; valid: {list(MATCH_METHODS)}")
+    if method not in DESCRIPTOR_METHODS:
+        raise ValueError(
+            f"unknown match method {method!r} for descriptor matching; valid: {list(DESCRIPTOR_METHODS)} "
+            f"(learned matchers {list(LEARNED_METHODS)} run through verify_pair)"
+        )
     desc1 = np.asarray(desc1, dtype=np.float32)
     desc2 = np.asarray(desc2, dtype=np.float32)
-    if desc1.ndim != 2 or desc2.ndim != 2:
-        raise ValueError(f"descriptors must be (n, d) arrays, got shapes {desc1.shape} and {desc2.shape}")
-    if desc1.shape[1] != desc2.shape[1]:
-        raise ValueError(
-            f"descriptor dimension mismatch: {desc1.shape[1]} vs {desc2.shape[1]} "
-            "(features of different extractors or PCA settings?)"
-        )
+    _check_dims(desc1, desc2)
     if len(desc1) == 0 or len(desc2) == 0:
         return np.zeros((0, 2), np.int64)
 
@@ -214,7 +302,10 @@ def verify_pair(
     """
     c = resolve_match_conf(conf)
     start = time.perf_counter()
-    matches = match_descriptors(query.descriptors, ref.descriptors, c["method"], c["ratio"])
+    if c["method"] in LEARNED_METHODS:
+        matches = learned_matches(query, ref, c)
+    else:
+        matches = match_descriptors(query.descriptors, ref.descriptors, c["method"], c["ratio"])
     min_matches = max(_MIN_SAMPLE[c["model"]], c["min_matches"] or 0)
     empty = np.zeros((0, 2), np.int64)
     if len(matches) < min_matches:
@@ -283,7 +374,8 @@ def verify_many(
             every result after ``k`` is None. References before ``k`` are always verified, so
             the first confirmed reference, and the whole output, do not depend on thread timing.
             None: verify all.
-        max_workers: threads; default ``min(len(refs), os.cpu_count(), 8)``.
+        max_workers: threads; default ``min(len(refs), os.cpu_count(), 8)``, and 1 for learned
+            matchers (torch already parallelises each pair).
     Returns:
         One entry per reference, in input order; deterministic for given inputs (seeded
         estimation; results after the first confirmed reference dropped).
@@ -295,6 +387,11 @@ def verify_many(
     n = len(refs)
     if n == 0:
         return []
+    if max_workers is None and c["method"] in LEARNED_METHODS:
+        # A learned matcher is a torch model that already uses the cores (intra-op threads): pairs run
+        # one after another. Two threads measured 0-13% faster on 2 shared cores (benchmarks/bench_local.py),
+        # within the noise, and threads would multiply the model's working memory.
+        max_workers = 1
     workers = max(1, min(n, max_workers or min(os.cpu_count() or 1, 8)))
     lock = threading.Lock()
     first_confirmed = [n]  # smallest index that reached confirm_inliers (n: none yet)

@@ -28,10 +28,10 @@ import numpy as np
 from index.database import IndexDatabase
 
 from .defaults import CALIBRATED_DECISIONS, DEFAULT_RECOGNITION_CONF
-from .extract import DEFAULT_LOCAL_IMAGE_SIZE, FeatureExtractor, Features, scale_keypoints
+from .extract import DEFAULT_LOCAL_IMAGE_SIZE, FeatureExtractor, Features
 from .image_io import ImageError, load_image
 from .local_features import LocalExtractor, LocalFeatures, extractors, local_confs, make_local_extractor
-from .matching import match_confs, verify_many
+from .matching import default_match_conf_for, resolve_match_conf, verify_many
 
 logger = logging.getLogger(__name__)
 
@@ -327,12 +327,14 @@ class Recognizer:
     """Answers "landmark L with confidence c" or "no landmark" for query photos against an index."""
 
     def __init__(self, db: IndexDatabase, fx: FeatureExtractor, conf: Mapping[str, Any] | None = None,
-                 match_conf: Mapping[str, Any] | None = None, device: str | None = None):
+                 match_conf: Mapping[str, Any] | str | None = None, device: str | None = None):
+        """``match_conf``: a name in ``matching.match_confs`` (e.g. "mnn", "lightglue") or overrides of
+        ``matching.default_match_conf``; None: the local configuration's default matcher."""
         self.db = db
         self.fx = fx
         tuned = db.manifest.get("thresholds") or {}
         self.conf = resolve_recognition_conf(conf, tuned)
-        self.match_conf = dict(match_conf or {})
+        self.match_conf = resolve_match_conf(match_conf) if match_conf else {}
         self.stored_local = db.has_local()
         if fx.local_extractor is None:
             # The index stores no local features: both the query and the candidates' references are
@@ -344,9 +346,9 @@ class Recognizer:
         # the decision defaults calibrated for this extractor's inlier scale, under the tuned values
         self.conf = resolve_recognition_conf(conf, tuned, self.local.conf.get("extractor"))
         if not self.match_conf:
-            # Each local extractor has a matching configuration tuned to it (e.g. DELF's stride-16 grid
-            # needs a looser reprojection threshold than SIFT).
-            self.match_conf = dict(match_confs.get(self.local.conf.get("extractor"), {}))
+            # Each local extractor has a matcher tuned to it (aliked -> lightglue, xfeat -> lighterglue,
+            # rootsift -> mnn+ratio, delf -> a looser reprojection threshold for its stride-16 grid).
+            self.match_conf = default_match_conf_for(self.local.conf)
         self._cache = _LRU(int(self.conf["cache_mb"] * 2**20))
         # lazily read columns: indexing reads just those rows (no per-row strings for the whole index)
         self._ids = db.column("id")
@@ -355,28 +357,29 @@ class Recognizer:
         self._background: np.ndarray | None = None  # descriptors of the non-landmark references, loaded on demand
 
     @classmethod
-    def from_index(cls, path: str | Path, device: str | None = None, **overrides: Any) -> "Recognizer":
+    def from_index(cls, path: str | Path, device: str | None = None, match_conf: Mapping[str, Any] | str | None = None,
+                   **overrides: Any) -> "Recognizer":
         """Open an index and recognise with the configuration it was built with (+ overrides)."""
         db = IndexDatabase.open(path)
         if db.size == 0:
             raise ValueError(f"{path}: the index is empty (build it with build-index)")
         fx = FeatureExtractor.for_index(db, device=device, need_local=True)
-        return cls(db, fx, overrides, device=device)
+        return cls(db, fx, overrides, match_conf=match_conf, device=device)
 
     # -- features
     def _reference_local(self, row: int) -> LocalFeatures:
         if self.stored_local:
             stored = self.db.local_features(row)
             if stored is not None:
-                return LocalFeatures.unpack(*stored)
+                return LocalFeatures.unpack(*stored, self.db.local_image_size(row))
 
         def make() -> LocalFeatures:
             try:
-                image, orig = load_image(self._paths[row], max_side=self.local_image_size)
+                image, _ = load_image(self._paths[row], max_side=self.local_image_size)
             except ImageError as exc:
                 logger.warning("reference %s cannot be verified: %s", self._ids[row], exc)
                 return LocalFeatures.empty(self.local.dim)
-            return scale_keypoints(self.local.extract(image), image, orig)
+            return self.local.extract(image)  # detection-pixel keypoints, like the stored ones
 
         return self._cache.get(row, make)
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from .image_io import load_image
 from .matching import verify_pair
-from .extract import Features
+from .extract import Features, scale_keypoints
 from .recognize import Evidence, Prediction, Recognizer
 
 logger = logging.getLogger(__name__)
@@ -34,10 +34,13 @@ def draw_pair(
     query: np.ndarray, ref: np.ndarray, kq: np.ndarray, kr: np.ndarray, inliers: np.ndarray,
     q_orig: tuple[int, int], r_orig: tuple[int, int], header: list[str], max_lines: int = 200,
 ) -> np.ndarray:
-    """One row: query (left), reference (right), a line per inlier pair; keypoints in original pixels."""
+    """One row: query (left), reference (right), a line per inlier pair.
+
+    ``kq`` / ``kr`` are in the pixels of an image of size ``q_orig`` / ``r_orig`` (w, h): the
+    arrays given here, or any other size of the same photos (mapped by the ratio of sizes).
+    """
     qa, sq = _fit(query, PANEL_SIDE)
     ra, sr = _fit(ref, PANEL_SIDE)
-    # keypoints are in original-photo pixels; the decoded arrays may be downscaled
     sq_x, sq_y = qa.shape[1] / q_orig[0], qa.shape[0] / q_orig[1]
     sr_x, sr_y = ra.shape[1] / r_orig[0], ra.shape[0] / r_orig[1]
     height = HEADER + max(qa.shape[0], ra.shape[0])
@@ -60,19 +63,23 @@ def draw_pair(
     return canvas
 
 
-def render(rec: Recognizer, name: str, query_arr: np.ndarray, q_orig: tuple[int, int], features: Features,
-           evidence: Evidence, pred: Prediction, max_candidates: int = 3) -> np.ndarray:
+def render(rec: Recognizer, name: str, query_arr: np.ndarray, features: Features, evidence: Evidence,
+           pred: Prediction, max_candidates: int = 3) -> np.ndarray:
     """The match sheet (RGB) of a recognised query: one row per candidate, the answer first.
 
-    ``query_arr`` is the decoded query (any downscale of the photo, ``q_orig`` its original size);
-    ``features``, ``evidence`` and ``pred`` come from ``rec`` (``describe_image``, ``evidence``, ``decide``).
+    ``query_arr`` is the decoded query at any size; ``features``, ``evidence`` and ``pred`` come from ``rec``
+    (``describe_image``, ``evidence``, ``decide``). Keypoints are in detection pixels: they are drawn on the
+    decoded arrays (the query's features carry their detection size; a stored reference's is derived from
+    the decoded size and the extractor's resize rule).
     """
     decision = (f"landmark {pred.landmark_id} (confidence {pred.confidence:.3f}, {pred.inliers} inliers)"
                 if pred.landmark_id is not None else
                 f"no landmark (best guess {pred.guess}, {pred.inliers} inliers < threshold {rec.conf['inlier_threshold']})")
+    side = rec.local_image_size or 1024
+    resize_max = rec.local.conf.get("resize_max")  # DELF has none: it detects on the decoded image itself
+    q_size = (query_arr.shape[1], query_arr.shape[0])
+    query_kp = scale_keypoints(features.local, q_size, resize_max).keypoints
     rows = []
-    def row_of(image_id: str) -> int:
-        return int(rec.db.find_rows([image_id])[0])
     # the answer first: candidates by inliers, then by vote
     ranked = sorted(evidence.candidates, key=lambda c: (-c.inliers, -c.vote, c.landmark_id))
     for rank, cand in enumerate(ranked[:max_candidates], start=1):
@@ -82,18 +89,19 @@ def render(rec: Recognizer, name: str, query_arr: np.ndarray, q_orig: tuple[int,
             ref_id = next((n[0] for n in evidence.neighbours if n[1] == cand.landmark_id), None)
         if ref_id is None:
             continue
-        row = row_of(ref_id)
+        row = int(rec.db.find_rows([ref_id])[0])
         ref_local = rec._reference_local(row)
         res = verify_pair(features.local, ref_local, rec.match_conf or None)
-        ref_arr, r_orig = load_image(rec.db.column("path")[row], max_side=1024)
+        ref_arr, _ = load_image(rec.db.column("path")[row], max_side=side)
+        r_size = (ref_arr.shape[1], ref_arr.shape[0])
+        ref_kp = scale_keypoints(ref_local, r_size, resize_max).keypoints
         header = [
             f"{name}: {decision}",
             f"#{rank} by inliers: landmark {cand.landmark_id}  vote {cand.vote:.3f}  sim {cand.sim:.3f}  "
             f"inliers {res.inliers} / {len(res.matches)} matches",
             f"reference {ref_id}",
         ]
-        rows.append(draw_pair(query_arr, ref_arr, features.local.keypoints, ref_local.keypoints,
-                              res.inlier_matches, q_orig, r_orig, header))
+        rows.append(draw_pair(query_arr, ref_arr, query_kp, ref_kp, res.inlier_matches, q_size, r_size, header))
     if not rows:
         canvas = np.full((HEADER + 40, 640, 3), 255, np.uint8)
         _text(canvas, f"{name}: no candidate landmark in the index", (6, 20))
@@ -110,8 +118,8 @@ def main(index_dir: str | Path, image: str | Path, out_png: str | Path, max_cand
     features = rec.fx.describe_image(image)
     evidence, _ = rec.evidence(features, early_exit=False)
     pred = rec.decide(evidence)
-    query_arr, q_orig = load_image(image, max_side=1024)
-    sheet = render(rec, Path(str(image)).name, query_arr, q_orig, features, evidence, pred, max_candidates)
+    query_arr, _ = load_image(image, max_side=rec.local_image_size or 1024)
+    sheet = render(rec, Path(str(image)).name, query_arr, features, evidence, pred, max_candidates)
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_png.with_name(f".{out_png.name}.tmp.png")

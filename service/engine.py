@@ -349,7 +349,7 @@ class Engine:
         ans = self.answer(rid)
         with ans.lock:
             if candidates not in ans.pngs:
-                sheet = visualize.render(ans.state.rec, ans.name, ans.query, ans.orig_size, ans.features,
+                sheet = visualize.render(ans.state.rec, ans.name, ans.query, ans.features,
                                          ans.evidence, ans.pred, max_candidates=candidates)
                 ok, buf = cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
                 if not ok:

@@ -202,20 +202,26 @@ def test_rootsift_extract(sift):
     np.testing.assert_allclose(few.scores, f.scores[:50], rtol=1e-5)
 
 
-def test_rootsift_resize_maps_keypoints_to_original_pixels(sift):
+def test_rootsift_keypoints_stay_in_detection_pixels(sift):
+    """A 2x copy shrunk back for detection gives keypoints in the 256 px detection image, with its size;
+    in_frame maps them to the 2x image with the pixel-centre rule."""
     img = textured_image(256, seed=3)
     big = cv2.resize(img, (512, 512), interpolation=cv2.INTER_LINEAR)
     small = sift.extract(img)
     shrunk = make_local_extractor({**local_confs["rootsift"], "resize_max": 256}).extract(big)
+    assert small.image_size == (256, 256) and shrunk.image_size == (256, 256)
+    assert np.all(shrunk.keypoints >= -0.5) and np.all(shrunk.keypoints <= 255.5)
+    in_big = shrunk.in_frame((512, 512))
+    assert in_big.image_size == (512, 512)
     expected = (small.keypoints + 0.5) * 2 - 0.5  # the same points in the 2x image (pixel centres)
-    offsets = shrunk.keypoints[:, None] - expected[None]
+    offsets = in_big.keypoints[:, None] - expected[None]
     nearest = np.linalg.norm(offsets, axis=2).argmin(axis=1)
     residual = offsets[np.arange(len(offsets)), nearest]
     redetected = np.linalg.norm(residual, axis=1) < 2.0
     assert redetected.mean() > 0.35
     # No systematic shift: mapping with x * 2 instead of (x + 0.5) * 2 - 0.5 would be off by 0.5 px.
     assert np.all(np.abs(residual[redetected].mean(axis=0)) < 0.2), residual[redetected].mean(axis=0)
-    assert np.median(shrunk.scales) > 1.5 * np.median(small.scales)
+    assert np.median(in_big.scales) > 1.5 * np.median(small.scales)
 
 
 # --------------------------------------------------------------------------------------------
