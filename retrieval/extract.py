@@ -22,7 +22,7 @@ from index.database import IndexDatabase
 
 from .global_model import DEFAULT_GLOBAL, GlobalExtractor, resolve_global_conf, target_size
 from .image_io import ImageError, load_image
-from .local_features import LocalExtractor, LocalFeatures, make_local_extractor, local_confs
+from .local_features import LocalExtractor, LocalFeatures, detection_size, make_local_extractor, local_confs
 
 logger = logging.getLogger(__name__)
 

@@ -145,11 +145,10 @@ class Loaded:
     index_dir: Path
     generation: int
     loaded_at: float
-    row_of: dict[str, int]
 
-    @property
-    def path_of(self) -> Any:
-        return self.rec.db.metadata["path"]
+    def rows_of(self, ids: list[str]) -> np.ndarray:
+        """Row numbers of reference ids (-1 when not in the index): a hash lookup, no table in memory."""
+        return self.rec.db.find_rows(ids)
 
 
 @dataclass
@@ -205,12 +204,11 @@ class Engine:
         start = time.perf_counter()
         rec = Recognizer.from_index(self.index_dir, device=self.device, **self.overrides)
         db = rec.db
-        # Warm up what is built lazily (the FAISS search index, the metadata table) before any request sees it.
+        # Warm up what is built lazily (the FAISS search index) before any request sees it.
         db.search(np.ones((1, db.dim), np.float32), 1)
-        row_of = {str(i): r for r, i in enumerate(db.metadata["id"])}
         logger.info("loaded index %s (%d images, index_id %s) in %.1f s", self.index_dir, db.size,
                     db.manifest.get("index_id"), time.perf_counter() - start)
-        return Loaded(rec, self.index_dir, generation, time.time(), row_of)
+        return Loaded(rec, self.index_dir, generation, time.time())
 
     def reload(self) -> dict[str, Any]:
         """Reopen the index (e.g. after build-index added images or tune-threshold changed the manifest).
@@ -333,7 +331,7 @@ class Engine:
         ans = self.answer(rid)
         db = ans.state.rec.db
         top = ans.evidence.neighbours[:k]
-        rows = np.array([ans.state.row_of[n[0]] for n in top], np.int64)
+        rows = ans.state.rows_of([n[0] for n in top]).astype(np.int64)
         scores = np.array([n[2] for n in top], np.float32)
         return {
             "request_id": rid,
@@ -360,15 +358,15 @@ class Engine:
     def thumbnail(self, ref_id: str) -> bytes | None:
         """A JPEG thumbnail of the reference image ``ref_id`` (looked up in the index; None when unknown)."""
         state = self.state
-        row = state.row_of.get(ref_id)
-        if row is None:
+        row = int(state.rows_of([ref_id])[0])
+        if row < 0:
             return None
         key = f"{state.generation}:{row}"
         cached = self.thumbs.get(key)
         if cached is not None:
             return cached
         try:
-            image, _ = load_image(state.path_of.iloc[row], max_side=THUMB_SIDE)
+            image, _ = load_image(state.rec.db.column("path")[row], max_side=THUMB_SIDE)
         except ImageError as exc:
             logger.warning("thumbnail of %s: %s", ref_id, exc)
             return None

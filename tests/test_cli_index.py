@@ -12,6 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cli import app
+from retrieval.defaults import DEFAULT_GLOBAL
 from index.database import IndexDatabase
 from tests.conftest import FAST_BUILD, read_csv
 
@@ -48,7 +49,7 @@ def test_build_and_query_json(demo_data, built_index):
     assert db.size == len(train)
     assert set(db.metadata["id"]) == set(train["id"])
     manifest = json.loads((built_index / "manifest.json").read_text())
-    assert manifest["config"]["global"]["model"] == "tf_efficientnet_lite0"
+    assert manifest["config"]["global"]["model"] == "tf_efficientnet_lite2"  # the default lite2-gem
     assert manifest["dim"] == 1280 and manifest["counts"]["images"] == len(train)
 
     ref = train.iloc[0]
@@ -94,7 +95,7 @@ def test_resume_after_crash_matches_uninterrupted(demo_data, built_index, tmp_pa
     refs = refs.assign(path=[str(demo_data.images_dir / f"{i}.jpg") for i in refs["id"]])
     original = kill_extraction_after(monkeypatch, 9)
     with pytest.raises(KeyboardInterrupt):
-        extract.main(refs, index, "lite0-gem", "rootsift", num_workers=0, shard_size=4, progress=False)
+        extract.main(refs, index, DEFAULT_GLOBAL, "rootsift", num_workers=0, shard_size=4, progress=False)
     monkeypatch.setattr(extract.FeatureExtractor, "iter_paths", original)
     assert len(list((index / "shards").glob("*.h5"))) == 2  # 8 images survived in two shards
     # the rerun through the CLI uses the same configuration as the crashed one: resize to 384 (the default)
@@ -237,7 +238,7 @@ def test_shards_flushed_by_time(demo_data, tmp_path, monkeypatch):
     refs = refs.assign(path=[str(demo_data.images_dir / f"{i}.jpg") for i in refs["id"]])
     kill_extraction_after(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
-        extract.main(refs, tmp_path / "idx", resolve_global_conf("lite0-gem", image_size=128), None,
+        extract.main(refs, tmp_path / "idx", resolve_global_conf(DEFAULT_GLOBAL, image_size=128), None,
                      num_workers=0, shard_size=1000, shard_seconds=0.0, progress=False)
     assert len(list((tmp_path / "idx" / "shards").glob("*.h5"))) == 3
     # an uncommitted image keeps its label too: a rerun that relabels it is refused
@@ -245,7 +246,7 @@ def test_shards_flushed_by_time(demo_data, tmp_path, monkeypatch):
     relabelled.loc[relabelled.index[0], "landmark_id"] = "777"
     relabelled.to_csv(tmp_path / "r.csv", index=False)
     result = invoke("build-index", "--train", tmp_path / "r.csv", "--images", demo_data.images_dir,
-                    "--index", tmp_path / "idx", "--image-size", "128", "--workers", "0")
+                    "--index", tmp_path / "idx", "--image-size", "128", "--local-conf", "none", "--workers", "0")
     assert result.exit_code == 2 and "777" in result.output, result.output
 
 
