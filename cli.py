@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from retrieval.defaults import CALIBRATED_DECISIONS, DEFAULT_GLOBAL, DEFAULT_LOCAL, DEFAULT_RECOGNITION_CONF
+from retrieval.defaults import EXTRACTOR_DEFAULTS, DEFAULT_GLOBAL, DEFAULT_LOCAL, DEFAULT_RECOGNITION_CONF
 
 app = typer.Typer(
     add_completion=False,
@@ -170,7 +170,7 @@ _K = typer.Option(None, "--k", help=f"Neighbours from the global search (default
 _C = typer.Option(None, "--candidates", help=f"Candidate landmarks verified per query (default {_D['num_candidates']}).")
 _R = typer.Option(None, "--refs-per-candidate", help=f"Images verified per candidate (default {_D['refs_per_candidate']}; at most {_D['max_verifications']} pairs per query in all).")
 _THR = typer.Option(None, "--inlier-threshold", help="Inliers needed to accept a landmark (default: the index manifest's tuned value, else the value calibrated on real photos for its local features: "
-                    + ", ".join(f"{k} {v['inlier_threshold']}" for k, v in CALIBRATED_DECISIONS.items() if "inlier_threshold" in v) + ").")
+                    + ", ".join(f"{k} {v['inlier_threshold']}" for k, v in EXTRACTOR_DEFAULTS.items() if "inlier_threshold" in v) + ").")
 
 
 def _overrides(k, candidates, refs, threshold) -> dict:

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 
 from eval import evaluate
-from eval.queries import solution_dict, read_solution
 from index.database import IndexDatabase
 from retrieval.recognize import Candidate, DECISION_KEYS, decide, resolve_recognition_conf, submission_answer
 

@@ -29,7 +29,7 @@ from retrieval.recognize import (
 
 from . import metrics, plots, tuning
 from .queries import read_solution, solution_dict, write_submission
-from .runner import collect_evidence, read_evidence, timing_summary
+from .runner import collect_evidence, timing_summary
 
 logger = logging.getLogger(__name__)
 

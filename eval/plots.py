@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 
 from eval import metrics
 from eval.metrics import Prediction, Solution
-from eval.queries import atomic_path
+from index.manifest import atomic_output
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def _new_figure(width: float = 7.0, height: float = 4.5) -> Figure:
 def _save(fig: Figure, out_png: str | os.PathLike) -> Path:
     out = Path(out_png)
     fig.tight_layout()
-    with atomic_path(out) as tmp:
+    with atomic_output(out, keep_suffix=True) as tmp:
         fig.savefig(tmp, format="png")
     logger.info("wrote %s", out)
     return out

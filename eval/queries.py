@@ -9,42 +9,21 @@ holds for every GLDv2 / Kaggle file.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from eval.metrics import Prediction
+from index.manifest import atomic_output
 from retrieval.data import read_table, unsafe_id_reason  # noqa: F401  (re-exported: shared table validation)
 
 logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
-
-
-@contextlib.contextmanager
-def atomic_path(out: PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``out``; on success rename it onto ``out``.
-
-    The temporary file keeps ``out``'s suffix (so writers that infer a format
-    from it still work) and is removed if the block raises.
-    """
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f".tmp{out.suffix}", dir=out.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, out)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
 
 
 def read_solution(csv_path: PathLike) -> pd.DataFrame:
@@ -137,7 +116,7 @@ def write_submission(predictions: Mapping[str, Prediction], ids: Sequence[str], 
         raise ValueError(f"{len(extra)} prediction(s) for ids not in ids, e.g. {sorted(extra)[0]!r}")
     rows = pd.DataFrame({"id": ids, "landmarks": [_format_prediction(i, predictions.get(i)) for i in ids]})
     out = Path(out_csv)
-    with atomic_path(out) as tmp:
+    with atomic_output(out, keep_suffix=True) as tmp:
         rows.to_csv(tmp, index=False)
     logger.info("wrote submission %s: %d rows, %d predictions", out, len(rows), int((rows["landmarks"] != "").sum()))
     return out

@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
+from index.manifest import atomic_output
 from retrieval.recognize import Evidence, Recognizer
 
 logger = logging.getLogger(__name__)
@@ -110,12 +110,10 @@ def collect_evidence(
             f.write(json.dumps(header) + "\n")
     else:
         # Rewrite without a possibly truncated last line, atomically, before appending.
-        tmp = evidence_path.with_name(evidence_path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_output(evidence_path) as tmp, open(tmp, "w", encoding="utf-8") as f:
             f.write(json.dumps(old_header) + "\n")
             for rec_ in records.values():
                 f.write(json.dumps(rec_) + "\n")
-        os.replace(tmp, evidence_path)
     wanted = set(ids)
 
     def done(i: int) -> bool:

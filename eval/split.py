@@ -44,7 +44,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from eval.queries import atomic_path, read_labels, read_table
+from eval.queries import read_labels, read_table
+from index.manifest import atomic_output
 
 logger = logging.getLogger(__name__)
 
@@ -318,11 +319,11 @@ def main(
         },
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / "index.csv") as tmp:
+    with atomic_output(out_dir / "index.csv", keep_suffix=True) as tmp:
         index_df.to_csv(tmp, index=False)
-    with atomic_path(out_dir / "holdout.csv") as tmp:
+    with atomic_output(out_dir / "holdout.csv", keep_suffix=True) as tmp:
         holdout_df.to_csv(tmp, index=False)
-    with atomic_path(out_dir / "split.json") as tmp:
+    with atomic_output(out_dir / "split.json", keep_suffix=True) as tmp:
         tmp.write_text(json.dumps(info, indent=2) + "\n")
     logger.info("wrote %s/{index.csv,holdout.csv,split.json}: %s", out_dir, info["counts"])
     return out_dir

@@ -127,13 +127,19 @@ def tmp_owner_alive(path: Path) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_output(path: str | os.PathLike, keep_suffix: bool = False) -> Iterator[Path]:
     """Yield a temporary path to write; on success fsync it and ``os.replace`` it onto ``path``.
 
-    On an exception the temporary file is removed and ``path`` is untouched.
+    The one way every file of the project is written whole or not at all. On an exception the temporary
+    file is removed and ``path`` is untouched. ``keep_suffix``: the temporary name also ends with ``path``'s
+    suffix, for writers that infer the format from it (``cv2.imwrite``, matplotlib, PIL); the parent folder
+    is created if needed.
     """
     path = Path(path)
     tmp = tmp_path(path)
+    if keep_suffix:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = tmp.with_name(tmp.name + path.suffix)
     try:
         yield tmp
         fsync_file(tmp)

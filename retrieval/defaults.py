@@ -39,10 +39,18 @@ DEFAULT_RECOGNITION_CONF: dict[str, Any] = {
 }
 
 
-# Decision defaults per local extractor, calibrated on the inlier counts of true and wrong pairs of real
-# photos (README): each matcher has its own scale. They apply under the index manifest's tuned values
-# (tune-threshold) and the user's overrides.
-CALIBRATED_DECISIONS: dict[str, dict[str, Any]] = {
-    # RootSIFT, MNN + ratio 0.9, MAGSAC 8 px: wrong pairs of real photos stay at <= 10 inliers.
+# Recognition defaults per local extractor, calibrated on real photos (README, "Measured figures"): each matcher
+# has its own inlier scale and its own cost per pair. They apply over DEFAULT_RECOGNITION_CONF and under the
+# index manifest's tuned values (tune-threshold) and the user's overrides.
+EXTRACTOR_DEFAULTS: dict[str, dict[str, Any]] = {
+    # RootSIFT, MNN + ratio 0.9, MAGSAC 8 px: wrong pairs of real photos stay at <= 10 inliers; ~4 ms a pair.
     "rootsift": {"inlier_threshold": 12},
+    # XFeat + LighterGlue: wrong pairs reach 20-30 inliers, a repetitive facade of another landmark more, but
+    # fewer than the true landmark (margin); ~130 ms a pair on 2 CPU cores, so 5 candidates, 1 image each.
+    "xfeat": {"inlier_threshold": 30, "min_margin": 1.5, "num_candidates": 5, "refs_per_candidate": 1,
+              "max_verifications": 5, "confirm_inliers": 150},
+    # ALIKED + LightGlue: the strongest verification (night/day, strong viewpoint change), ~1 s per image and
+    # ~250 ms a pair on 2 CPU cores: the best-quality route, 10 candidates, 1 image each.
+    "aliked": {"inlier_threshold": 30, "min_margin": 1.5, "num_candidates": 10, "refs_per_candidate": 1,
+               "max_verifications": 10, "confirm_inliers": 200},
 }

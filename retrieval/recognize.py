@@ -27,7 +27,7 @@ import numpy as np
 
 from index.database import IndexDatabase
 
-from .defaults import CALIBRATED_DECISIONS, DEFAULT_RECOGNITION_CONF
+from .defaults import EXTRACTOR_DEFAULTS, DEFAULT_RECOGNITION_CONF
 from .extract import DEFAULT_LOCAL_IMAGE_SIZE, FeatureExtractor, Features
 from .image_io import ImageError, load_image
 from .local_features import LocalExtractor, LocalFeatures, extractors, local_confs, make_local_extractor
@@ -49,7 +49,7 @@ def resolve_recognition_conf(overrides: Mapping[str, Any] | None = None, base: M
     """Defaults <- the decisions calibrated for the local ``extractor`` <- ``base`` (e.g. the index manifest's
     tuned thresholds) <- non-None ``overrides``; validated."""
     conf = copy.deepcopy(DEFAULT_RECOGNITION_CONF)
-    for source in (CALIBRATED_DECISIONS.get(extractor or "", {}), base or {}, overrides or {}):
+    for source in (EXTRACTOR_DEFAULTS.get(extractor or "", {}), base or {}, overrides or {}):
         for key, value in source.items():
             if value is None:
                 continue

@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from index.manifest import atomic_output
+
+from .extract import Features, scale_keypoints
 from .image_io import load_image
 from .matching import verify_pair
-from .extract import Features, scale_keypoints
 from .recognize import Evidence, Prediction, Recognizer
 
 logger = logging.getLogger(__name__)
@@ -121,9 +122,7 @@ def main(index_dir: str | Path, image: str | Path, out_png: str | Path, max_cand
     query_arr, _ = load_image(image, max_side=rec.local_image_size or 1024)
     sheet = render(rec, Path(str(image)).name, query_arr, features, evidence, pred, max_candidates)
     out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(f".{out_png.name}.tmp.png")
-    if not cv2.imwrite(str(tmp), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
-        raise ValueError(f"cannot write {out_png}")
-    os.replace(tmp, out_png)
+    with atomic_output(out_png, keep_suffix=True) as tmp:
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
+            raise ValueError(f"cannot write {out_png}")
     return out_png, pred

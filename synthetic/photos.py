@@ -63,7 +63,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -72,6 +71,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 from PIL import Image
+
+from index.manifest import atomic_output
 
 __all__ = [
     "DemoDataset",
@@ -1744,16 +1745,13 @@ def _image_id(seed: int, *key) -> str:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    with atomic_output(path, keep_suffix=True) as tmp:
+        tmp.write_bytes(data)
 
 
 def _save_jpeg(path: Path, img: np.ndarray, quality: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    Image.fromarray(img, "RGB").save(tmp, format="JPEG", quality=int(quality))
-    os.replace(tmp, path)
+    with atomic_output(path, keep_suffix=True) as tmp:
+        Image.fromarray(img, "RGB").save(tmp, format="JPEG", quality=int(quality))
 
 
 def _csv_bytes(rows: list[tuple[str, int | None]]) -> bytes:
