@@ -167,8 +167,8 @@ def query(
 
 _D = DEFAULT_RECOGNITION_CONF
 _K = typer.Option(None, "--k", help=f"Neighbours from the global search (default {_D['k']}).")
-_C = typer.Option(None, "--candidates", help=f"Candidate landmarks verified per query (default {_D['num_candidates']}).")
-_R = typer.Option(None, "--refs-per-candidate", help=f"Images verified per candidate (default {_D['refs_per_candidate']}; at most {_D['max_verifications']} pairs per query in all).")
+_C = typer.Option(None, "--candidates", help=f"Candidate landmarks verified per query (default {_D['num_candidates']}; per local features in `landmarks confs`).")
+_R = typer.Option(None, "--refs-per-candidate", help=f"Images verified per candidate (default {_D['refs_per_candidate']}; at most {_D['max_verifications']} pairs per query in all; per local features in `landmarks confs`).")
 _THR = typer.Option(None, "--inlier-threshold", help="Inliers needed to accept a landmark (default: the index manifest's tuned value, else the value calibrated on real photos for its local features: "
                     + ", ".join(f"{k} {v['inlier_threshold']}" for k, v in EXTRACTOR_DEFAULTS.items() if "inlier_threshold" in v) + ").")
 
@@ -399,13 +399,18 @@ def confs() -> None:
     from retrieval.global_model import global_confs
     from retrieval.local_features import local_confs
 
+    mark = lambda name, default: " (default)" if name == default else ""  # noqa: E731
     typer.echo("global configurations (--conf):")
     for name, c in global_confs.items():
-        typer.echo(f"  {name:16s} {json.dumps(c)}")
+        typer.echo(f"  {name + mark(name, DEFAULT_GLOBAL):26s} {json.dumps(c)}")
     typer.echo("local configurations (--local-conf):")
-    typer.echo("  none             no stored local features (extracted on demand when verifying)")
+    typer.echo(f"  {'none':26s} no stored local features (extracted on demand when verifying)")
     for name, c in local_confs.items():
-        typer.echo(f"  {name:16s} {json.dumps(c, default=str)}")
+        typer.echo(f"  {name + mark(name, DEFAULT_LOCAL):26s} {json.dumps(c, default=str)}")
+    typer.echo("recognition defaults (override with --k, --candidates, --refs-per-candidate, --inlier-threshold):")
+    typer.echo(f"  {'all':26s} {json.dumps(DEFAULT_RECOGNITION_CONF)}")
+    for name, c in EXTRACTOR_DEFAULTS.items():
+        typer.echo(f"  {'with ' + name:26s} {json.dumps(c)}")
 
 
 # ----------------------------------------------------------------------------- serve

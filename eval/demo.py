@@ -53,7 +53,9 @@ def landmark_names(data_dir: Path) -> dict[str, str]:
     if not sources.is_file():
         return {}
     df = pd.read_csv(sources, dtype=str, keep_default_na=False)
-    return dict(zip(df["landmark_id"], df["landmark_name"])) if {"landmark_id", "landmark_name"} <= set(df) else {}
+    if not {"landmark_id", "landmark_name"} <= set(df):
+        return {}
+    return {lm: name for lm, name in zip(df["landmark_id"], df["landmark_name"]) if lm}
 
 
 def main(
