@@ -23,7 +23,7 @@ from index.database import IndexDatabase
 from index.manifest import atomic_write_text
 from retrieval.data import resolve_image_path
 from retrieval.recognize import (
-    DECISION_KEYS, VERIFIED_BASE, CandidateArrays, Evidence, Recognizer, decide, decide_many, global_only, index_local_extractor,
+    DECISION_KEYS, VERIFIED_BASE, CandidateArrays, Evidence, Recognizer, decide, decide_many, global_only, index_local_extractor, threshold_sweep,
     resolve_recognition_conf, submission_answer,
 )
 
@@ -148,6 +148,25 @@ def main(
 # ----------------------------------------------------------------------------- tune-threshold
 
 
+_DECODER = json.JSONDecoder()
+
+
+def _id_and_candidates(line: str) -> tuple[str, list[dict[str, Any]] | None]:
+    """A record's id and candidates, parsing only those two values (not the 50 neighbours) when the line has the
+    layout this package writes; any other valid line is parsed whole."""
+    if line.startswith('{"id": ') and '"evidence": {"neighbours": ' in line:
+        qid, _ = _DECODER.raw_decode(line, 7)
+        at = line.rfind('"candidates": ')
+        if at > 0 and isinstance(qid, str):
+            candidates, _ = _DECODER.raw_decode(line, at + len('"candidates": '))
+            if isinstance(candidates, list) and all(isinstance(c, dict) for c in candidates):
+                return qid, candidates
+    record = json.loads(line)
+    if not isinstance(record, dict) or "id" not in record:
+        raise ValueError("not an evidence record")
+    return record["id"], (record["evidence"] or {}).get("candidates") if record.get("evidence") else None
+
+
 def candidates_for(db: IndexDatabase, evidence_path: str | Path, solution: Mapping[str, Any]) -> CandidateArrays:
     """The stored candidates of the solution's queries (rows in sorted query-id order), checked against the index.
 
@@ -174,11 +193,11 @@ def candidates_for(db: IndexDatabase, evidence_path: str | Path, solution: Mappi
             raise ValueError(f"{evidence_path} was made with early exit (inlier counts are lower bounds); use evaluate's evidence")
         for line in f:
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
+                qid, candidates = _id_and_candidates(line)
+            except (json.JSONDecodeError, ValueError):
                 continue  # a line cut by an interruption (read_evidence says so when evaluate resumes)
-            if record.get("id") in wanted:
-                found[record["id"]] = (record.get("evidence") or {}).get("candidates") if record.get("evidence") else None
+            if qid in wanted:
+                found[qid] = candidates
     missing = [q for q in solution if q not in found]
     if missing:
         raise ValueError(f"{evidence_path} has no evidence for {len(missing)} queries, e.g. {missing[0]!r}; run evaluate first")
@@ -203,10 +222,14 @@ def prediction_matrix(arrays: CandidateArrays, solution: Mapping[str, Any], base
     rows = np.arange(len(ids))
     conf = np.full((len(grid), len(ids)), np.nan)
     correct = np.zeros(conf.shape, bool)
-    for v, value in enumerate(grid):
-        th = {k: base[k] for k in DECISION_KEYS}
-        th[param] = value
-        column, confidence, _ = decide_many(arrays, keep_guesses=mode == "submission", **th)
+    keep = mode == "submission"
+    if param == "inlier_threshold":  # the common case, hundreds of values: one shared pass
+        fixed = {k: base[k] for k in DECISION_KEYS if k != "inlier_threshold"}
+        decisions = threshold_sweep(arrays, grid, keep_guesses=keep, **fixed)
+    else:
+        decisions = (decide_many(arrays, keep_guesses=keep, **{**{k: base[k] for k in DECISION_KEYS}, param: value})
+                     for value in grid)
+    for v, (column, confidence, _) in enumerate(decisions):
         conf[v] = confidence
         correct[v] = (column >= 0) & correct_c[rows, np.maximum(column, 0)]
     is_landmark = np.array([len(solution[q]) > 0 for q in ids], bool)

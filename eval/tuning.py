@@ -86,11 +86,19 @@ class PredictionMatrix:
         m = int(self.is_landmark[mask].sum())
         if m == 0:
             raise ValueError("GAP is undefined: no query with a landmark (M == 0)")
-        idx = np.flatnonzero(mask & ~np.isnan(self.conf[v]))
-        order = idx[np.lexsort((idx, -self.conf[v, idx]))]
+        order = self._order(v)
+        order = order[mask[order]]
         rel = self.correct[v, order]
         ranks = np.arange(1, len(order) + 1)
         return float((rel * np.cumsum(rel) / ranks).sum() / m)
+
+    def _order(self, v: int) -> np.ndarray:
+        """Answered queries of value ``v`` in GAP order (confidence descending, then query id): sorted once."""
+        cache = self.__dict__.setdefault("_orders", {})
+        if v not in cache:
+            idx = np.flatnonzero(~np.isnan(self.conf[v]))
+            cache[v] = idx[np.lexsort((idx, -self.conf[v, idx]))]
+        return cache[v]
 
     def accepted_counts(self, v: int, mask: np.ndarray, accept_confidence: float) -> tuple[int, int]:
         """(wrong, correct) answers with confidence >= ``accept_confidence`` among the selected queries."""

@@ -21,7 +21,7 @@ import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -289,6 +289,46 @@ def decide_many(arrays: CandidateArrays, inlier_threshold: float = 20, inlier_ca
     column = np.where(verified, best, np.where(guess, 0, -1))
     confidence = np.where(verified, conf[rows, best], np.where(guess, GUESS_SCALE * np.minimum(a.sim[:, 0], 1.0), np.nan))
     return column, confidence, verified
+
+
+def threshold_sweep(arrays: CandidateArrays, thresholds: Sequence[float], inlier_cap: float = 100, vote_weight: float = 0.5,
+                    min_margin: float = 1.0, keep_guesses: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """:func:`decide_many` for each inlier threshold in turn (same outputs, tested), sharing the work.
+
+    Raising the threshold only shrinks each query's verified set from the bottom: with candidates sorted by
+    inliers, the best verified one is a running maximum of decide()'s key along that order, so each threshold
+    costs one comparison per candidate instead of a full decision.
+    """
+    a = arrays
+    q, c = a.valid.shape
+    rows = np.arange(q)
+    conf = VERIFIED_BASE + 0.5 * ((1 - vote_weight) * np.minimum(a.inliers, inlier_cap) / inlier_cap
+                                  + vote_weight * np.minimum(a.sim, 1.0))
+    usable = a.valid & a.verified
+    inl = np.where(usable, a.inliers, -np.inf)  # never reaches a threshold >= 0
+    order = np.argsort(-inl, axis=1, kind="stable")
+    inl_sorted = np.take_along_axis(inl, order, axis=1)
+    # decide()'s key (confidence, then the tie rank) as an integer rank per row; prefix maxima along `order`
+    key = np.lexsort((a.tie_rank.ravel(), np.where(usable, conf, -np.inf).ravel(), np.repeat(rows, c))).argsort().reshape(q, c)
+    key_sorted = np.take_along_axis(np.where(usable, key, -1), order, axis=1)
+    best_key = np.maximum.accumulate(key_sorted, axis=1)
+    col_of_key = np.full(q * c, 0, np.int64)
+    col_of_key[key.ravel()] = np.tile(np.arange(c), q)
+    all_inl = np.where(a.valid, a.inliers, 0.0)
+    first = np.argmax(all_inl, axis=1)
+    second = np.partition(all_inl, -2, axis=1)[:, -2] if c > 1 else np.zeros(q)
+    guess = a.valid[:, 0] & keep_guesses
+    guess_conf = GUESS_SCALE * np.minimum(a.sim[:, 0], 1.0)
+    for t in thresholds:
+        count = (inl_sorted >= t).sum(axis=1)
+        has = count > 0
+        k = best_key[rows, np.maximum(count - 1, 0)]
+        best = col_of_key[np.maximum(k, 0)]
+        runner = np.where(best == first, second, all_inl[rows, first])
+        verified = has & (a.inliers[rows, best] >= min_margin * runner)
+        column = np.where(verified, best, np.where(guess, 0, -1))
+        confidence = np.where(verified, conf[rows, best], np.where(guess, guess_conf, np.nan))
+        yield column, confidence, verified
 
 
 # ----------------------------------------------------------------------------- the recognizer

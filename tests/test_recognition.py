@@ -364,3 +364,25 @@ def test_decide_many_equals_decide_query_by_query():
                 else:
                     assert (arrays.landmarks[i, column[i]], confidence[i]) == pytest.approx(expected), (i, params)
                     assert verified[i] == (expected[1] >= 0.5)
+
+
+def test_threshold_sweep_equals_decide_many():
+    from dataclasses import asdict
+
+    from retrieval.recognize import CandidateArrays, decide_many, threshold_sweep
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for q in range(300):
+        n = int(rng.integers(0, 8))
+        rows.append([asdict(Candidate(f"L{rng.integers(0, 20)}", float(rng.choice([0.5, 0.9])), float(rng.choice([0.6, 0.8, 1.3])),
+                                      inliers=int(rng.choice([0, 3, 12, 12, 40, 120, 150])), verified_refs=int(rng.integers(0, 2))))
+                     for _ in range(n)] if q % 40 else None)
+    arrays = CandidateArrays.from_candidates(rows)
+    grid = [0.0, 1.0, 3.0, 11.0, 12.0, 13.0, 40.0, 150.0, 151.0]
+    for params in [dict(), dict(min_margin=1.5, vote_weight=0.0), dict(inlier_cap=50, vote_weight=1.0, keep_guesses=False)]:
+        for t, (column, confidence, verified) in zip(grid, threshold_sweep(arrays, grid, **params)):
+            ref = decide_many(arrays, inlier_threshold=t, **params)
+            np.testing.assert_array_equal(column, ref[0])
+            np.testing.assert_array_equal(verified, ref[2])
+            np.testing.assert_allclose(confidence, ref[1], equal_nan=True)

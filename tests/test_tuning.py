@@ -232,3 +232,18 @@ def test_prediction_matrix_agrees_with_the_dict_metrics():
         preds, s = pm.as_dicts(v)
         assert metrics.gap(preds, s) == pytest.approx(metrics.gap(by_value[value], sol), abs=1e-12)
     assert tuning.cross_validated_gap(pm, sol, seed=1) == tuning.cross_validated_gap(by_value, sol, seed=1)
+
+
+def test_evidence_lines_parse_fast_and_slow_alike():
+    import json as _json
+
+    from eval.evaluate import _id_and_candidates
+
+    cands = [{"landmark_id": "7", "vote": 0.9, "sim": 0.9, "inliers": 40, "best_match_id": "r", "verified_refs": 1, "raw_sim": 0.9}]
+    record = {"id": "q1", "path": '/x/"candidates": odd.jpg', "evidence": {"neighbours": [["r", "7", 0.9]], "candidates": cands,
+              "discount": 0.0}, "error": None, "timings": {"global": 0.1}}
+    assert _id_and_candidates(_json.dumps(record)) == ("q1", cands)
+    assert _id_and_candidates(_json.dumps(record, indent=None, separators=(",", ":"))) == ("q1", cands)  # other layout
+    assert _id_and_candidates(_json.dumps({**record, "evidence": None, "error": "bad"})) == ("q1", None)
+    with pytest.raises(ValueError):
+        _id_and_candidates(_json.dumps(record)[:40])
