@@ -46,7 +46,7 @@ EXTRACTOR_DEFAULTS: dict[str, dict[str, Any]] = {
     # RootSIFT, MNN + ratio 0.9, MAGSAC 8 px: wrong pairs of real photos stay at <= 10 inliers; ~4 ms a pair.
     "rootsift": {"inlier_threshold": 12},
     # XFeat (1024 keypoints) + LighterGlue: wrong pairs of real photos reach 32 inliers (devset-large, 429 wrong
-    # pairs), 22 of 31 true ones have >= 39; a repetitive facade of another landmark can have more, but fewer
+    # pairs), 21 of 31 true ones have >= 40; a repetitive facade of another landmark can have more, but fewer
     # than the true landmark (margin). ~130 ms a pair on 2 CPU cores, so 5 candidates, 1 image each.
     "xfeat": {"inlier_threshold": 40, "min_margin": 1.5, "num_candidates": 5, "refs_per_candidate": 1,
               "max_verifications": 5, "confirm_inliers": 150},
