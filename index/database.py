@@ -840,16 +840,36 @@ class IndexDatabase:
         seg_dir.mkdir(exist_ok=True)
         return seg_dir / f"seg-{max(seqs, default=-1) + 1:06d}-{uuid.uuid4().hex[:8]}.h5"
 
+    @contextlib.contextmanager
+    def _segment_file(self, n: int, local_dim: int | None, n_features: int,
+                      with_sizes: bool) -> Iterator[tuple[SegmentWriter, dict[str, Any]]]:
+        """A new segment written under a temporary name, fsynced and renamed when the block ends without error
+        (the writer is aborted and the temporary file removed otherwise). Yields ``(writer, out)``; after the
+        block ``out`` holds ``entry`` (the manifest entry) and ``segment`` (the opened segment)."""
+        final = self._new_segment_path()
+        tmp = tmp_path(final)
+        writer = SegmentWriter(tmp, n, self.dim, local_dim, n_features, with_sizes)
+        out: dict[str, Any] = {}
+        try:
+            yield writer, out
+            entry = writer.close()
+            fsync_file(tmp)
+            os.replace(tmp, final)
+        except BaseException:
+            writer.abort()
+            tmp.unlink(missing_ok=True)
+            raise
+        fsync_dir(final.parent)
+        entry["file"] = f"{SEGMENTS_DIR}/{final.name}"
+        out.update(entry=entry, segment=Segment(final, self.dim))
+
     def _write_segment(self, plans: list[tuple[ShardReader, np.ndarray]],
                        local_dim: int | None) -> tuple[dict[str, Any], Segment]:
         """Step 2: the new rows as one segment file (temp name, fsync, rename); returns (manifest entry, segment)."""
         n_new = sum(int(keep.sum()) for _, keep in plans)
         m_new = sum(int(np.diff(r.local_offsets)[keep].sum()) for r, keep in plans) if local_dim else 0
         with_sizes = bool(local_dim) and any(r.has_sizes for r, _ in plans)
-        final = self._new_segment_path()
-        tmp = tmp_path(final)
-        writer = SegmentWriter(tmp, n_new, self.dim, local_dim, m_new, with_sizes)
-        try:
+        with self._segment_file(n_new, local_dim, m_new, with_sizes) as (writer, out):
             for r, keep in plans:
                 arrays = r.read(keep)
                 ids = [str(x) for x in arrays["ids"]]
@@ -862,16 +882,7 @@ class IndexDatabase:
                         local["sizes"] = arrays.get("local_sizes", np.zeros((len(ids), 2), np.int32))
                 writer.append(arrays["descriptors"], encode_strings(ids), encode_strings(arrays["paths"]),
                               codes.reshape(-1), values, hash_ids(ids), local)
-            entry = writer.close()
-            fsync_file(tmp)
-            os.replace(tmp, final)
-        except BaseException:
-            writer.abort()
-            tmp.unlink(missing_ok=True)
-            raise
-        fsync_dir(final.parent)
-        entry["file"] = f"{SEGMENTS_DIR}/{final.name}"
-        return entry, Segment(final, self.dim)
+        return out["entry"], out["segment"]
 
     def _counts(self, segments: list[Segment], entries: list[dict]) -> dict[str, int]:
         landmarks: set[str] = set()
@@ -907,10 +918,7 @@ class IndexDatabase:
             local_dim = self._local_dim
             n_features = sum(s.n_features for s in self._segments)
             with_sizes = bool(local_dim) and any(s.has_sizes for s in self._segments)
-            final = self._new_segment_path()
-            tmp = tmp_path(final)
-            writer = SegmentWriter(tmp, self.size, self.dim, local_dim, n_features, with_sizes)
-            try:
+            with self._segment_file(self.size, local_dim, n_features, with_sizes) as (writer, out):
                 for seg in self._segments:
                     values = seg.landmark_values()
                     sorted_hash, hash_rows = seg.hashes()
@@ -926,16 +934,7 @@ class IndexDatabase:
                         writer.append(np.asarray(seg.descriptors[a:b]), seg.raw_strings("ids", a, b),
                                       seg.raw_strings("paths", a, b), seg.raw_codes(a, b), values,
                                       hashes[a:b], local)
-                entry = writer.close()
-                fsync_file(tmp)
-                os.replace(tmp, final)
-            except BaseException:
-                writer.abort()
-                tmp.unlink(missing_ok=True)
-                raise
-            fsync_dir(final.parent)
-            entry["file"] = f"{SEGMENTS_DIR}/{final.name}"
-            merged = Segment(final, self.dim)
+            entry, merged = out["entry"], out["segment"]
             manifest = copy.deepcopy(self.manifest)
             old_files = [e["file"] for e in manifest["segments"]]
             manifest["segments"] = [entry]
@@ -951,7 +950,7 @@ class IndexDatabase:
             self._set_segments([merged])
             for f in old_files:
                 (self.path / f).unlink(missing_ok=True)
-            fsync_dir(final.parent)
+            fsync_dir(self.path / SEGMENTS_DIR)
         stats = {"segments_before": before, "segments_after": 1, "rows": self.size,
                  "seconds": round(time.perf_counter() - t0, 3)}
         logger.info("compact %s: %d segments merged into one (%d rows) in %.1f s", self.path, before, self.size,
