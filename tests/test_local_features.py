@@ -177,7 +177,7 @@ def test_delf_stage_from_feature_info():
 
 
 def test_conf_is_merged_and_resolved(sift, delf):
-    assert sift.conf["extractor"] == "rootsift" and sift.conf["max_keypoints"] == 1000
+    assert sift.conf["extractor"] == "rootsift" and sift.conf["max_keypoints"] == 2000 and sift.conf["contrast_threshold"] == 0.02
     assert sift.dim == 128 and not sift.needs_pca
     assert delf.conf["max_side"] == 384 and delf.conf["pca_dim"] == 40 and delf.conf["stride"] == 16
     assert delf.stage == 3 and delf.raw_dim == 112 and delf.dim == 40 and delf.needs_pca
