@@ -76,6 +76,26 @@ def _main(
     _setup_logging(verbose, quiet)
 
 
+# ----------------------------------------------------------------------------- engines
+
+_ENGINE = typer.Option("local", "--engine", help="local (this machine) or ray (Ray Data actors on a local Ray instance, or on the cluster of --ray-address; needs the [ray] extra).")
+_RAY_ADDRESS = typer.Option(None, "--ray-address", help="--engine ray: join this Ray cluster ('auto', or ray://head:10001) instead of starting a local instance.")
+_RAY_GPUS = typer.Option(0.0, "--num-gpus-per-worker", min=0.0, help="--engine ray: GPUs per actor (0: CPU actors).")
+_RAY_WORKERS = typer.Option(None, "--ray-workers", min=1, help="--engine ray: actors in the pool (default: as many as the cluster's GPUs or CPUs allow).")
+
+
+def _ray_options(engine: str, address, gpus: float, ray_workers):
+    """Validate --engine (one line naming the [ray] extra when Ray is missing) and build the Ray options."""
+    from retrieval.ray_engine import RayOptions, check_engine
+
+    check_engine(engine)
+    if engine != "ray":
+        if address or gpus or ray_workers:
+            raise CliError("--ray-address, --num-gpus-per-worker and --ray-workers need --engine ray")
+        return None
+    return RayOptions(address=address, num_gpus_per_worker=gpus, workers=ray_workers)
+
+
 # ----------------------------------------------------------------------------- build-index
 
 
@@ -96,11 +116,15 @@ def build_index(
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, mps (default: best available)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding worker processes (default: cores-1, at most 4)."),
+    engine: str = _ENGINE, ray_address: Optional[str] = _RAY_ADDRESS, gpus_per_worker: float = _RAY_GPUS,
+    ray_workers: Optional[int] = _RAY_WORKERS,
 ) -> None:
     """Extract descriptors of reference images and build (or resume, or extend) the index."""
 
     def body():
         from retrieval import extract
+
+        ray_options = _ray_options(engine, ray_address, gpus_per_worker, ray_workers)
         from retrieval.data import read_references
         from retrieval.global_model import resolve_global_conf
 
@@ -109,7 +133,7 @@ def build_index(
         lconf = extract.resolve_local_conf_name(local_conf)
         stats = extract.main(
             references, index, gconf, lconf, device=device, batch_size=batch_size, num_workers=workers,
-            factory=faiss_factory, nprobe=nprobe, rebuild=rebuild,
+            factory=faiss_factory, nprobe=nprobe, rebuild=rebuild, engine=engine, ray_options=ray_options,
         )
         typer.echo(
             f"index {index}: {stats['n_total']} images ({stats['n_added']} added, {stats['already_stored']} already "
