@@ -250,14 +250,18 @@ def predict(
     k: Optional[int] = _K, candidates: Optional[int] = _C, refs: Optional[int] = _R, threshold: Optional[int] = _THR,
     device: Optional[str] = typer.Option(None, "--device"),
     workers: Optional[int] = typer.Option(None, "--workers", min=0),
+    engine: str = _ENGINE, ray_address: Optional[str] = _RAY_ADDRESS, gpus_per_worker: float = _RAY_GPUS,
+    ray_workers: Optional[int] = _RAY_WORKERS,
 ) -> None:
     """Write a Kaggle recognition submission; resumes an interrupted run (evidence kept in OUT.evidence.jsonl)."""
 
     def body():
         from eval import predict as predict_mod
 
+        ray_options = _ray_options(engine, ray_address, gpus_per_worker, ray_workers)
         stats = predict_mod.main(index, queries, images, out, device=device, keep_guesses=not no_guesses,
-                                 overrides=_overrides(k, candidates, refs, threshold), num_workers=workers)
+                                 overrides=_overrides(k, candidates, refs, threshold), num_workers=workers,
+                                 engine=engine, ray_options=ray_options)
         typer.echo(f"{out}: {stats['queries']} queries, {stats['verified']} verified landmarks, "
                    f"{stats['guesses']} low-confidence guesses, {stats['unreadable']} unreadable images")
         if stats["unreadable"]:
@@ -344,14 +348,18 @@ def evaluate(
     n_boot: int = typer.Option(1000, "--bootstrap", min=10, help="Bootstrap resamples for the GAP interval."),
     device: Optional[str] = typer.Option(None, "--device"),
     workers: Optional[int] = typer.Option(None, "--workers", min=0),
+    engine: str = _ENGINE, ray_address: Optional[str] = _RAY_ADDRESS, gpus_per_worker: float = _RAY_GPUS,
+    ray_workers: Optional[int] = _RAY_WORKERS,
 ) -> None:
     """GAP (with a bootstrap 95% interval) of global kNN alone and of the full pipeline on labelled queries."""
 
     def body():
         from eval import evaluate as evaluate_mod
 
+        ray_options = _ray_options(engine, ray_address, gpus_per_worker, ray_workers)
         report = evaluate_mod.main(index, queries, images, out, device=device, n_boot=n_boot,
-                                   overrides=_overrides(k, candidates, refs, threshold), num_workers=workers)
+                                   overrides=_overrides(k, candidates, refs, threshold), num_workers=workers,
+                                   engine=engine, ray_options=ray_options)
         _print_report(report)
         typer.echo(f"report: {out / 'report.json'}")
         if report["n_unreadable_queries"]:

@@ -121,7 +121,7 @@ def map_paths(
         fn_constructor_kwargs={**actor_kwargs, "threads": 1 if gpu else max(1, round(options.num_cpus_per_worker))},
         batch_size=batch_size,
         batch_format="numpy",
-        concurrency=n_actors,
+        compute=ray.data.ActorPoolStrategy(size=n_actors),  # a fixed pool (``concurrency=n`` before Ray 2.51)
         num_gpus=options.num_gpus_per_worker if gpu else None,
         num_cpus=None if gpu else options.num_cpus_per_worker,
     )
