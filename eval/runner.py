@@ -138,7 +138,7 @@ def collect_evidence(
     if engine == "ray":
         from retrieval.ray_engine import map_paths
 
-        actor_kwargs = {"index_dir": str(rec.db.path), "conf": dict(rec.conf), "match_conf": dict(rec.match_conf),
+        actor_kwargs = {"index_dir": str(Path(rec.db.path).resolve()), "conf": dict(rec.conf), "match_conf": dict(rec.match_conf),
                         "device": device, "verify": verify, "early_exit": early_exit}
         results = map_paths(todo_paths, EvidenceActor, actor_kwargs, ray_options)
     else:
@@ -147,6 +147,7 @@ def collect_evidence(
         for pos, result in results:
             qid = ids[todo[pos]]
             record = {"id": qid, **result}
+            record["path"] = paths[todo[pos]]  # as given here (a Ray actor saw it made absolute)
             if record["error"]:
                 logger.warning("query %s skipped: %s", qid, record["error"])
             f.write(json.dumps(record) + "\n")

@@ -274,6 +274,7 @@ def main(
     rebuild: bool = False,
     engine: str = "local",
     ray_options: Any = None,
+    extractor: FeatureExtractor | None = None,
 ) -> dict[str, Any]:
     """Build or extend the index at ``index_dir`` from a reference table (id, landmark_id, path).
 
@@ -286,7 +287,8 @@ def main(
 
     ``engine="ray"`` extracts on Ray (``ray_options``: a :class:`retrieval.ray_engine.RayOptions`) with this
     module's FeatureExtractor in each actor; this process writes the shards and commits exactly as with
-    ``engine="local"``, so resuming, skipping and labels behave the same.
+    ``engine="local"``, so resuming, skipping and labels behave the same. ``extractor``: an already built
+    FeatureExtractor to use instead of ``global_conf``/``local_conf``/``device`` (benchmarks: no model load).
     """
     from .ray_engine import check_engine
 
@@ -295,7 +297,7 @@ def main(
     index_dir = Path(index_dir)
     if isinstance(global_conf, str):
         global_conf = resolve_global_conf(global_conf)
-    fx = FeatureExtractor(global_conf, local_conf, device=device)
+    fx = extractor or FeatureExtractor(global_conf, local_conf, device=device)
     db = IndexDatabase.create_or_open(index_dir, fx.index_config(), fx.global_extractor.dim)
     # One writer at a time: hold the index's writer lock for the whole run, so that a second build-index
     # (or tune-threshold) on this index is refused at once, naming this process. Queries keep working.

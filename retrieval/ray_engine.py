@@ -114,7 +114,8 @@ def map_paths(
     ctx.execution_options.preserve_order = True  # shards and evidence lines in the local engine's order
     n_actors = _pool_size(ray, options)
     gpu = options.num_gpus_per_worker > 0
-    items = [{"pos": i, "path": str(p)} for i, p in enumerate(paths)]
+    # absolute: actors do not share the driver's working directory (on a cluster, the same shared mount)
+    items = [{"pos": i, "path": os.path.abspath(str(p))} for i, p in enumerate(paths)]
     n_blocks = max(1, min(len(items), -(-len(items) // batch_size)))
     ds = ray.data.from_items(items, override_num_blocks=n_blocks).map_batches(
         actor_cls,
