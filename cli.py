@@ -76,6 +76,26 @@ def _main(
     _setup_logging(verbose, quiet)
 
 
+# ----------------------------------------------------------------------------- engines
+
+_ENGINE = typer.Option("local", "--engine", help="local (this machine) or ray (Ray Data actors on a local Ray instance, or on the cluster of --ray-address; needs the [ray] extra).")
+_RAY_ADDRESS = typer.Option(None, "--ray-address", help="--engine ray: join this Ray cluster ('auto', or ray://head:10001) instead of starting a local instance.")
+_RAY_GPUS = typer.Option(0.0, "--num-gpus-per-worker", min=0.0, help="--engine ray: GPUs per actor (0: CPU actors).")
+_RAY_WORKERS = typer.Option(None, "--ray-workers", min=1, help="--engine ray: actors in the pool (default: as many as the cluster's GPUs or CPUs allow).")
+
+
+def _ray_options(engine: str, address, gpus: float, ray_workers):
+    """Validate --engine (one line naming the [ray] extra when Ray is missing) and build the Ray options."""
+    from retrieval.ray_engine import RayOptions, check_engine
+
+    check_engine(engine)
+    if engine != "ray":
+        if address or gpus or ray_workers:
+            raise CliError("--ray-address, --num-gpus-per-worker and --ray-workers need --engine ray")
+        return None
+    return RayOptions(address=address, num_gpus_per_worker=gpus, workers=ray_workers)
+
+
 # ----------------------------------------------------------------------------- build-index
 
 
@@ -96,11 +116,15 @@ def build_index(
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, mps (default: best available)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding worker processes (default: cores-1, at most 4)."),
+    engine: str = _ENGINE, ray_address: Optional[str] = _RAY_ADDRESS, gpus_per_worker: float = _RAY_GPUS,
+    ray_workers: Optional[int] = _RAY_WORKERS,
 ) -> None:
     """Extract descriptors of reference images and build (or resume, or extend) the index."""
 
     def body():
         from retrieval import extract
+
+        ray_options = _ray_options(engine, ray_address, gpus_per_worker, ray_workers)
         from retrieval.data import read_references
         from retrieval.global_model import resolve_global_conf
 
@@ -109,7 +133,7 @@ def build_index(
         lconf = extract.resolve_local_conf_name(local_conf)
         stats = extract.main(
             references, index, gconf, lconf, device=device, batch_size=batch_size, num_workers=workers,
-            factory=faiss_factory, nprobe=nprobe, rebuild=rebuild,
+            factory=faiss_factory, nprobe=nprobe, rebuild=rebuild, engine=engine, ray_options=ray_options,
         )
         typer.echo(
             f"index {index}: {stats['n_total']} images ({stats['n_added']} added, {stats['already_stored']} already "
@@ -226,14 +250,18 @@ def predict(
     k: Optional[int] = _K, candidates: Optional[int] = _C, refs: Optional[int] = _R, threshold: Optional[int] = _THR,
     device: Optional[str] = typer.Option(None, "--device"),
     workers: Optional[int] = typer.Option(None, "--workers", min=0),
+    engine: str = _ENGINE, ray_address: Optional[str] = _RAY_ADDRESS, gpus_per_worker: float = _RAY_GPUS,
+    ray_workers: Optional[int] = _RAY_WORKERS,
 ) -> None:
     """Write a Kaggle recognition submission; resumes an interrupted run (evidence kept in OUT.evidence.jsonl)."""
 
     def body():
         from eval import predict as predict_mod
 
+        ray_options = _ray_options(engine, ray_address, gpus_per_worker, ray_workers)
         stats = predict_mod.main(index, queries, images, out, device=device, keep_guesses=not no_guesses,
-                                 overrides=_overrides(k, candidates, refs, threshold), num_workers=workers)
+                                 overrides=_overrides(k, candidates, refs, threshold), num_workers=workers,
+                                 engine=engine, ray_options=ray_options)
         typer.echo(f"{out}: {stats['queries']} queries, {stats['verified']} verified landmarks, "
                    f"{stats['guesses']} low-confidence guesses, {stats['unreadable']} unreadable images")
         if stats["unreadable"]:
@@ -320,14 +348,18 @@ def evaluate(
     n_boot: int = typer.Option(1000, "--bootstrap", min=10, help="Bootstrap resamples for the GAP interval."),
     device: Optional[str] = typer.Option(None, "--device"),
     workers: Optional[int] = typer.Option(None, "--workers", min=0),
+    engine: str = _ENGINE, ray_address: Optional[str] = _RAY_ADDRESS, gpus_per_worker: float = _RAY_GPUS,
+    ray_workers: Optional[int] = _RAY_WORKERS,
 ) -> None:
     """GAP (with a bootstrap 95% interval) of global kNN alone and of the full pipeline on labelled queries."""
 
     def body():
         from eval import evaluate as evaluate_mod
 
+        ray_options = _ray_options(engine, ray_address, gpus_per_worker, ray_workers)
         report = evaluate_mod.main(index, queries, images, out, device=device, n_boot=n_boot,
-                                   overrides=_overrides(k, candidates, refs, threshold), num_workers=workers)
+                                   overrides=_overrides(k, candidates, refs, threshold), num_workers=workers,
+                                   engine=engine, ray_options=ray_options)
         _print_report(report)
         typer.echo(f"report: {out / 'report.json'}")
         if report["n_unreadable_queries"]:

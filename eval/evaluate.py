@@ -95,8 +95,16 @@ def main(
     n_boot: int = 1000,
     progress: bool = True,
     num_workers: int | None = None,
+    engine: str = "local",
+    ray_options: Any = None,
 ) -> dict[str, Any]:
-    """Evaluate the index on labelled queries; writes report.json, predictions.csv, evidence and plots."""
+    """Evaluate the index on labelled queries; writes report.json, predictions.csv, evidence and plots.
+
+    ``engine="ray"`` computes the evidence on Ray actors (see :func:`eval.runner.collect_evidence`).
+    """
+    from retrieval.ray_engine import check_engine
+
+    check_engine(engine)
     start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -116,7 +124,8 @@ def main(
                        "optimistic; evaluate on other queries, or quote tune-threshold's cross-validated GAP",
                        tuned_on.get("queries"))
     records = collect_evidence(rec, ids, paths, out_dir / EVIDENCE_FILE, verify=True, early_exit=False,
-                               progress=progress, num_workers=num_workers)
+                               progress=progress, num_workers=num_workers, engine=engine, ray_options=ray_options,
+                               device=device)
     evidence = {q: r["evidence"] for q, r in records.items()}
     errors = {q: r["error"] for q, r in records.items() if r["error"]}
     thresholds = {k: rec.conf[k] for k in DECISION_KEYS}

@@ -35,14 +35,24 @@ def main(
     overrides: Mapping[str, Any] | None = None,
     progress: bool = True,
     num_workers: int | None = None,
+    engine: str = "local",
+    ray_options: Any = None,
 ) -> dict[str, Any]:
-    """Recognise every query id of ``queries_csv`` (column ``id``); write ``id,landmarks``."""
+    """Recognise every query id of ``queries_csv`` (column ``id``); write ``id,landmarks``.
+
+    ``engine="ray"`` recognises on Ray actors (``ray_options``: :class:`retrieval.ray_engine.RayOptions`);
+    the evidence file and the submission are written here, as with the local engine.
+    """
+    from retrieval.ray_engine import check_engine
+
+    check_engine(engine)
     table = read_table(queries_csv, required=("id",))
     ids = list(table["id"])
     paths = query_paths(ids, images_dir)
     rec = Recognizer.from_index(index_dir, device=device, **dict(overrides or {}))
     records = collect_evidence(rec, ids, paths, evidence_path_for(out_csv), verify=True, early_exit=True,
-                               progress=progress, num_workers=num_workers)
+                               progress=progress, num_workers=num_workers, engine=engine, ray_options=ray_options,
+                               device=device)
     predictions = {}
     for qid, r in records.items():
         predictions[qid] = None if r["evidence"] is None else submission_answer(rec.decide(r["evidence"]), keep_guesses)

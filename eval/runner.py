@@ -12,7 +12,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -88,12 +88,20 @@ def collect_evidence(
     early_exit: bool = False,
     progress: bool = True,
     num_workers: int | None = None,
+    engine: str = "local",
+    ray_options: Any = None,
+    device: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Evidence for every query, resuming from ``evidence_path``.
 
     Returns {id: {"id", "evidence": Evidence | None, "error": str | None, "timings": {...}}}
     (records for ids not asked for are ignored). ``early_exit=False`` verifies every planned pair so
     that the stored inlier counts are exact for any threshold (what tuning needs).
+
+    ``engine="ray"``: the queries still to do are spread over Ray actors (``ray_options``: a
+    :class:`retrieval.ray_engine.RayOptions`), each with its own read-only ``Recognizer`` of the same
+    index and settings (``device`` for the actors' models); this process writes the evidence file as
+    with ``engine="local"``, in the same order.
     """
     evidence_path = Path(evidence_path)
     evidence_path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,16 +134,22 @@ def collect_evidence(
     if len(ids) - len(todo):
         logger.info("%s: %d of %d queries already done, resuming", evidence_path, len(ids) - len(todo), len(ids))
     bar = tqdm(total=len(todo), desc="queries", unit="img", disable=not progress or bool(os.environ.get("TQDM_DISABLE")))
+    todo_paths = [paths[i] for i in todo]
+    if engine == "ray":
+        from retrieval.ray_engine import map_paths
+
+        actor_kwargs = {"index_dir": str(Path(rec.db.path).resolve()), "conf": dict(rec.conf), "match_conf": dict(rec.match_conf),
+                        "device": device, "verify": verify, "early_exit": early_exit}
+        results = map_paths(todo_paths, EvidenceActor, actor_kwargs, ray_options)
+    else:
+        results = evidence_records(rec, todo_paths, verify, early_exit, num_workers)
     with open(evidence_path, "a", encoding="utf-8") as f:
-        for pos, res in rec.fx.iter_paths([paths[i] for i in todo], num_workers=num_workers):
+        for pos, result in results:
             qid = ids[todo[pos]]
-            if isinstance(res, str):
-                logger.warning("query %s skipped: %s", qid, res)
-                record = {"id": qid, "path": paths[todo[pos]], "evidence": None, "error": res, "timings": {}}
-            else:
-                ev, timings = rec.evidence(res, verify=verify, early_exit=early_exit)
-                record = {"id": qid, "path": paths[todo[pos]], "evidence": ev.to_json(), "error": None,
-                          "timings": {k: round(v, 5) for k, v in {**res.timings, **timings}.items()}}
+            record = {"id": qid, **result}
+            record["path"] = paths[todo[pos]]  # as given here (a Ray actor saw it made absolute)
+            if record["error"]:
+                logger.warning("query %s skipped: %s", qid, record["error"])
             f.write(json.dumps(record) + "\n")
             f.flush()
             records[qid] = record
@@ -148,6 +162,43 @@ def collect_evidence(
     missing = wanted - set(out)
     assert not missing
     return out
+
+
+def evidence_records(
+    rec: Recognizer, paths: Sequence[str], verify: bool = True, early_exit: bool = False, num_workers: int | None = None,
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(position, evidence record without its id) for each query path, in order: what the evidence file stores."""
+    for pos, res in rec.fx.iter_paths(list(paths), num_workers=num_workers):
+        if isinstance(res, str):
+            yield pos, {"path": paths[pos], "evidence": None, "error": res, "timings": {}}
+        else:
+            ev, timings = rec.evidence(res, verify=verify, early_exit=early_exit)
+            yield pos, {"path": paths[pos], "evidence": ev.to_json(), "error": None,
+                        "timings": {k: round(v, 5) for k, v in {**res.timings, **timings}.items()}}
+
+
+class EvidenceActor:
+    """Ray actor (``--engine ray``): one read-only Recognizer of the index; per batch, evidence records.
+
+    Runs :func:`evidence_records`, the local engine's code, with the driver's resolved settings.
+    """
+
+    def __init__(self, index_dir: str, conf: Mapping[str, Any], match_conf: Mapping[str, Any], device: str | None,
+                 verify: bool, early_exit: bool, threads: int = 1):
+        import torch
+
+        torch.set_num_threads(max(1, int(threads)))
+        self.rec = Recognizer.from_index(index_dir, device=device, match_conf=dict(match_conf), **dict(conf))
+        self.verify, self.early_exit = verify, early_exit
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from retrieval.ray_engine import pack_results
+
+        paths = [str(p) for p in batch["path"]]
+        out: list[Any] = [None] * len(paths)
+        for i, record in evidence_records(self.rec, paths, self.verify, self.early_exit, num_workers=0):
+            out[i] = record
+        return pack_results(batch["pos"], out)
 
 
 def timing_summary(records: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:

@@ -272,6 +272,9 @@ def main(
     nprobe: int | None = None,
     progress: bool = True,
     rebuild: bool = False,
+    engine: str = "local",
+    ray_options: Any = None,
+    extractor: FeatureExtractor | None = None,
 ) -> dict[str, Any]:
     """Build or extend the index at ``index_dir`` from a reference table (id, landmark_id, path).
 
@@ -281,18 +284,26 @@ def main(
     comes first, so a kill loses at most that much work. ``rebuild`` retrains the FAISS index from the
     stored descriptors even when it could be extended. Holds the index's writer lock for the whole run
     (a second writer gets IndexLockedError naming this process). Returns build statistics.
+
+    ``engine="ray"`` extracts on Ray (``ray_options``: a :class:`retrieval.ray_engine.RayOptions`) with this
+    module's FeatureExtractor in each actor; this process writes the shards and commits exactly as with
+    ``engine="local"``, so resuming, skipping and labels behave the same. ``extractor``: an already built
+    FeatureExtractor to use instead of ``global_conf``/``local_conf``/``device`` (benchmarks: no model load).
     """
+    from .ray_engine import check_engine
+
+    check_engine(engine)
     start = time.perf_counter()
     index_dir = Path(index_dir)
     if isinstance(global_conf, str):
         global_conf = resolve_global_conf(global_conf)
-    fx = FeatureExtractor(global_conf, local_conf, device=device)
+    fx = extractor or FeatureExtractor(global_conf, local_conf, device=device)
     db = IndexDatabase.create_or_open(index_dir, fx.index_config(), fx.global_extractor.dim)
     # One writer at a time: hold the index's writer lock for the whole run, so that a second build-index
     # (or tune-threshold) on this index is refused at once, naming this process. Queries keep working.
     with db.writer_lock(what="build-index"):
         stats = _build(db, fx, references, index_dir, batch_size, num_workers, shard_size, shard_seconds,
-                       factory, nprobe, rebuild, progress)
+                       factory, nprobe, rebuild, progress, engine, ray_options, device)
     stats["seconds_total"] = round(time.perf_counter() - start, 2)
     return stats
 
@@ -300,7 +311,7 @@ def main(
 def _build(
     db: IndexDatabase, fx: FeatureExtractor, references: pd.DataFrame, index_dir: Path, batch_size: int,
     num_workers: int | None, shard_size: int, shard_seconds: float, factory: str | None, nprobe: int | None,
-    rebuild: bool, progress: bool,
+    rebuild: bool, progress: bool, engine: str = "local", ray_options: Any = None, device: str | None = None,
 ) -> dict[str, Any]:
     """The body of :func:`main`, run under the index's writer lock."""
     # Labels of stored images (committed or in shards of an interrupted run) cannot change by a rerun:
@@ -342,7 +353,13 @@ def _build(
             v.clear()
 
     bar = tqdm(total=len(todo), desc="extract", unit="img", disable=not progress or bool(os.environ.get("TQDM_DISABLE")))
-    for pos, result in fx.iter_paths(list(todo["path"]), batch_size, num_workers):
+    if engine == "ray":
+        from .ray_engine import iter_features
+
+        results = iter_features(fx, list(todo["path"]), db.read_aux(PCA_AUX), device, ray_options, batch_size)
+    else:
+        results = fx.iter_paths(list(todo["path"]), batch_size, num_workers)
+    for pos, result in results:
         row = todo.iloc[pos]
         bar.update(1)
         if isinstance(result, str):

@@ -1,0 +1,97 @@
+"""--engine ray vs --engine local on one machine: build-index and predict, wall time and equal results.
+
+On one machine Ray cannot be faster than the local engine (same cores, same code); the point is that its
+overhead (actor start-up, one model load per actor, pickled results) is small and the results are the same.
+Ray runs on a local instance with --num-cpus CPUs and --ray-workers CPU actors; the local engine uses
+the same torch threads per process as each actor when --threads is given. Ray's own start-up
+(``ray.init``) is reported apart; the build and predict times include the actors' start-up and model loads.
+
+    PYTHONPATH=. python benchmarks/bench_ray.py --landmarks 16 --queries-per-landmark 2
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from eval import predict
+from index.database import IndexDatabase
+from retrieval import extract
+from retrieval.data import read_references
+from retrieval.global_model import resolve_global_conf
+from retrieval.ray_engine import RayOptions, init_ray
+from synthetic import generate_demo_dataset
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--landmarks", type=int, default=16)
+    ap.add_argument("--queries-per-landmark", type=int, default=2)
+    ap.add_argument("--conf", default="lite0-gem")
+    ap.add_argument("--local-conf", default="rootsift")
+    ap.add_argument("--image-size", type=int, default=224, help="global model input size")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray instance")
+    ap.add_argument("--ray-workers", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads in the local engine (actors: 1 each)")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    os.environ["TQDM_DISABLE"] = "1"
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data = generate_demo_dataset(tmp / "data", n_landmarks=args.landmarks, refs_per_landmark=(2, 4),
+                                     queries_per_landmark=args.queries_per_landmark, n_distractor_refs=args.landmarks // 2,
+                                     n_distractor_queries=args.landmarks // 2, image_size=480, seed=3)
+        refs = read_references(data.train_csv, data.images_dir, None)
+        gconf = resolve_global_conf(args.conf, image_size=args.image_size)
+        start = time.perf_counter()
+        init_ray(RayOptions(num_cpus=args.num_cpus))
+        import ray
+
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        ray_init_s = time.perf_counter() - start
+        options = RayOptions(workers=args.ray_workers)
+        out: dict = {"references": len(refs), "ray_init_s": round(ray_init_s, 2)}
+        for engine in ("local", "ray"):
+            start = time.perf_counter()
+            extract.main(refs, tmp / engine, gconf, args.local_conf, batch_size=args.batch_size, num_workers=1,
+                         progress=False, engine=engine, ray_options=options if engine == "ray" else None)
+            out[f"build_{engine}_s"] = round(time.perf_counter() - start, 2)
+        for engine in ("local", "ray"):
+            start = time.perf_counter()
+            predict.main(tmp / "local", data.holdout_csv, data.images_dir, tmp / f"{engine}.csv", progress=False,
+                         num_workers=1, engine=engine, ray_options=options if engine == "ray" else None)
+            out[f"predict_{engine}_s"] = round(time.perf_counter() - start, 2)
+        a, b = IndexDatabase.open(tmp / "local"), IndexDatabase.open(tmp / "ray")
+        ids_a, ids_b = list(a.metadata["id"]), list(b.metadata["id"])
+        out["same_ids_and_order"] = ids_a == ids_b
+        out["same_labels"] = list(a.metadata["landmark_id"]) == list(b.metadata["landmark_id"])
+        out["max_descriptor_diff"] = float(np.abs(a.global_descriptors() - b.global_descriptors()).max())
+        sub = {e: list(csv.reader(open(tmp / f"{e}.csv"))) for e in ("local", "ray")}
+        out["queries"] = len(sub["local"]) - 1
+        out["submission_identical"] = sub["local"] == sub["ray"]
+        out["same_answers"] = [r[1].split(" ")[0] for r in sub["local"]] == [r[1].split(" ")[0] for r in sub["ray"]]
+        conf_diff = [abs(float(x[1].split(" ")[1]) - float(y[1].split(" ")[1]))
+                     for x, y in zip(sub["local"][1:], sub["ray"][1:]) if x[1] and y[1]]
+        out["max_confidence_diff"] = max(conf_diff, default=0.0)
+        out["build_ray_over_local"] = round(out["build_ray_s"] / out["build_local_s"], 3)
+        out["predict_ray_over_local"] = round(out["predict_ray_s"] / out["predict_local_s"], 3)
+        out.update(num_cpus=args.num_cpus, ray_workers=args.ray_workers, local_torch_threads=args.threads,
+                   conf=args.conf, local_conf=args.local_conf, image_size=args.image_size, cpus=os.cpu_count())
+        ray.shutdown()
+    for k, v in out.items():
+        print(f"{k:28s} {v}")
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
