@@ -115,7 +115,7 @@ def build_index(
     rebuild: bool = typer.Option(False, "--rebuild", help="Retrain the FAISS index from the stored descriptors (parameters chosen for today's size) even if it could be extended."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, mps (default: best available)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding worker processes (default: cores-1, at most 4)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding worker processes (default: none on the CPU, where the model uses every core; cores-1, at most 4, with a GPU)."),
     engine: str = _ENGINE, ray_address: Optional[str] = _RAY_ADDRESS, gpus_per_worker: float = _RAY_GPUS,
     ray_workers: Optional[int] = _RAY_WORKERS,
 ) -> None:

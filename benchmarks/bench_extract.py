@@ -42,7 +42,7 @@ def main() -> None:
     ap.add_argument("--conf", default="lite0-gem")
     ap.add_argument("--device", default=None)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=None, help="decode workers of the build path (default: the product's)")
     ap.add_argument("--local-images", type=int, default=12)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--repeats", type=int, default=3, help="pipeline / bare measurements (best of each)")
@@ -109,10 +109,11 @@ def pipeline_vs_bare(fx: FeatureExtractor, paths: list[str], tmp: Path, args: ar
     bare_rate, pipe_rate = max(bare_rates), max(pipe_rates)
     print(f"{'build path vs bare forward':40s} {'img/s':>8s}")
     print(f"{'bare forward (pre-made tensors)':40s} {bare_rate:8.1f}")
-    print(f"{f'extract.main ({args.workers} decode workers)':40s} {pipe_rate:8.1f}  ratio {pipe_rate / bare_rate:.3f}")
+    workers = extract.default_workers(fx.global_extractor.device.type) if args.workers is None else args.workers
+    print(f"{f'extract.main ({workers} decode workers)':40s} {pipe_rate:8.1f}  ratio {pipe_rate / bare_rate:.3f}")
     return {
         "pipeline_img_s": round(pipe_rate, 2), "bare_img_s": round(bare_rate, 2), "ratio": round(pipe_rate / bare_rate, 3),
-        "images": len(paths), "batch_size": args.batch_size, "workers": args.workers,
+        "images": len(paths), "batch_size": args.batch_size, "workers": workers,
         "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "conf": args.conf,
         "device": str(fx.global_extractor.device), "repeats": args.repeats,
         "pipeline_runs": [round(r, 2) for r in pipe_rates], "bare_runs": [round(r, 2) for r in bare_rates],
@@ -122,7 +123,7 @@ def pipeline_vs_bare(fx: FeatureExtractor, paths: list[str], tmp: Path, args: ar
 def workers_and_local_tables(fx: FeatureExtractor, paths: list[str], args: argparse.Namespace) -> None:
     """The original tables: decode in the main process vs DataLoader workers; local features per image."""
     rates = {}
-    for workers in (0, args.workers):
+    for workers in (0, args.workers or 2):
         start = time.perf_counter()
         n = sum(1 for _ in fx.iter_paths(paths, batch_size=args.batch_size, num_workers=workers))
         rates[workers] = n / (time.perf_counter() - start)

@@ -34,8 +34,16 @@ PCA_FIT_IMAGES = 300  # images whose raw local descriptors fit the local PCA (th
 PCA_AUX = "local_pca"
 
 
-def default_workers() -> int:
-    """Decoding workers: leave a core for the model."""
+def default_workers(device: str = "cpu") -> int:
+    """Decoding worker processes for a model on ``device`` (a torch device type).
+
+    On the CPU none: torch already uses every core, and decode processes beside it oversubscribe them
+    (benchmarks/bench_extract.py on 2 cores: the build path ran at 1.03x a bare forward pass with decoding in
+    the main process, 0.63x with one or two decode workers). With an accelerator the cores are free to decode:
+    up to 4 workers, leaving a core for the driver.
+    """
+    if device == "cpu":
+        return 0
     return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
@@ -99,11 +107,12 @@ def _collate(items: list[Item]) -> list[Item]:
 
 def iter_batches(
     paths: Sequence[str], global_conf: Mapping[str, Any], local_size: int | None = None,
-    batch_size: int = 16, num_workers: int | None = None,
+    batch_size: int = 16, num_workers: int | None = None, device: str = "cpu",
 ) -> Iterator[list[Item]]:
-    """Decoded images in batches, in input order (decoded by worker processes)."""
+    """Decoded images in batches, in input order (decoded by worker processes when ``num_workers`` > 0;
+    None: :func:`default_workers` for a model on ``device``)."""
     dataset = ImageDataset(paths, global_conf, local_size)
-    workers = default_workers() if num_workers is None else num_workers
+    workers = default_workers(device) if num_workers is None else num_workers
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
         prefetch_factor=4 if workers else None,
@@ -153,7 +162,8 @@ class FeatureExtractor:
         self, paths: Sequence[str], batch_size: int = 16, num_workers: int | None = None, raw_local: bool = False,
     ) -> Iterator[tuple[int, Features | str]]:
         """(position, Features) for each path in order, or (position, error message) for a bad image."""
-        for batch in iter_batches(paths, self.global_conf, self.local_image_size, batch_size, num_workers):
+        for batch in iter_batches(paths, self.global_conf, self.local_image_size, batch_size, num_workers,
+                                  self.global_extractor.device.type):
             good = [it for it in batch if it.error is None]
             start = time.perf_counter()
             descs = self.describe_global(good)
