@@ -840,28 +840,9 @@ class IndexDatabase:
         seg_dir.mkdir(exist_ok=True)
         return seg_dir / f"seg-{max(seqs, default=-1) + 1:06d}-{uuid.uuid4().hex[:8]}.h5"
 
-    @contextlib.contextmanager
-    def _segment_file(self, n: int, local_dim: int | None, n_features: int,
-                      with_sizes: bool) -> Iterator[tuple[SegmentWriter, dict[str, Any]]]:
-        """A new segment written under a temporary name, fsynced and renamed when the block ends without error
-        (the writer is aborted and the temporary file removed otherwise). Yields ``(writer, out)``; after the
-        block ``out`` holds ``entry`` (the manifest entry) and ``segment`` (the opened segment)."""
-        final = self._new_segment_path()
-        tmp = tmp_path(final)
-        writer = SegmentWriter(tmp, n, self.dim, local_dim, n_features, with_sizes)
-        out: dict[str, Any] = {}
-        try:
-            yield writer, out
-            entry = writer.close()
-            fsync_file(tmp)
-            os.replace(tmp, final)
-        except BaseException:
-            writer.abort()
-            tmp.unlink(missing_ok=True)
-            raise
-        fsync_dir(final.parent)
-        entry["file"] = f"{SEGMENTS_DIR}/{final.name}"
-        out.update(entry=entry, segment=Segment(final, self.dim))
+    def _segment_file(self, n: int, local_dim: int | None, n_features: int, with_sizes: bool):
+        """:func:`_segment_file` at the next segment name of this index."""
+        return _segment_file(self._new_segment_path(), self.dim, n, local_dim, n_features, with_sizes)
 
     def _write_segment(self, plans: list[tuple[ShardReader, np.ndarray]],
                        local_dim: int | None) -> tuple[dict[str, Any], Segment]:
@@ -1291,6 +1272,29 @@ def _legacy_message(path: Path, manifest: dict) -> str:
             f"`landmarks compact --index {path}` (any build-index run on it also upgrades it)")
 
 
+@contextlib.contextmanager
+def _segment_file(final: Path, dim: int, n: int, local_dim: int | None, n_features: int,
+                  with_sizes: bool = False) -> Iterator[tuple[SegmentWriter, dict[str, Any]]]:
+    """A new segment ``final`` written under a temporary name, fsynced and renamed when the block ends without
+    error (the writer is aborted and the temporary file removed otherwise). Yields ``(writer, out)``; after
+    the block ``out`` holds ``entry`` (the manifest entry) and ``segment`` (the opened segment)."""
+    tmp = tmp_path(final)
+    writer = SegmentWriter(tmp, n, dim, local_dim, n_features, with_sizes)
+    out: dict[str, Any] = {}
+    try:
+        yield writer, out
+        entry = writer.close()
+        fsync_file(tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        writer.abort()
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(final.parent)
+    entry["file"] = f"{SEGMENTS_DIR}/{final.name}"
+    out.update(entry=entry, segment=Segment(final, dim))
+
+
 def _upgrade_legacy(path: Path, manifest: dict) -> dict:
     """Convert a format-1 index into one segment + a format-2 manifest (caller holds the writer lock).
 
@@ -1320,9 +1324,8 @@ def _upgrade_legacy(path: Path, manifest: dict) -> dict:
                 seg_dir = path / SEGMENTS_DIR
                 seg_dir.mkdir(exist_ok=True)
                 final = seg_dir / f"seg-000000-{uuid.uuid4().hex[:8]}.h5"
-                tmp = tmp_path(final)
-                writer = SegmentWriter(tmp, n, dim, local.dim if local else None, local.n_features if local else 0)
-                try:
+                with _segment_file(final, dim, n, local.dim if local else None,
+                                   local.n_features if local else 0) as (writer, out):
                     for a in range(0, n, COPY_CHUNK):
                         b = min(n, a + COPY_CHUNK)
                         ids = [str(x) for x in store.ids()[a:b]]
@@ -1335,17 +1338,9 @@ def _upgrade_legacy(path: Path, manifest: dict) -> dict:
                         writer.append(np.asarray(store.descriptors[a:b]), encode_strings(ids),
                                       encode_strings(md["path"].to_numpy()[a:b]), codes.reshape(-1), values,
                                       hash_ids(ids), block)
-                    entry = writer.close()
-                    fsync_file(tmp)
-                    os.replace(tmp, final)
-                except BaseException:
-                    writer.abort()
-                    tmp.unlink(missing_ok=True)
-                    raise
-                entry["file"] = f"{SEGMENTS_DIR}/{final.name}"
-                new["segments"] = [entry]
+                new["segments"] = [out["entry"]]
                 new["local_dim"] = local.dim if local else None
-                segment = Segment(final, dim)
+                segment = out["segment"]
         finally:
             store.close()
             if local is not None:
