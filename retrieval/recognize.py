@@ -187,6 +187,12 @@ def vote(
     return sorted(cands, key=lambda c: (-c.vote, -c.sim, -c.raw_sim, c.landmark_id))
 
 
+def verified_confidence(inliers: Any, sim: Any, inlier_cap: float, vote_weight: float) -> Any:
+    """Confidence of a verified answer in [0.5, 1] (scalars or arrays): inliers (capped) and similarity mixed."""
+    return VERIFIED_BASE + 0.5 * ((1 - vote_weight) * np.minimum(inliers, inlier_cap) / inlier_cap
+                                  + vote_weight * np.minimum(sim, 1.0))
+
+
 def decide(evidence: Evidence, inlier_threshold: float = 20, inlier_cap: float = 100, vote_weight: float = 0.5,
            min_margin: float = 1.0) -> Prediction:
     """The final answer from a query's evidence (pure; see the module docstring for the bands).
@@ -202,7 +208,7 @@ def decide(evidence: Evidence, inlier_threshold: float = 20, inlier_cap: float =
     verified = [c for c in cands if c.verified_refs > 0 and c.inliers >= inlier_threshold]
     if verified:
         def conf(c: Candidate) -> float:
-            return VERIFIED_BASE + 0.5 * ((1 - vote_weight) * min(c.inliers, inlier_cap) / inlier_cap + vote_weight * min(c.sim, 1.0))
+            return float(verified_confidence(c.inliers, c.sim, inlier_cap, vote_weight))
         best = max(verified, key=lambda c: (conf(c), c.inliers, c.vote, c.landmark_id))
         runner_up = max((c.inliers for c in cands if c is not best), default=0)
         if best.inliers >= min_margin * runner_up:
@@ -243,6 +249,13 @@ class CandidateArrays:
     valid: np.ndarray  # (Q, C) bool: a real candidate (not padding)
     tie_rank: np.ndarray  # (Q, C) int: order by (inliers, vote, landmark id), the tie-break of decide()
 
+    def runner_up(self, best: np.ndarray) -> np.ndarray:
+        """(Q,) the most inliers among each query's candidates other than column ``best`` (padding counts 0)."""
+        inl = np.where(self.valid, self.inliers, 0.0)
+        first = np.argmax(inl, axis=1)
+        second = np.partition(inl, -2, axis=1)[:, -2] if inl.shape[1] > 1 else np.zeros(len(inl))
+        return np.where(best == first, second, inl[np.arange(len(inl)), first])
+
     @classmethod
     def from_candidates(cls, rows: Sequence[Sequence[Mapping[str, Any]] | None]) -> "CandidateArrays":
         """From each query's candidate dicts (``Candidate`` fields, as in evidence JSON; None: no evidence)."""
@@ -274,16 +287,12 @@ def decide_many(arrays: CandidateArrays, inlier_threshold: float = 20, inlier_ca
     a = arrays
     rows = np.arange(len(a.valid))
     ok = a.valid & a.verified & (a.inliers >= inlier_threshold)
-    conf = VERIFIED_BASE + 0.5 * ((1 - vote_weight) * np.minimum(a.inliers, inlier_cap) / inlier_cap
-                                  + vote_weight * np.minimum(a.sim, 1.0))
+    conf = verified_confidence(a.inliers, a.sim, inlier_cap, vote_weight)
     masked = np.where(ok, conf, -np.inf)
     top = masked.max(axis=1, initial=-np.inf)
     best = np.argmax(np.where(ok & (masked == top[:, None]), a.tie_rank, -1), axis=1)  # ties: decide()'s key
     # runner-up: the most inliers among the other candidates (padding counts 0, as a missing candidate)
-    inl = np.where(a.valid, a.inliers, 0.0)
-    first = np.argmax(inl, axis=1)
-    second = np.partition(inl, -2, axis=1)[:, -2] if inl.shape[1] > 1 else np.zeros(len(inl))
-    runner = np.where(best == first, second, inl[rows, first])
+    runner = a.runner_up(best)
     verified = ok.any(axis=1) & (a.inliers[rows, best] >= min_margin * runner)
     guess = a.valid[:, 0] & keep_guesses
     column = np.where(verified, best, np.where(guess, 0, -1))
@@ -302,8 +311,7 @@ def threshold_sweep(arrays: CandidateArrays, thresholds: Sequence[float], inlier
     a = arrays
     q, c = a.valid.shape
     rows = np.arange(q)
-    conf = VERIFIED_BASE + 0.5 * ((1 - vote_weight) * np.minimum(a.inliers, inlier_cap) / inlier_cap
-                                  + vote_weight * np.minimum(a.sim, 1.0))
+    conf = verified_confidence(a.inliers, a.sim, inlier_cap, vote_weight)
     usable = a.valid & a.verified
     inl = np.where(usable, a.inliers, -np.inf)  # never reaches a threshold >= 0
     order = np.argsort(-inl, axis=1, kind="stable")
@@ -314,9 +322,6 @@ def threshold_sweep(arrays: CandidateArrays, thresholds: Sequence[float], inlier
     best_key = np.maximum.accumulate(key_sorted, axis=1)
     col_of_key = np.full(q * c, 0, np.int64)
     col_of_key[key.ravel()] = np.tile(np.arange(c), q)
-    all_inl = np.where(a.valid, a.inliers, 0.0)
-    first = np.argmax(all_inl, axis=1)
-    second = np.partition(all_inl, -2, axis=1)[:, -2] if c > 1 else np.zeros(q)
     guess = a.valid[:, 0] & keep_guesses
     guess_conf = GUESS_SCALE * np.minimum(a.sim[:, 0], 1.0)
     for t in thresholds:
@@ -324,7 +329,7 @@ def threshold_sweep(arrays: CandidateArrays, thresholds: Sequence[float], inlier
         has = count > 0
         k = best_key[rows, np.maximum(count - 1, 0)]
         best = col_of_key[np.maximum(k, 0)]
-        runner = np.where(best == first, second, all_inl[rows, first])
+        runner = a.runner_up(best)
         verified = has & (a.inliers[rows, best] >= min_margin * runner)
         column = np.where(verified, best, np.where(guess, 0, -1))
         confidence = np.where(verified, conf[rows, best], np.where(guess, guess_conf, np.nan))
@@ -444,11 +449,14 @@ class Recognizer:
             return evidence, timings
         # Pairs to verify: each candidate's best-ranked images, interleaved by rank so that a
         # tight budget still reaches every candidate.
-        per_cand = {cand.landmark_id: [r for r, lm in zip(rows, lms) if lm == cand.landmark_id][: c["refs_per_candidate"]] for cand in cands}
+        id_of = {int(r): str(i) for r, i in zip(rows, ids)}
+        per_cand: dict[str, list[int]] = {}
+        for r, lm in zip(rows, lms):  # each candidate's images in rank order
+            per_cand.setdefault(str(lm), []).append(int(r))
         pairs: list[tuple[Candidate, int]] = []
         for depth in range(int(c["refs_per_candidate"])):
             for cand in cands:
-                refs = per_cand[cand.landmark_id]
+                refs = per_cand[cand.landmark_id][: int(c["refs_per_candidate"])]
                 if depth < len(refs):
                     pairs.append((cand, int(refs[depth])))
         pairs = pairs[: int(c["max_verifications"])]
@@ -464,7 +472,7 @@ class Recognizer:
             cand.verified_refs += 1
             if res.inliers > cand.inliers or cand.best_match_id is None:
                 cand.inliers = int(res.inliers)
-                cand.best_match_id = str(self._ids[row])
+                cand.best_match_id = id_of[row]
         return evidence, timings
 
     def distractor_discount(self, global_desc: np.ndarray) -> float:
