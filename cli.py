@@ -197,8 +197,14 @@ _THR = typer.Option(None, "--inlier-threshold", help="Inliers needed to accept a
                     + ", ".join(f"{k} {v['inlier_threshold']}" for k, v in EXTRACTOR_DEFAULTS.items() if "inlier_threshold" in v) + ").")
 
 
-def _overrides(k, candidates, refs, threshold) -> dict:
-    return {"k": k, "num_candidates": candidates, "refs_per_candidate": refs, "inlier_threshold": threshold}
+_CASCADE = typer.Option(None, "--cascade", help="The matcher cascade's second, learned matcher: auto (the index's "
+                        "secondary local set, e.g. built with --local-conf rootsift+xfeat; default), none, or a local "
+                        "configuration name (its reference features are then extracted on demand: slow).")
+
+
+def _overrides(k, candidates, refs, threshold, cascade=None) -> dict:
+    return {"k": k, "num_candidates": candidates, "refs_per_candidate": refs, "inlier_threshold": threshold,
+            "cascade": cascade}
 
 
 @app.command("recognize")
@@ -206,7 +212,7 @@ def recognize(
     images: List[Path] = typer.Argument(..., help="Query image files."),
     index: Path = typer.Option(..., "--index", help="Index directory."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per image (JSON lines)."),
-    k: Optional[int] = _K, candidates: Optional[int] = _C, refs: Optional[int] = _R, threshold: Optional[int] = _THR,
+    k: Optional[int] = _K, candidates: Optional[int] = _C, refs: Optional[int] = _R, threshold: Optional[int] = _THR, cascade: Optional[str] = _CASCADE,
     device: Optional[str] = typer.Option(None, "--device"),
 ) -> None:
     """Say which landmark each photo shows (with confidence), or "no landmark"."""
@@ -215,7 +221,7 @@ def recognize(
         from retrieval.image_io import ImageError
         from retrieval.recognize import Recognizer
 
-        rec = Recognizer.from_index(index, device=device, **_overrides(k, candidates, refs, threshold))
+        rec = Recognizer.from_index(index, device=device, **_overrides(k, candidates, refs, threshold, cascade))
         failed = 0
         for image in images:
             try:
@@ -247,7 +253,7 @@ def predict(
     images: Path = typer.Option(..., "--images", help="Folder of the query images (<id>.jpg or GLDv2 nested)."),
     out: Path = typer.Option(..., "--out", help="Submission CSV to write (id,landmarks)."),
     no_guesses: bool = typer.Option(False, "--no-guesses", help="Leave unverified queries empty instead of a low-confidence guess ranked below every verified answer."),
-    k: Optional[int] = _K, candidates: Optional[int] = _C, refs: Optional[int] = _R, threshold: Optional[int] = _THR,
+    k: Optional[int] = _K, candidates: Optional[int] = _C, refs: Optional[int] = _R, threshold: Optional[int] = _THR, cascade: Optional[str] = _CASCADE,
     device: Optional[str] = typer.Option(None, "--device"),
     workers: Optional[int] = typer.Option(None, "--workers", min=0),
     engine: str = _ENGINE, ray_address: Optional[str] = _RAY_ADDRESS, gpus_per_worker: float = _RAY_GPUS,
@@ -260,7 +266,7 @@ def predict(
 
         ray_options = _ray_options(engine, ray_address, gpus_per_worker, ray_workers)
         stats = predict_mod.main(index, queries, images, out, device=device, keep_guesses=not no_guesses,
-                                 overrides=_overrides(k, candidates, refs, threshold), num_workers=workers,
+                                 overrides=_overrides(k, candidates, refs, threshold, cascade), num_workers=workers,
                                  engine=engine, ray_options=ray_options)
         typer.echo(f"{out}: {stats['queries']} queries, {stats['verified']} verified landmarks, "
                    f"{stats['guesses']} low-confidence guesses, {stats['unreadable']} unreadable images")
@@ -344,7 +350,7 @@ def evaluate(
     queries: Path = typer.Option(..., "--queries", help="Labelled queries: id,landmark_id (empty = no landmark) or Kaggle id,landmarks."),
     images: Path = typer.Option(..., "--images", help="Folder of the query images."),
     out: Path = typer.Option(..., "--out", help="Report folder (report.json, predictions.csv, evidence.jsonl, plots)."),
-    k: Optional[int] = _K, candidates: Optional[int] = _C, refs: Optional[int] = _R, threshold: Optional[int] = _THR,
+    k: Optional[int] = _K, candidates: Optional[int] = _C, refs: Optional[int] = _R, threshold: Optional[int] = _THR, cascade: Optional[str] = _CASCADE,
     n_boot: int = typer.Option(1000, "--bootstrap", min=10, help="Bootstrap resamples for the GAP interval."),
     device: Optional[str] = typer.Option(None, "--device"),
     workers: Optional[int] = typer.Option(None, "--workers", min=0),
@@ -358,7 +364,7 @@ def evaluate(
 
         ray_options = _ray_options(engine, ray_address, gpus_per_worker, ray_workers)
         report = evaluate_mod.main(index, queries, images, out, device=device, n_boot=n_boot,
-                                   overrides=_overrides(k, candidates, refs, threshold), num_workers=workers,
+                                   overrides=_overrides(k, candidates, refs, threshold, cascade), num_workers=workers,
                                    engine=engine, ray_options=ray_options)
         _print_report(report)
         typer.echo(f"report: {out / 'report.json'}")
@@ -380,7 +386,8 @@ def tune_threshold(
     folds: int = typer.Option(5, "--folds", min=2, help="Cross-validation folds."),
     strict: bool = typer.Option(False, "--strict", help="Tune for strict answers (unverified = no landmark) instead of a submission with guesses."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Report only; do not write the manifest."),
-    param: str = typer.Option("inlier_threshold", "--param", help="Decision parameter to tune: inlier_threshold, vote_weight (share of similarity vs inliers in a verified confidence) or min_margin (best candidate's inliers over the runner-up's)."),
+    param: str = typer.Option("inlier_threshold", "--param", help="Decision parameter to tune: inlier_threshold, cascade_threshold (the cascade's second matcher), vote_weight (share of similarity vs inliers in a verified confidence) or min_margin (best candidate's score over the runner-up's)."),
+    confidence: str = typer.Option("auto", "--confidence", help="auto: also fit a confidence model (logistic, monotone in the evidence) and store it when its cross-validated GAP (folds grouped by landmark) beats the confidence bands'; fitted: store it regardless; bands: keep the bands."),
     device: Optional[str] = typer.Option(None, "--device"),
 ) -> None:
     """Choose the inlier threshold (or --param) that maximises GAP, with a cross-validated estimate, and store it in the index."""
@@ -389,12 +396,17 @@ def tune_threshold(
         from eval import evaluate as evaluate_mod
 
         res = evaluate_mod.tune(index, queries, images, out, evidence_path=evidence, n_folds=folds,
-                                mode="strict" if strict else "submission", write=not dry_run, device=device, param=param)
+                                mode="strict" if strict else "submission", write=not dry_run, device=device, param=param,
+                                confidence=confidence)
         typer.echo(
             f"{param.replace('_', ' ')} {res['previous']} -> {res['chosen']:g}: in-sample GAP "
             f"{res['in_sample_gap']:.3f}, cross-validated GAP {res['cv_gap']:.3f} +- {res['cv_gap_std']:.3f} "
-            f"({len(res['folds'])} folds, {res['n_values']} values)"
+            f"({len(res['folds'])} folds grouped by landmark, {res['n_values']} values)"
         )
+        fc = res.get("confidence")
+        if fc:
+            typer.echo(f"confidence: fitted model cross-validated GAP {fc['cv_gap_fitted']:.3f} vs bands {fc['cv_gap_bands']:.3f} "
+                       f"({fc['n_folds']} folds): {'fitted model used' if fc['used'] else 'bands kept'}")
         typer.echo(("written to " + str(index / "manifest.json")) if res["written_to_manifest"] else "manifest unchanged (--dry-run)")
         typer.echo(f"plot: {res['plot']}")
 
@@ -456,7 +468,7 @@ def serve(
     workers: int = typer.Option(4, "--workers", min=1, help="Recognition threads (one process: the model and index are loaded once)."),
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.1, help="Largest request body (all images of a request)."),
     timeout: float = typer.Option(60.0, "--timeout", min=1, help="Seconds before a request is answered 504."),
-    k: Optional[int] = _K, candidates: Optional[int] = _C, refs: Optional[int] = _R, threshold: Optional[int] = _THR,
+    k: Optional[int] = _K, candidates: Optional[int] = _C, refs: Optional[int] = _R, threshold: Optional[int] = _THR, cascade: Optional[str] = _CASCADE,
     device: Optional[str] = typer.Option(None, "--device"),
 ) -> None:
     """HTTP service and web page: recognise uploaded photos with the index and models loaded once."""
@@ -466,7 +478,7 @@ def serve(
 
         limits = Limits(workers=workers, max_upload_mb=max_upload_mb, request_timeout_s=timeout)
         serve_app(index, host=host, port=port, limits=limits, device=device,
-                  overrides=_overrides(k, candidates, refs, threshold))
+                  overrides=_overrides(k, candidates, refs, threshold, cascade))
 
     _guard(body)
 

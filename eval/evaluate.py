@@ -1,7 +1,7 @@
 """``evaluate`` and ``tune-threshold``: GAP of the full pipeline on a holdout, and the inlier threshold.
 
-``evaluate`` runs the recognizer once per query with full verification (no
-early exit, so inlier counts are exact for any threshold), stores the evidence
+``evaluate`` runs the recognizer once per query exactly as ``predict`` does (same
+verification plan, same cascade, same early-exit setting), stores the evidence
 (``evidence.jsonl``), and scores three systems from that one run: global kNN
 alone, the full pipeline as a submission (verified answers first, unverified
 guesses ranked below them), and the full pipeline strict (unverified queries
@@ -22,9 +22,10 @@ import numpy as np
 from index.database import IndexDatabase
 from index.manifest import atomic_write_text
 from retrieval.data import resolve_image_path
+from retrieval.decision import GUESS_SCALE, ConfidenceModel, answer_features
 from retrieval.recognize import (
-    DECISION_KEYS, VERIFIED_BASE, CandidateArrays, Evidence, Recognizer, decide, decide_many, global_only, index_local_extractor, threshold_sweep,
-    resolve_recognition_conf, submission_answer,
+    DECISION_KEYS, VERIFIED_BASE, CandidateArrays, Evidence, Recognizer, decide, decide_many, global_only, index_decision_conf,
+    submission_answer,
 )
 
 from . import metrics, plots, tuning
@@ -37,9 +38,67 @@ EVIDENCE_FILE = "evidence.jsonl"
 # Tunable decision parameters and their candidate values (the inlier threshold's come from the evidence).
 TUNABLE: dict[str, tuple[float, ...]] = {
     "inlier_threshold": (),
+    "cascade_threshold": (),
     "vote_weight": tuple(round(0.1 * i, 1) for i in range(11)),
     "min_margin": (1.0, 1.1, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0),
 }
+
+
+CONFIDENCE_CHOICES = ("auto", "fitted", "bands")
+
+
+def fit_confidence(arrays: CandidateArrays, solution: Mapping[str, Any], decision: Mapping[str, Any], mode: str = "submission",
+                   n_folds: int = 5, seed: int = 0) -> dict[str, Any]:
+    """Fit a :class:`~retrieval.decision.ConfidenceModel` on the answers ``decision`` gives (rows of ``arrays`` in
+    sorted query-id order), and compare it with the bands by cross-validation with folds grouped by landmark.
+
+    Each answered query is one sample: its answer's features (:func:`~retrieval.decision.answer_features`) and
+    whether the answer is right. For every fold the model is fitted on the other folds and decides the held-out
+    queries; ``cv_gap_fitted`` is the mean held-out GAP, ``cv_gap_bands`` the same folds' GAP with the bands.
+    """
+    ids = sorted(solution)
+    keep = mode == "submission"
+    column, conf_bands, verified = decide_many(arrays, keep_guesses=keep, **decision)
+    answered = column >= 0
+    col = np.maximum(column, 0)
+    _, score = arrays.scores(decision["inlier_threshold"], decision["cascade_threshold"])
+    x = answer_features(arrays, score, col)
+    right = np.array([arrays.landmarks[i, col[i]] in solution[q] for i, q in enumerate(ids)], bool) & answered
+    groups = metrics.landmark_clusters(solution)
+    n_lm_groups = len({groups[q] for q in ids if solution[q]})
+    k = max(2, min(int(n_folds), n_lm_groups))
+    fold_of = tuning.assign_folds(solution, n_folds=k, seed=seed, groups=groups)
+    fold = np.array([fold_of[q] for q in ids])
+
+    def confidences(model: ConfidenceModel, mask: np.ndarray) -> np.ndarray:
+        p = model.predict(x[mask])
+        return np.where(verified[mask], VERIFIED_BASE + (1 - VERIFIED_BASE) * p, GUESS_SCALE * p)
+
+    def gap_of(conf: np.ndarray, mask: np.ndarray) -> float | None:
+        preds = {ids[i]: (str(arrays.landmarks[i, col[i]]), float(c)) for i, c in zip(np.flatnonzero(mask), conf) if answered[i]}
+        sol = {ids[i]: solution[ids[i]] for i in np.flatnonzero(mask)}
+        return metrics.gap(preds, sol) if any(sol.values()) else None
+
+    held_fitted, held_bands = [], []
+    for f in range(k):
+        train, held = answered & (fold != f), fold == f
+        model = ConfidenceModel.fit(x[train], right[train])
+        gf, gb = gap_of(confidences(model, held), held), gap_of(conf_bands[held], held)
+        if gf is not None:
+            held_fitted.append(gf)
+            held_bands.append(gb)
+    model = ConfidenceModel.fit(x[answered], right[answered])
+    everything = np.ones(len(ids), bool)
+    return {
+        "model": model.to_json(),
+        "in_sample_gap_fitted": gap_of(confidences(model, everything), everything),
+        "in_sample_gap_bands": gap_of(conf_bands, everything),
+        "cv_gap_fitted": float(np.mean(held_fitted)),
+        "cv_gap_bands": float(np.mean(held_bands)),
+        "n_folds": k,
+        "n_answers": int(answered.sum()),
+        "n_right": int(right.sum()),
+    }
 
 
 def query_paths(ids: list[str], images_dir: str | Path) -> list[str]:
@@ -123,7 +182,7 @@ def main(
         logger.warning("the index's thresholds were tuned on these same queries (%s): this GAP is in-sample and "
                        "optimistic; evaluate on other queries, or quote tune-threshold's cross-validated GAP",
                        tuned_on.get("queries"))
-    records = collect_evidence(rec, ids, paths, out_dir / EVIDENCE_FILE, verify=True, early_exit=False,
+    records = collect_evidence(rec, ids, paths, out_dir / EVIDENCE_FILE, verify=True, early_exit=True,
                                progress=progress, num_workers=num_workers, engine=engine, ray_options=ray_options,
                                device=device)
     evidence = {q: r["evidence"] for q, r in records.items()}
@@ -198,8 +257,6 @@ def candidates_for(db: IndexDatabase, evidence_path: str | Path, solution: Mappi
                 f"{evidence_path} was computed against another index ({header.get('index')}, "
                 f"{header.get('index_images')} images) than {index_dir} ({db.size} images); run evaluate again"
             )
-        if header.get("early_exit"):
-            raise ValueError(f"{evidence_path} was made with early exit (inlier counts are lower bounds); use evaluate's evidence")
         for line in f:
             try:
                 qid, candidates = _id_and_candidates(line)
@@ -213,11 +270,13 @@ def candidates_for(db: IndexDatabase, evidence_path: str | Path, solution: Mappi
     return CandidateArrays.from_candidates([found[q] for q in sorted(solution)])
 
 
-def threshold_grid(arrays: CandidateArrays, dense_up_to: int = 200) -> list[float]:
-    """Candidate inlier thresholds: every integer from 0 to min(max observed, ``dense_up_to``), the observed
-    counts above that, and one above the maximum (nobody verified). Every integer, not just observed counts,
-    so that a flat stretch of the GAP curve has a real middle to choose."""
-    seen = {0} | {int(v) for v in np.unique(arrays.inliers[arrays.valid & arrays.verified])}
+def threshold_grid(arrays: CandidateArrays, param: str = "inlier_threshold", dense_up_to: int = 200) -> list[float]:
+    """Candidate inlier thresholds of the primary (``inlier_threshold``) or the cascade's second matcher
+    (``cascade_threshold``): every integer from 0 to min(max observed, ``dense_up_to``), the observed counts
+    above that, and one above the maximum (nobody verified). Every integer, not just observed counts, so that
+    a flat stretch of the GAP curve has a real middle to choose."""
+    inliers, ran = (arrays.inliers, arrays.verified) if param == "inlier_threshold" else (arrays.inliers2, arrays.verified2)
+    seen = {0} | {int(v) for v in np.unique(inliers[arrays.valid & ran])}
     top = max(seen)
     values = set(range(0, min(top, dense_up_to) + 1)) | {v for v in seen if v > dense_up_to} | {top + 1}
     return [float(v) for v in sorted(values)]
@@ -232,12 +291,8 @@ def prediction_matrix(arrays: CandidateArrays, solution: Mapping[str, Any], base
     conf = np.full((len(grid), len(ids)), np.nan)
     correct = np.zeros(conf.shape, bool)
     keep = mode == "submission"
-    if param == "inlier_threshold":  # the common case, hundreds of values: one shared pass
-        fixed = {k: base[k] for k in DECISION_KEYS if k != "inlier_threshold"}
-        decisions = threshold_sweep(arrays, grid, keep_guesses=keep, **fixed)
-    else:
-        decisions = (decide_many(arrays, keep_guesses=keep, **{**{k: base[k] for k in DECISION_KEYS}, param: value})
-                     for value in grid)
+    decisions = (decide_many(arrays, keep_guesses=keep, **{**{k: base[k] for k in DECISION_KEYS}, param: value})
+                 for value in grid)
     for v, (column, confidence, _) in enumerate(decisions):
         conf[v] = confidence
         correct[v] = (column >= 0) & correct_c[rows, np.maximum(column, 0)]
@@ -258,8 +313,13 @@ def tune(
     progress: bool = True,
     seed: int = 0,
     param: str = "inlier_threshold",
+    confidence: str = "auto",
 ) -> dict[str, Any]:
     """Choose the value of a decision parameter maximising GAP; report a cross-validated estimate; store it.
+
+    ``confidence``: "auto" also fits a confidence model (:func:`fit_confidence`) at the chosen value and stores
+    it when its cross-validated GAP beats the bands' on the same folds (else the bands stay, and a stored
+    model is removed); "fitted" stores it regardless; "bands" fits nothing.
 
     ``param``: "inlier_threshold" (candidates: every integer up to 200 and every observed inlier count),
     "vote_weight" (the share of similarity vs inliers in a verified confidence; 0, 0.1, ..., 1) or
@@ -267,6 +327,8 @@ def tune(
     """
     if param not in TUNABLE:
         raise ValueError(f"cannot tune {param!r}; tunable parameters: {', '.join(TUNABLE)}")
+    if confidence not in CONFIDENCE_CHOICES:
+        raise ValueError(f"confidence must be one of {', '.join(CONFIDENCE_CHOICES)}, got {confidence!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sol_df = read_solution(queries_csv)
@@ -278,18 +340,28 @@ def tune(
         logger.info("no stored evidence at %s: running the recognizer on the queries first", evidence_path)
         rec = Recognizer.from_index(index_dir, device=device)
         ids = list(sol_df["id"])
-        collect_evidence(rec, ids, query_paths(ids, images_dir), evidence_path, early_exit=False, progress=progress)
+        collect_evidence(rec, ids, query_paths(ids, images_dir), evidence_path, early_exit=True, progress=progress)
     db = IndexDatabase.open(index_dir)
     arrays = candidates_for(db, evidence_path, solution)
-    base = resolve_recognition_conf(None, db.manifest.get("thresholds") or {}, index_local_extractor(db.manifest))
-    grid = threshold_grid(arrays) if param == "inlier_threshold" else list(TUNABLE[param])
+    base = index_decision_conf(db)
+    grid = threshold_grid(arrays, param) if param in ("inlier_threshold", "cascade_threshold") else list(TUNABLE[param])
     by_value = prediction_matrix(arrays, solution, base, param, grid, mode)
     table = tuning.sweep(by_value, solution, seed=seed)
     # Ties in GAP are broken by the fewest wrong answers that recognize would show as verified.
-    cv = tuning.cross_validated_gap(by_value, solution, n_folds=n_folds, seed=seed, accept_confidence=VERIFIED_BASE)
+    groups = metrics.landmark_clusters(solution)  # folds never split a landmark's queries
+    cv = tuning.cross_validated_gap(by_value, solution, n_folds=n_folds, seed=seed, accept_confidence=VERIFIED_BASE,
+                                    groups=groups)
     chosen = cv["in_sample_value"]
-    if param == "inlier_threshold":
+    if param in ("inlier_threshold", "cascade_threshold"):
         chosen = int(chosen)
+    fitted = None
+    if confidence != "bands":
+        decision = {**{k: base[k] for k in DECISION_KEYS}, param: chosen, "confidence_model": None}
+        fitted = fit_confidence(arrays, solution, decision, mode, n_folds=n_folds, seed=seed)
+        use = confidence == "fitted" or fitted["cv_gap_fitted"] > fitted["cv_gap_bands"]
+        fitted["used"] = bool(use)
+        logger.info("fitted confidence: cross-validated GAP %.4f against %.4f with the bands (same folds): %s",
+                    fitted["cv_gap_fitted"], fitted["cv_gap_bands"], "stored" if use else "not stored, bands kept")
     previous = base[param]
     stem = ("threshold" if param == "inlier_threshold" else param) + ("_strict" if mode == "strict" else "")
     table.to_csv(out_dir / f"{stem}_sweep.csv", index=False)
@@ -310,10 +382,14 @@ def tune(
         "written_to_manifest": bool(write),
         "plot": str(out_dir / f"gap_vs_{stem}.png"),
         "evidence": str(evidence_path),
+        "confidence": fitted,
     }
     if write:
         # What the value was tuned on, so that evaluate can say when its queries are the same (in-sample).
-        db.update_manifest(thresholds={param: chosen}, tuned_on={"queries": str(Path(queries_csv).resolve()),
-                                                                  "query_ids": query_ids_digest(solution)})
+        thresholds: dict[str, Any] = {param: chosen}
+        if fitted is not None:
+            thresholds["confidence_model"] = fitted["model"] if fitted["used"] else None
+        db.update_manifest(thresholds=thresholds, tuned_on={"queries": str(Path(queries_csv).resolve()),
+                                                             "query_ids": query_ids_digest(solution)})
     atomic_write_text(out_dir / f"tune_{stem}.json".replace("tune_threshold.json", "tune.json"), json.dumps(result, indent=2, default=float) + "\n")
     return result

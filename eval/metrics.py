@@ -225,8 +225,7 @@ def bootstrap_gap_ci(
             raise ValueError(f"clusters has no entry for query {missing[0]!r}")
         _, cluster_of = np.unique(np.array([repr(clusters[q]) for q in ranked.query_ids]), return_inverse=True)
     n_clusters = int(cluster_of.max()) + 1 if n else 0
-    most = n_clusters * int(np.bincount(cluster_of).max()) if n else 0  # a resample has at most this many queries
-    harmonic = np.concatenate(([0.0], np.cumsum(1.0 / np.arange(1, most + 1))))
+    harmonic = np.zeros(1)  # H[0..m], grown to the largest resample actually drawn (not clusters x largest cluster)
     rel = ranked.correct
     is_landmark = ranked.is_landmark.astype(np.int64)
     batch = max(1, min(n_boot, _BOOT_CELLS // max(n, 1)))
@@ -239,6 +238,9 @@ def bootstrap_gap_ci(
         m_b = counts @ is_landmark
         c = counts[:, ranked.order]  # (b, p) copies of each ranked prediction
         n_after = np.cumsum(c, axis=1)
+        need = int(n_after[:, -1].max()) if n_after.size else 0
+        if need >= len(harmonic):
+            harmonic = np.concatenate(([0.0], np.cumsum(1.0 / np.arange(1, need + 1))))
         n_before = n_after - c
         c_rel = c * rel
         correct_before = np.cumsum(c_rel, axis=1) - c_rel

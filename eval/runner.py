@@ -22,10 +22,11 @@ from retrieval.recognize import Evidence, Recognizer
 
 logger = logging.getLogger(__name__)
 
-EVIDENCE_VERSION = 2
+EVIDENCE_VERSION = 3  # 3: the cascade's second matcher (inliers2), early exit the same for evaluate and predict
 # Parameters that change the evidence itself (not just the decision taken from it).
 EVIDENCE_KEYS = ("k", "candidate_score", "alpha", "num_candidates", "refs_per_candidate", "max_verifications",
-                 "distractor_discount", "distractor_k", "on_demand_local")
+                 "distractor_discount", "distractor_k", "on_demand_local", "confirm_inliers", "cascade", "cascade_pairs",
+                 "cascade_resolve_inliers", "cascade_resolve_margin")
 
 
 def evidence_header(rec: Recognizer, verify: bool, early_exit: bool) -> dict[str, Any]:
@@ -39,6 +40,8 @@ def evidence_header(rec: Recognizer, verify: bool, early_exit: bool) -> dict[str
         "index_images": int(rec.db.size),
         "params": {k: rec.conf[k] for k in EVIDENCE_KEYS},
         "match_conf": rec.match_conf,
+        "second_set": rec.second_name if rec.second is not None else None,
+        "second_match_conf": rec.second_match_conf,
         "verify": verify,
         "early_exit": early_exit,
         "confirm_inliers": rec.conf["confirm_inliers"] if early_exit else None,
@@ -75,7 +78,8 @@ def read_evidence(path: str | Path) -> tuple[dict[str, Any] | None, dict[str, di
 
 def _evidence_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     # not the index path: an index directory may be moved; its creation time and size identify it
-    keys = ("evidence_version", "index_id", "index_created", "index_images", "params", "match_conf", "verify", "early_exit", "confirm_inliers")
+    keys = ("evidence_version", "index_id", "index_created", "index_images", "params", "match_conf", "second_set",
+            "second_match_conf", "verify", "early_exit", "confirm_inliers")
     return [k for k in keys if a.get(k) != b.get(k)]
 
 
@@ -85,7 +89,7 @@ def collect_evidence(
     paths: Sequence[str],
     evidence_path: str | Path,
     verify: bool = True,
-    early_exit: bool = False,
+    early_exit: bool = True,
     progress: bool = True,
     num_workers: int | None = None,
     engine: str = "local",
@@ -95,8 +99,9 @@ def collect_evidence(
     """Evidence for every query, resuming from ``evidence_path``.
 
     Returns {id: {"id", "evidence": Evidence | None, "error": str | None, "timings": {...}}}
-    (records for ids not asked for are ignored). ``early_exit=False`` verifies every planned pair so
-    that the stored inlier counts are exact for any threshold (what tuning needs).
+    (records for ids not asked for are ignored). ``early_exit``: apply the recognizer's ``confirm_inliers``
+    (off by default), as ``predict`` does; evaluate and predict must pass the same value so that the evidence
+    evaluate stores (and tune-threshold re-decides) is the evidence predict decides on.
 
     ``engine="ray"``: the queries still to do are spread over Ray actors (``ray_options``: a
     :class:`retrieval.ray_engine.RayOptions`), each with its own read-only ``Recognizer`` of the same
@@ -165,7 +170,7 @@ def collect_evidence(
 
 
 def evidence_records(
-    rec: Recognizer, paths: Sequence[str], verify: bool = True, early_exit: bool = False, num_workers: int | None = None,
+    rec: Recognizer, paths: Sequence[str], verify: bool = True, early_exit: bool = True, num_workers: int | None = None,
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """(position, evidence record without its id) for each query path, in order: what the evidence file stores."""
     for pos, res in rec.fx.iter_paths(list(paths), num_workers=num_workers):

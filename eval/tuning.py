@@ -145,10 +145,12 @@ def sweep(
 
     Returns a frame sorted by ``value`` with columns ``value, gap, gap_ci_lo,
     gap_ci_hi, top1_accuracy, nonlandmark_prediction_rate`` (95% bootstrap
-    interval, same ``seed`` for every value so the intervals are comparable;
-    NaN above :data:`BOOTSTRAP_MAX_QUERIES` queries).
+    interval over landmark clusters, as ``evaluate``'s: the queries of one landmark are drawn together;
+    same ``seed`` for every value so the intervals are comparable; NaN above
+    :data:`BOOTSTRAP_MAX_QUERIES` queries).
     """
     pm = _as_matrix(predictions_by_value, solution)
+    clusters = metrics.landmark_clusters({q: solution[q] for q in pm.query_ids})
     everything = pm.mask(None)
     n_landmark = int(pm.is_landmark.sum())
     n_non = len(pm.query_ids) - n_landmark
@@ -157,7 +159,7 @@ def sweep(
         answered = ~np.isnan(pm.conf[v])
         lo = hi = math.nan
         if len(pm.query_ids) <= BOOTSTRAP_MAX_QUERIES:
-            lo, hi = metrics.bootstrap_gap_ci(*pm.as_dicts(v), n_boot=n_boot, seed=seed)
+            lo, hi = metrics.bootstrap_gap_ci(*pm.as_dicts(v), n_boot=n_boot, seed=seed, clusters=clusters)
         rows.append(
             {
                 "value": float(value),
@@ -204,13 +206,18 @@ def choose_value(
     return float(pm.values[best]), float(gaps_a[best])
 
 
-def assign_folds(solution: Solution, n_folds: int = 5, seed: int = 0) -> dict[str, int]:
+def assign_folds(solution: Solution, n_folds: int = 5, seed: int = 0,
+                 groups: Mapping[str, Any] | None = None) -> dict[str, int]:
     """Deterministic stratified K-fold assignment of queries: ``{query id: fold}``.
 
-    Landmark and non-landmark queries are shuffled separately (one generator
-    seeded with ``seed``, over sorted ids) and dealt round-robin, so fold sizes
-    differ by at most one in each stratum and every fold has a landmark query
-    whenever there are at least ``n_folds`` of them.
+    Without ``groups``: landmark and non-landmark queries are shuffled separately (one generator seeded with
+    ``seed``, over sorted ids) and dealt round-robin, so fold sizes differ by at most one in each stratum and
+    every fold has a landmark query whenever there are at least ``n_folds`` of them.
+
+    With ``groups`` (query id -> group key, e.g. :func:`eval.metrics.landmark_clusters`): whole groups go to
+    one fold, so that the queries of one landmark are never on both sides of a split (what a value tuned on
+    some landmarks meets on new ones). In each stratum the groups are shuffled, then placed largest first on
+    the fold with the fewest queries of that stratum so far (ties: the lowest fold number).
     """
     if int(n_folds) != n_folds or n_folds < 2:
         raise ValueError(f"n_folds must be an integer >= 2, got {n_folds!r}")
@@ -219,9 +226,23 @@ def assign_folds(solution: Solution, n_folds: int = 5, seed: int = 0) -> dict[st
     offset = 0
     for stratum in (True, False):
         ids = sorted(q for q, s in solution.items() if (len(s) > 0) == stratum)
-        for k, i in enumerate(rng.permutation(len(ids))):
-            folds[ids[i]] = (offset + k) % int(n_folds)
-        offset += len(ids)  # continue the deal where the first stratum stopped
+        if groups is None:
+            for k, i in enumerate(rng.permutation(len(ids))):
+                folds[ids[i]] = (offset + k) % int(n_folds)
+            offset += len(ids)  # continue the deal where the first stratum stopped
+            continue
+        members: dict[str, list[str]] = {}
+        for q in ids:
+            members.setdefault(repr(groups[q]), []).append(q)
+        keys = sorted(members)
+        keys = [keys[i] for i in rng.permutation(len(keys))]
+        keys.sort(key=lambda g: -len(members[g]))  # stable: shuffled order among equal sizes
+        load = np.zeros(int(n_folds), np.int64)
+        for g in keys:
+            f = int(np.argmin(load))
+            load[f] += len(members[g])
+            for q in members[g]:
+                folds[q] = f
     return folds
 
 
@@ -231,8 +252,10 @@ def cross_validated_gap(
     n_folds: int = 5,
     seed: int = 0,
     accept_confidence: float | None = None,
+    groups: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """K-fold estimate of the GAP of the tuning procedure itself (``accept_confidence``: see :func:`choose_value`).
+    """K-fold estimate of the GAP of the tuning procedure itself (``accept_confidence``: see :func:`choose_value`;
+    ``groups``: folds keep each group's queries together, see :func:`assign_folds`).
 
     For each fold the value is chosen (:func:`choose_value`) on the other
     folds only, then scored on the held-out fold. When there are fewer
@@ -250,13 +273,15 @@ def cross_validated_gap(
     if int(n_folds) != n_folds or n_folds < 2:
         raise ValueError(f"n_folds must be an integer >= 2, got {n_folds!r}")
     n_landmark = sum(1 for s in solution.values() if len(s) > 0)
+    if groups is not None:  # folds are made of groups: what can be spread is the landmark groups
+        n_landmark = min(n_landmark, len({repr(groups[q]) for q, s in solution.items() if len(s) > 0}))
     if n_landmark < 2:
         raise ValueError(f"cross-validation needs at least 2 landmark queries, the solution has {n_landmark}")
     k = int(n_folds)
     if n_landmark < k:
         logger.warning("only %d landmark queries: using %d folds instead of %d", n_landmark, n_landmark, k)
         k = n_landmark
-    fold_of = assign_folds(solution, n_folds=k, seed=seed)
+    fold_of = assign_folds(solution, n_folds=k, seed=seed, groups=groups)
     pm = _as_matrix(predictions_by_value, solution)
     values = list(pm.values)
 

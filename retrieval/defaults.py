@@ -26,7 +26,11 @@ DEFAULT_RECOGNITION_CONF: dict[str, Any] = {
     # A verified answer needs this many times the inliers of the best other candidate (1: off). Learned
     # matchers give wrong pairs of repetitive facades many inliers, but the true landmark has more.
     "min_margin": 1.0,
-    "confirm_inliers": 60,  # early exit: stop verifying once a pair reaches this many inliers (None: verify all)
+    # Early exit: stop verifying once a pair reaches this many inliers (None: verify every planned pair). Off:
+    # a facade verified first with many inliers would hide a true landmark further down from the margin rule,
+    # and the saving is small (most real queries show no landmark and never reach it). evaluate and predict
+    # apply the same value, so they decide on the same evidence.
+    "confirm_inliers": None,
     "inlier_cap": 100,  # inliers above this add no confidence
     "vote_weight": 0.5,  # w: share of similarity (vs inliers) in a verified confidence
     # Subtract from every similarity the mean similarity of the query to its `distractor_k` nearest
@@ -36,6 +40,18 @@ DEFAULT_RECOGNITION_CONF: dict[str, Any] = {
     "distractor_k": 3,
     "on_demand_local": "rootsift",  # local features extracted on demand when the index stores none
     "cache_mb": 256,  # memory for reference features extracted on demand (LRU; about 1,000 RootSIFT images)
+    # The matcher cascade (retrieval.recognize): a learned second matcher verifies what the primary one leaves
+    # unresolved. "auto": the index's secondary local set (build-index --local-conf rootsift+xfeat), if any;
+    # "none"; or a local conf name (reference features then extracted on demand: slow, for experiments).
+    "cascade": "auto",
+    "cascade_pairs": 5,  # budget: second-matcher pairs per query (first image of the first candidates)
+    "cascade_threshold": 40,  # the second matcher's inlier threshold (its scale; see CASCADE_DEFAULTS)
+    # The primary matcher resolves a query (no second stage) when its best candidate has this many inliers and
+    # this many times the runner-up's: RootSIFT's wrong pairs of real photos stay at <= 10 inliers.
+    "cascade_resolve_inliers": 20,
+    "cascade_resolve_margin": 2.0,
+    # A fitted confidence (tune-threshold --fit-confidence writes one into the manifest); None: the bands.
+    "confidence_model": None,
 }
 
 
@@ -49,10 +65,17 @@ EXTRACTOR_DEFAULTS: dict[str, dict[str, Any]] = {
     # pairs), 21 of 31 true ones have >= 40; a repetitive facade of another landmark can have more, but fewer
     # than the true landmark (margin). ~130 ms a pair on 2 CPU cores, so 5 candidates, 1 image each.
     "xfeat": {"inlier_threshold": 40, "min_margin": 1.5, "num_candidates": 5, "refs_per_candidate": 1,
-              "max_verifications": 5, "confirm_inliers": 150},
+              "max_verifications": 5},
     # ALIKED + LightGlue: the strongest verification (night/day, strong viewpoint change), ~1 s per image and
     # 0.25-0.9 s a pair on 2 CPU cores (LightGlue grows with the keypoints): the best-quality route, 10 candidates,
-    # 1 image each, early exit at 200 inliers.
+    # 1 image each.
     "aliked": {"inlier_threshold": 30, "min_margin": 1.5, "num_candidates": 10, "refs_per_candidate": 1,
-               "max_verifications": 10, "confirm_inliers": 200},
+               "max_verifications": 10},
+}
+
+# Decision defaults when an extractor is the cascade's second matcher (over EXTRACTOR_DEFAULTS of the primary):
+# its own inlier threshold (the scale its counts are divided by) and the margin that learned matchers need.
+CASCADE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "xfeat": {"cascade_threshold": 40, "cascade_pairs": 5, "min_margin": 1.5},
+    "aliked": {"cascade_threshold": 30, "cascade_pairs": 5, "min_margin": 1.5},
 }

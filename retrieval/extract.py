@@ -129,6 +129,7 @@ class Features:
     local: LocalFeatures | None = None
     orig_size: tuple[int, int] = (0, 0)
     timings: dict[str, float] = field(default_factory=dict)
+    local_image: np.ndarray | None = None  # the decoded image local features come from (a cascade's second set)
 
 
 def scale_keypoints(feats: LocalFeatures, size: tuple[int, int], resize_max: int | None = None) -> LocalFeatures:
@@ -202,7 +203,7 @@ class FeatureExtractor:
             ex = self.local_extractor.extract_raw if raw_local else self.local_extractor.extract
             local = ex(item.local_image)  # keypoints in detection pixels, with local.image_size
             timings["local"] = time.perf_counter() - start
-        return Features(global_desc, local, item.orig_size, timings)
+        return Features(global_desc, local, item.orig_size, timings, item.local_image)
 
     def describe_image(self, path: str | Path) -> Features:
         """Features of one image file; raises ImageError for a bad file."""

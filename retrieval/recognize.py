@@ -1,16 +1,15 @@
-"""Recognition: kNN voting over global neighbours, local-feature verification, the final decision.
+"""Recognition: kNN voting over global neighbours, local-feature verification (a matcher cascade), the decision.
 
-The decision is a pure function of a query's *evidence* (neighbours, candidate
-votes and inlier counts), so evaluation can store the evidence once and
-re-decide under other thresholds in milliseconds (``tune-threshold``).
+The decision is a pure function of a query's *evidence* (neighbours, candidate votes and the inlier counts of
+every matcher that ran), in :mod:`retrieval.decision`, so evaluation can store the evidence once and
+re-decide under other thresholds in milliseconds (``tune-threshold``); the confidence bands are documented
+there.
 
-Confidence bands (documented in the README):
-- a verified answer (best inliers >= inlier_threshold) gets a confidence in [0.5, 1]:
-  ``0.5 + 0.5 * ((1 - w) * min(inliers, cap) / cap + w * sim)``;
-- an unverified guess (the top-voted candidate) gets ``0.49 * sim`` in [0, 0.49]: ranked
-  below every verified answer, it can only add correct predictions at the tail of
-  the GAP ranking. ``recognize`` shows it as "no landmark"; a submission may keep it.
-Here ``sim`` is the candidate's best cosine similarity after the distractor discount.
+The cascade: the index's primary local features (RootSIFT by default, cheap) verify every candidate first;
+only a query they leave unresolved (:func:`resolved`) goes to the second, learned matcher (XFeat +
+LighterGlue or ALIKED + LightGlue, from a secondary local set of the index: ``--local-conf rootsift+xfeat``),
+on the first ``cascade_pairs`` candidates in candidate order. Most real queries show no landmark and are never
+resolved by RootSIFT, so ``cascade_pairs`` is what bounds the cost of every query.
 """
 from __future__ import annotations
 
@@ -19,15 +18,18 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from index.database import IndexDatabase
 
-from .defaults import EXTRACTOR_DEFAULTS, DEFAULT_RECOGNITION_CONF
+from .decision import (  # noqa: F401 (re-exported: the decision's public names, as before)
+    DECISION_KEYS, GUESS_SCALE, VERIFIED_BASE, Candidate, CandidateArrays, ConfidenceModel, Evidence, Prediction,
+    decide, decide_many, global_only, submission_answer, threshold_sweep, verified_confidence,
+)
+from .defaults import CASCADE_DEFAULTS, DEFAULT_RECOGNITION_CONF, EXTRACTOR_DEFAULTS
 from .extract import DEFAULT_LOCAL_IMAGE_SIZE, FeatureExtractor, Features
 from .image_io import ImageError, load_image
 from .local_features import LocalExtractor, LocalFeatures, extractors, local_confs, make_local_extractor
@@ -35,21 +37,16 @@ from .matching import default_match_conf_for, resolve_match_conf, verify_many
 
 logger = logging.getLogger(__name__)
 
-VERIFIED_BASE = 0.5  # confidences >= this are verified answers
-GUESS_SCALE = 0.49  # unverified guesses get GUESS_SCALE * sim < VERIFIED_BASE
-
 CANDIDATE_SCORES = ("best", "top2", "sum")
-
-# The decision parameters that tune-threshold may sweep and store in the manifest under "thresholds".
-DECISION_KEYS = ("inlier_threshold", "inlier_cap", "vote_weight", "min_margin")
 
 
 def resolve_recognition_conf(overrides: Mapping[str, Any] | None = None, base: Mapping[str, Any] | None = None,
-                             extractor: str | None = None) -> dict[str, Any]:
-    """Defaults <- the decisions calibrated for the local ``extractor`` <- ``base`` (e.g. the index manifest's
-    tuned thresholds) <- non-None ``overrides``; validated."""
+                             extractor: str | None = None, second: str | None = None) -> dict[str, Any]:
+    """Defaults <- the decisions calibrated for the local ``extractor`` <- those of the cascade's ``second``
+    extractor <- ``base`` (e.g. the index manifest's tuned thresholds) <- non-None ``overrides``; validated."""
     conf = copy.deepcopy(DEFAULT_RECOGNITION_CONF)
-    for source in (EXTRACTOR_DEFAULTS.get(extractor or "", {}), base or {}, overrides or {}):
+    for source in (EXTRACTOR_DEFAULTS.get(extractor or "", {}), CASCADE_DEFAULTS.get(second or "", {}), base or {},
+                   overrides or {}):
         for key, value in source.items():
             if value is None:
                 continue
@@ -73,12 +70,23 @@ def resolve_recognition_conf(overrides: Mapping[str, Any] | None = None, base: M
         ("alpha", conf["alpha"] > 0, "must be > 0"),
         ("distractor_k", conf["distractor_k"] >= 1, "must be >= 1"),
         ("cache_mb", conf["cache_mb"] >= 0, "must be >= 0"),
+        ("cascade", conf["cascade"] in ("auto", "none") or conf["cascade"] in local_confs,
+         f"must be auto, none or a local configuration ({', '.join(local_confs)})"),
+        ("cascade_pairs", conf["cascade_pairs"] >= 0, "must be >= 0"),
+        ("cascade_threshold", conf["cascade_threshold"] >= 0, "must be >= 0"),
+        ("cascade_resolve_inliers", conf["cascade_resolve_inliers"] >= 0, "must be >= 0"),
+        ("cascade_resolve_margin", conf["cascade_resolve_margin"] >= 1, "must be >= 1"),
     ]
     on_demand = local_confs.get(conf["on_demand_local"])
     checks.append(("on_demand_local", on_demand is not None and not extractors[on_demand["extractor"]].needs_pca,
                    "must name a local configuration that needs no fitted PCA (delf's PCA is fitted on an index's "
                    f"stored features; build the index with --local-conf delf instead): one of "
                    f"{', '.join(n for n, lc in local_confs.items() if not extractors[lc['extractor']].needs_pca)}"))
+    if conf["confidence_model"] is not None:
+        try:
+            ConfidenceModel.from_json(conf["confidence_model"])
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"confidence_model = {conf['confidence_model']!r} is not a fitted model: {exc}") from None
     if conf["confirm_inliers"] is not None:
         checks.append(("confirm_inliers", conf["confirm_inliers"] >= 1, "must be >= 1 (or None)"))
     for key, ok, why in checks:
@@ -93,62 +101,54 @@ def index_local_extractor(manifest: Mapping[str, Any]) -> str:
     return str(local.get("extractor") or DEFAULT_RECOGNITION_CONF["on_demand_local"])
 
 
-# ----------------------------------------------------------------------------- evidence and decision
+
+def index_decision_conf(db: IndexDatabase, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The recognition conf a :class:`Recognizer` of this index would resolve (no model loaded): the defaults
+    calibrated for its primary and cascade extractors, its tuned thresholds, then ``overrides``."""
+    tuned = db.manifest.get("thresholds") or {}
+    first = resolve_recognition_conf(overrides, tuned)
+    _, second = cascade_set(db, first["cascade"])
+    return resolve_recognition_conf(overrides, tuned, index_local_extractor(db.manifest), (second or {}).get("extractor"))
 
 
-@dataclass
-class Candidate:
-    """A landmark proposed by kNN voting, with its verification result."""
-
-    landmark_id: str
-    vote: float  # the per-landmark score that ranks candidates (conf "candidate_score")
-    sim: float  # best neighbour similarity after the distractor discount
-    inliers: int = 0  # best RANSAC inlier count over the verified images (0 if none verified)
-    best_match_id: str | None = None  # reference image with the most inliers (else the most similar)
-    verified_refs: int = 0  # how many of its images were verified
-    raw_sim: float = 0.0  # best neighbour similarity before the discount (orders candidates the discount zeroed)
+def index_local_sets(db: IndexDatabase) -> dict[str, dict[str, Any]]:
+    """The index's secondary local feature sets: name -> extractor conf (none for an index without them)."""
+    getter = getattr(db, "local_sets", None)
+    return dict(getter()) if getter is not None else {}
 
 
-@dataclass
-class Evidence:
-    """Everything the decision needs for one query (JSON-serialisable)."""
+def cascade_set(db: IndexDatabase, cascade: str) -> tuple[str | None, dict[str, Any] | None]:
+    """(name, extractor conf) of the cascade's second local set, or (None, None) for no cascade.
 
-    neighbours: list[tuple[str, str, float]]  # (id, landmark_id or "", cosine)
-    candidates: list[Candidate]
-    discount: float = 0.0  # mean similarity to the nearest non-landmark references
+    ``cascade``: "auto" (the index's first secondary set; none when it has none), "none", or a name of
+    :data:`~retrieval.local_features.local_confs` (the index's stored set of that name, else that conf with
+    reference features extracted on demand and cached: slow, for experiments).
+    """
+    sets = index_local_sets(db)
+    if cascade == "none":
+        return None, None
+    if cascade == "auto":
+        if not sets:
+            return None, None
+        name = next(iter(sets))
+        return name, sets[name]
+    return cascade, sets.get(cascade) or local_confs[cascade]
 
-    def to_json(self) -> dict[str, Any]:
-        return {"neighbours": self.neighbours, "candidates": [asdict(c) for c in self.candidates], "discount": self.discount}
 
-    @classmethod
-    def from_json(cls, obj: Mapping[str, Any]) -> "Evidence":
-        return cls([tuple(n) for n in obj["neighbours"]], [Candidate(**c) for c in obj["candidates"]], obj.get("discount", 0.0))
+def resolved(cands: Sequence[Candidate], conf: Mapping[str, Any]) -> bool:
+    """Whether the primary matcher settled the query, so the cascade's second matcher need not run: its best
+    candidate has ``cascade_resolve_inliers`` inliers and ``cascade_resolve_margin`` times any other's.
+
+    Evidence parameters of their own (not the tunable ``inlier_threshold``/``min_margin``), so that the
+    evidence ``evaluate`` stores is the evidence ``predict`` computes after ``tune-threshold``."""
+    counts = sorted((c.inliers for c in cands if c.verified_refs), reverse=True)
+    if not counts:
+        return False
+    runner = counts[1] if len(counts) > 1 else 0
+    return counts[0] >= conf["cascade_resolve_inliers"] and counts[0] >= conf["cascade_resolve_margin"] * runner
 
 
-@dataclass
-class Prediction:
-    """The answer for one query: a landmark (or None) and a confidence."""
-
-    landmark_id: str | None
-    confidence: float
-    inliers: int
-    verified: bool
-    guess: str | None = None  # the unverified top-voted landmark when landmark_id is None
-    candidates: list[Candidate] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def to_json(self, image: str | None = None) -> dict[str, Any]:
-        out = {
-            "image": image,
-            "landmark_id": self.landmark_id,
-            "confidence": round(self.confidence, 6),
-            "inliers": self.inliers,
-            "candidates": [
-                {"landmark_id": c.landmark_id, "vote": round(c.vote, 6), "inliers": c.inliers, "best_match_id": c.best_match_id}
-                for c in self.candidates
-            ],
-        }
-        return out
+# ----------------------------------------------------------------------------- voting
 
 
 def vote(
@@ -187,154 +187,6 @@ def vote(
     return sorted(cands, key=lambda c: (-c.vote, -c.sim, -c.raw_sim, c.landmark_id))
 
 
-def verified_confidence(inliers: Any, sim: Any, inlier_cap: float, vote_weight: float) -> Any:
-    """Confidence of a verified answer in [0.5, 1] (scalars or arrays): inliers (capped) and similarity mixed."""
-    return VERIFIED_BASE + 0.5 * ((1 - vote_weight) * np.minimum(inliers, inlier_cap) / inlier_cap
-                                  + vote_weight * np.minimum(sim, 1.0))
-
-
-def decide(evidence: Evidence, inlier_threshold: float = 20, inlier_cap: float = 100, vote_weight: float = 0.5,
-           min_margin: float = 1.0) -> Prediction:
-    """The final answer from a query's evidence (pure; see the module docstring for the bands).
-
-    A candidate is verified when its inliers reach ``inlier_threshold`` and, with ``min_margin`` > 1, are
-    at least ``min_margin`` times the inliers of every other candidate (a repetitive facade of another
-    landmark may collect many inliers, but fewer than the true landmark). Otherwise the answer is the
-    unverified guess: the top-scored candidate, ranked below every verified answer.
-    """
-    cands = evidence.candidates
-    if not cands:
-        return Prediction(None, 0.0, 0, False, candidates=cands)
-    verified = [c for c in cands if c.verified_refs > 0 and c.inliers >= inlier_threshold]
-    if verified:
-        def conf(c: Candidate) -> float:
-            return float(verified_confidence(c.inliers, c.sim, inlier_cap, vote_weight))
-        best = max(verified, key=lambda c: (conf(c), c.inliers, c.vote, c.landmark_id))
-        runner_up = max((c.inliers for c in cands if c is not best), default=0)
-        if best.inliers >= min_margin * runner_up:
-            return Prediction(best.landmark_id, conf(best), best.inliers, True, candidates=cands)
-    top = cands[0]
-    return Prediction(None, GUESS_SCALE * min(top.sim, 1.0), max(c.inliers for c in cands), False, guess=top.landmark_id, candidates=cands)
-
-
-def global_only(evidence: Evidence) -> tuple[str, float] | None:
-    """Baseline without verification: the top-voted landmark with its similarity as confidence."""
-    if not evidence.candidates:
-        return None
-    top = evidence.candidates[0]
-    return top.landmark_id, float(top.sim)
-
-
-def submission_answer(pred: Prediction, keep_guesses: bool = True) -> tuple[str, float] | None:
-    """What a Kaggle submission row holds: the verified answer, else (optionally) the low-confidence guess."""
-    if pred.landmark_id is not None:
-        return pred.landmark_id, pred.confidence
-    if keep_guesses and pred.guess is not None:
-        return pred.guess, pred.confidence
-    return None
-
-
-@dataclass
-class CandidateArrays:
-    """The candidates of many queries as padded ``(Q, C)`` arrays, to decide every query at once.
-
-    :func:`decide_many` gives the same answers as :func:`decide` query by query (tested), in a few vectorised
-    passes: ``tune-threshold`` re-decides 100,000 queries for hundreds of parameter values in seconds.
-    """
-
-    landmarks: np.ndarray  # (Q, C) object: landmark ids ("" = padding)
-    inliers: np.ndarray  # (Q, C) float64
-    verified: np.ndarray  # (Q, C) bool: at least one image of the candidate was verified
-    sim: np.ndarray  # (Q, C) float64: best similarity after the discount
-    valid: np.ndarray  # (Q, C) bool: a real candidate (not padding)
-    tie_rank: np.ndarray  # (Q, C) int: order by (inliers, vote, landmark id), the tie-break of decide()
-
-    def runner_up(self, best: np.ndarray) -> np.ndarray:
-        """(Q,) the most inliers among each query's candidates other than column ``best`` (padding counts 0)."""
-        inl = np.where(self.valid, self.inliers, 0.0)
-        first = np.argmax(inl, axis=1)
-        second = np.partition(inl, -2, axis=1)[:, -2] if inl.shape[1] > 1 else np.zeros(len(inl))
-        return np.where(best == first, second, inl[np.arange(len(inl)), first])
-
-    @classmethod
-    def from_candidates(cls, rows: Sequence[Sequence[Mapping[str, Any]] | None]) -> "CandidateArrays":
-        """From each query's candidate dicts (``Candidate`` fields, as in evidence JSON; None: no evidence)."""
-        q = len(rows)
-        c = max([len(r) for r in rows if r] or [1])
-        out = cls(np.full((q, c), "", dtype=object), np.zeros((q, c)), np.zeros((q, c), bool), np.zeros((q, c)),
-                  np.zeros((q, c), bool), np.zeros((q, c), np.int64))
-        for i, cands in enumerate(rows):
-            if not cands:
-                continue
-            n = len(cands)
-            out.landmarks[i, :n] = [str(x["landmark_id"]) for x in cands]
-            out.inliers[i, :n] = [x["inliers"] for x in cands]
-            out.verified[i, :n] = [x["verified_refs"] > 0 for x in cands]
-            out.sim[i, :n] = [x["sim"] for x in cands]
-            out.valid[i, :n] = True
-            order = sorted(range(n), key=lambda j: (cands[j]["inliers"], cands[j]["vote"], str(cands[j]["landmark_id"])))
-            out.tie_rank[i, order] = np.arange(1, n + 1)
-        return out
-
-
-def decide_many(arrays: CandidateArrays, inlier_threshold: float = 20, inlier_cap: float = 100, vote_weight: float = 0.5,
-                min_margin: float = 1.0, keep_guesses: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`decide` + :func:`submission_answer` for every query at once.
-
-    Returns ``(column, confidence, verified)``: the chosen candidate's column per query (-1: no answer), its
-    confidence (NaN: no answer) and whether it is a verified answer (else a guess, kept when ``keep_guesses``).
-    """
-    a = arrays
-    rows = np.arange(len(a.valid))
-    ok = a.valid & a.verified & (a.inliers >= inlier_threshold)
-    conf = verified_confidence(a.inliers, a.sim, inlier_cap, vote_weight)
-    masked = np.where(ok, conf, -np.inf)
-    top = masked.max(axis=1, initial=-np.inf)
-    best = np.argmax(np.where(ok & (masked == top[:, None]), a.tie_rank, -1), axis=1)  # ties: decide()'s key
-    # runner-up: the most inliers among the other candidates (padding counts 0, as a missing candidate)
-    runner = a.runner_up(best)
-    verified = ok.any(axis=1) & (a.inliers[rows, best] >= min_margin * runner)
-    guess = a.valid[:, 0] & keep_guesses
-    column = np.where(verified, best, np.where(guess, 0, -1))
-    confidence = np.where(verified, conf[rows, best], np.where(guess, GUESS_SCALE * np.minimum(a.sim[:, 0], 1.0), np.nan))
-    return column, confidence, verified
-
-
-def threshold_sweep(arrays: CandidateArrays, thresholds: Sequence[float], inlier_cap: float = 100, vote_weight: float = 0.5,
-                    min_margin: float = 1.0, keep_guesses: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """:func:`decide_many` for each inlier threshold in turn (same outputs, tested), sharing the work.
-
-    Raising the threshold only shrinks each query's verified set from the bottom: with candidates sorted by
-    inliers, the best verified one is a running maximum of decide()'s key along that order, so each threshold
-    costs one comparison per candidate instead of a full decision.
-    """
-    a = arrays
-    q, c = a.valid.shape
-    rows = np.arange(q)
-    conf = verified_confidence(a.inliers, a.sim, inlier_cap, vote_weight)
-    usable = a.valid & a.verified
-    inl = np.where(usable, a.inliers, -np.inf)  # never reaches a threshold >= 0
-    order = np.argsort(-inl, axis=1, kind="stable")
-    inl_sorted = np.take_along_axis(inl, order, axis=1)
-    # decide()'s key (confidence, then the tie rank) as an integer rank per row; prefix maxima along `order`
-    key = np.lexsort((a.tie_rank.ravel(), np.where(usable, conf, -np.inf).ravel(), np.repeat(rows, c))).argsort().reshape(q, c)
-    key_sorted = np.take_along_axis(np.where(usable, key, -1), order, axis=1)
-    best_key = np.maximum.accumulate(key_sorted, axis=1)
-    col_of_key = np.full(q * c, 0, np.int64)
-    col_of_key[key.ravel()] = np.tile(np.arange(c), q)
-    guess = a.valid[:, 0] & keep_guesses
-    guess_conf = GUESS_SCALE * np.minimum(a.sim[:, 0], 1.0)
-    for t in thresholds:
-        count = (inl_sorted >= t).sum(axis=1)
-        has = count > 0
-        k = best_key[rows, np.maximum(count - 1, 0)]
-        best = col_of_key[np.maximum(k, 0)]
-        runner = a.runner_up(best)
-        verified = has & (a.inliers[rows, best] >= min_margin * runner)
-        column = np.where(verified, best, np.where(guess, 0, -1))
-        confidence = np.where(verified, conf[rows, best], np.where(guess, guess_conf, np.nan))
-        yield column, confidence, verified
-
 
 # ----------------------------------------------------------------------------- the recognizer
 
@@ -345,14 +197,14 @@ class _LRU:
     def __init__(self, max_bytes: int):
         self.max_bytes = int(max_bytes)
         self.bytes = 0
-        self.data: OrderedDict[int, LocalFeatures] = OrderedDict()
+        self.data: OrderedDict[Any, LocalFeatures] = OrderedDict()
         self.lock = threading.Lock()
 
     @staticmethod
     def _size(value: LocalFeatures) -> int:
         return sum(a.nbytes for a in (value.keypoints, value.scales, value.scores, value.descriptors))
 
-    def get(self, key: int, make: Callable[[], LocalFeatures]) -> LocalFeatures:
+    def get(self, key: Any, make: Callable[[], LocalFeatures]) -> LocalFeatures:
         with self.lock:
             if key in self.data:
                 self.data.move_to_end(key)
@@ -388,12 +240,22 @@ class Recognizer:
             fx.local_image_size = DEFAULT_LOCAL_IMAGE_SIZE
         self.local: LocalExtractor = fx.local_extractor
         self.local_image_size = fx.local_image_size
-        # the decision defaults calibrated for this extractor's inlier scale, under the tuned values
-        self.conf = resolve_recognition_conf(conf, tuned, self.local.conf.get("extractor"))
+        # The cascade's second matcher: a secondary local set of the index ("auto"), or a named one.
+        self.second_name, second_conf = cascade_set(db, self.conf["cascade"])
+        second_extractor = (second_conf or {}).get("extractor")
+        # the decision defaults calibrated for these extractors' inlier scales, under the tuned values
+        self.conf = resolve_recognition_conf(conf, tuned, self.local.conf.get("extractor"), second_extractor)
         if not self.match_conf:
             # Each local extractor has a matcher tuned to it (aliked -> lightglue, xfeat -> lighterglue,
             # rootsift -> mnn+ratio, delf -> a looser reprojection threshold for its stride-16 grid).
             self.match_conf = default_match_conf_for(self.local.conf)
+        self.second: LocalExtractor | None = None
+        self.second_match_conf: dict[str, Any] = {}
+        self.second_stored = False
+        if self.second_name is not None and int(self.conf["cascade_pairs"]) > 0:
+            self.second = make_local_extractor(second_conf, device=device)
+            self.second_match_conf = default_match_conf_for(self.second.conf)
+            self.second_stored = self.second_name in index_local_sets(db)
         self._cache = _LRU(int(self.conf["cache_mb"] * 2**20))
         # lazily read columns: indexing reads just those rows (no per-row strings for the whole index)
         self._ids = db.column("id")
@@ -412,8 +274,16 @@ class Recognizer:
         return cls(db, fx, overrides, match_conf=match_conf, device=device)
 
     # -- features
-    def _reference_local(self, row: int) -> LocalFeatures:
-        if self.stored_local:
+    def _reference_local(self, row: int, second: bool = False) -> LocalFeatures:
+        """A reference's local features of the primary set (or the cascade's second set): stored in the index,
+        else extracted on demand from its image (cached in memory, bounded in bytes)."""
+        extractor = self.second if second else self.local
+        assert extractor is not None
+        if second and self.second_stored:
+            stored = self.db.local_features(row, self.second_name)
+            if stored is not None:
+                return LocalFeatures.unpack(*stored, self.db.local_image_size(row, self.second_name))
+        elif not second and self.stored_local:
             stored = self.db.local_features(row)
             if stored is not None:
                 return LocalFeatures.unpack(*stored, self.db.local_image_size(row))
@@ -423,14 +293,21 @@ class Recognizer:
                 image, _ = load_image(self._paths[row], max_side=self.local_image_size)
             except ImageError as exc:
                 logger.warning("reference %s cannot be verified: %s", self._ids[row], exc)
-                return LocalFeatures.empty(self.local.dim)
-            return self.local.extract(image)  # detection-pixel keypoints, like the stored ones
+                return LocalFeatures.empty(extractor.dim)
+            return extractor.extract(image)  # detection-pixel keypoints, like the stored ones
 
-        return self._cache.get(row, make)
+        return self._cache.get((int(second), row), make)
 
     # -- evidence
     def evidence(self, features: Features, verify: bool = True, early_exit: bool = True) -> tuple[Evidence, dict[str, float]]:
-        """Search, vote and (optionally) verify; returns the query's evidence and timings."""
+        """Search, vote and (optionally) verify; returns the query's evidence and timings.
+
+        Verification is a cascade: the primary matcher verifies each candidate's best ``refs_per_candidate``
+        images; when it leaves the query unresolved (:func:`resolved`) and the recognizer has a second
+        matcher, that one verifies the first image of the first ``cascade_pairs`` candidates, in candidate
+        order. ``early_exit=False`` ignores ``confirm_inliers`` (show-matches draws every pair); evaluate and
+        predict both keep it, so that they decide on the same evidence.
+        """
         c = self.conf
         timings: dict[str, float] = {}
         start = time.perf_counter()
@@ -473,7 +350,28 @@ class Recognizer:
             if res.inliers > cand.inliers or cand.best_match_id is None:
                 cand.inliers = int(res.inliers)
                 cand.best_match_id = id_of[row]
+        if self.second is not None and features.local_image is not None and not resolved(cands, c):
+            self._second_stage(features, cands, per_cand, id_of, timings)
         return evidence, timings
+
+    def _second_stage(self, features: Features, cands: list[Candidate], per_cand: Mapping[str, list[int]],
+                      id_of: Mapping[int, str], timings: dict[str, float]) -> None:
+        """The cascade's learned matcher on the first image of the first ``cascade_pairs`` candidates."""
+        assert self.second is not None
+        start = time.perf_counter()
+        query2 = self.second.extract(features.local_image)
+        timings["local2"] = time.perf_counter() - start
+        pairs = [(cand, per_cand[cand.landmark_id][0]) for cand in cands[: int(self.conf["cascade_pairs"])]]
+        start = time.perf_counter()
+        results = verify_many(query2, [lambda row=row: self._reference_local(row, second=True) for _, row in pairs],
+                              self.second_match_conf)
+        timings["verify2"] = time.perf_counter() - start
+        timings["pairs2"] = float(len(pairs))
+        for (cand, row), res in zip(pairs, results):
+            if res is not None:
+                cand.verified_refs2 += 1
+                cand.inliers2 = int(res.inliers)
+                cand.best_match_id2 = id_of[row]
 
     def distractor_discount(self, global_desc: np.ndarray) -> float:
         """Mean similarity of a query to its ``distractor_k`` nearest non-landmark references (0 if none).

@@ -1,0 +1,45 @@
+"""One decision for evaluate and predict: for every local configuration (the registry, each with its default
+matcher, and a matcher cascade), predict's submission equals evaluate's predictions on the same index, queries
+and parameters, so the GAP evaluate reports and tune-threshold optimises is the GAP of what predict ships."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+from eval.metrics import gap
+from eval.queries import read_solution, read_submission, solution_dict
+from retrieval.local_features import local_confs
+from tests.conftest import FAST_BUILD
+
+runner = CliRunner()
+
+# (local conf built into the index, extra recognition options): every registered local configuration, and
+# RootSIFT with the XFeat + LighterGlue cascade (reference features of the second matcher on demand).
+CASES = [(name, []) for name in sorted(local_confs)] + [("rootsift", ["--cascade", "xfeat"])]
+
+
+@pytest.mark.parametrize("local, extra", CASES, ids=[c[0] + ("+cascade" if c[1] else "") for c in CASES])
+def test_predict_ships_what_evaluate_scores(demo_data, tmp_path, local, extra):
+    index = tmp_path / "index"
+    built = runner.invoke(app, ["build-index", "--train", str(demo_data.train_csv), "--images", str(demo_data.images_dir),
+                                "--index", str(index), "--local-conf", local, *FAST_BUILD])
+    assert built.exit_code == 0, built.output
+    params = ["--candidates", "4", "--inlier-threshold", "8", *extra]
+    report_dir = tmp_path / "report"
+    ev = runner.invoke(app, ["evaluate", "--index", str(index), "--queries", str(demo_data.holdout_csv),
+                             "--images", str(demo_data.images_dir), "--out", str(report_dir), *params])
+    assert ev.exit_code == 0, ev.output
+    sub = tmp_path / "submission.csv"
+    pr = runner.invoke(app, ["predict", "--index", str(index), "--queries", str(demo_data.holdout_csv),
+                             "--images", str(demo_data.images_dir), "--out", str(sub), *params])
+    assert pr.exit_code == 0, pr.output
+    assert sub.read_text() == (report_dir / "predictions.csv").read_text()
+    report = json.loads((report_dir / "report.json").read_text())
+    solution = solution_dict(read_solution(demo_data.holdout_csv))
+    assert round(gap(read_submission(sub), solution), 3) == round(report["gap"], 3)
+    if extra:  # the cascade ran where RootSIFT left a query unresolved, and its inliers are in the evidence
+        records = [json.loads(line) for line in (report_dir / "evidence.jsonl").read_text().splitlines()[1:]]
+        assert any(c["verified_refs2"] for r in records if r["evidence"] for c in r["evidence"]["candidates"])
