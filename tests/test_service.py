@@ -315,6 +315,9 @@ def test_build_index_while_serving_then_reload(index_copy, demo_data, queries, t
 
 def test_serve_command(tmp_path, built_index, monkeypatch):
     result = runner.invoke(cli_app, ["serve", "--index", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and "nope does not exist" in result.output
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(cli_app, ["serve", "--index", str(tmp_path / "empty")])
     assert result.exit_code == 2 and "not an index directory" in result.output
     calls = []
     import service.app
