@@ -125,6 +125,7 @@ def create_app(index_dir: str | Path | None = None, limits: Limits | None = None
         version=_version(),
         summary="Landmark recognition by retrieval: upload a photo, get the landmark (or 'no landmark') and its evidence.",
         lifespan=lifespan,
+        generate_unique_id_function=lambda route: route.name,  # operationIds: recognize, result, matches, ...
     )
     app.add_middleware(BodyLimit, max_bytes=limits.max_upload_bytes)
     app.add_exception_handler(HTTPException, _http_error)

@@ -27,6 +27,7 @@ import threading
 import time
 import uuid
 import weakref
+from collections import Counter
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,7 @@ class GlobalBatcher:
         self._queue: queue.Queue = queue.Queue()
         self.batches = 0
         self.items = 0
+        self.sizes: Counter[int] = Counter()  # batches by number of images
         self._thread = threading.Thread(target=self._run, name="global-batcher", daemon=True)
         self._thread.start()
 
@@ -115,6 +117,7 @@ class GlobalBatcher:
                 per_image = (time.perf_counter() - start) / len(group)
                 self.batches += 1
                 self.items += len(group)
+                self.sizes[len(group)] += 1
                 for e, d in zip(group, descs):
                     e[2].set_result((d, per_image))
 
@@ -347,6 +350,7 @@ class Engine:
                     "max_batch": self.batcher.max_batch if self.batcher else 1,
                     "batches": (self.batcher.batches if self.batcher else 0) + self._direct[0],
                     "images": (self.batcher.items if self.batcher else 0) + self._direct[0],
+                    "largest": max(self.batcher.sizes, default=0) if self.batcher else min(self._direct[0], 1),
                 },
             }
 

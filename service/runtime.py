@@ -115,23 +115,39 @@ def check_params(request: Request, allowed: set[str]) -> None:
         raise ServiceError(422, f"unknown parameter {unknown[0]!r}; valid: {valid}")
 
 
-async def read_images(request: Request, max_files: int | None = None) -> list[tuple[str | None, bytes]]:
+async def read_images(request: Request, max_files: int | None = None,
+                      max_bytes: int = 20 * 2**20) -> list[tuple[str | None, bytes]]:
     """(file name, bytes) of the uploads in the multipart field ``image``: one, or 1..``max_files`` with ``max_files``.
 
-    Raises 422 for a missing or unknown field or a field that is not a file, 413 for too many files
-    (a malformed multipart body is a 400 from Starlette).
+    A part without a file name (``curl -F image=<photo.jpg``) is a photo too. Raises 422 for a missing or
+    unknown field, 413 for too many files (a malformed multipart body is a 400 from Starlette).
     """
-    form = await request.form()
+    form = await request.form(max_part_size=max_bytes)
     unknown = sorted(set(form.keys()) - {"image"})
     if unknown:
         raise ServiceError(422, f"unknown form field {unknown[0]!r}; send the photo as the field 'image'")
     uploads = form.getlist("image")
     if not uploads:
         raise ServiceError(422, "missing field 'image' (send the photo as multipart form field 'image')")
-    if any(not isinstance(u, UploadFile) for u in uploads):
-        raise ServiceError(422, "image: expected a file upload (multipart form field 'image' with a file name)")
     if max_files is None and len(uploads) > 1:
         raise ServiceError(422, "send one photo as 'image' (several: POST /recognize/batch)")
     if max_files is not None and len(uploads) > max_files:
         raise ServiceError(413, f"{len(uploads)} images in one batch; at most {max_files}")
-    return [(u.filename, await u.read()) for u in uploads]
+    return [(u.filename, await u.read()) if isinstance(u, UploadFile) else (None, _field_bytes(u)) for u in uploads]
+
+
+def _field_bytes(value: str) -> bytes:
+    """The bytes of a multipart part that had no file name, which Starlette hands over decoded as text.
+
+    Starlette decodes such a part as UTF-8, or as Latin-1 when it is not UTF-8 (every JPEG and PNG, whose
+    first byte is never valid UTF-8); Latin-1 gives back the exact bytes.
+    """
+    try:
+        raw = value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value.encode("utf-8")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw  # not UTF-8: it was decoded as Latin-1
+    return value.encode("utf-8")

@@ -11,6 +11,8 @@ from typing import Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from retrieval.image_io import DEFAULT_MIN_SIDE
+
 IMAGE_TYPES = "image/jpeg, image/png"  # documented upload types (anything OpenCV/Pillow decodes is accepted)
 
 
@@ -122,7 +124,8 @@ POOL_ERRORS = (503, 504)
 def upload_body(many: bool, max_files: int) -> dict[str, Any]:
     """``openapi_extra`` of an upload route: a multipart body whose field ``image`` holds one photo (or 1..max_files)."""
     photo = {"type": "string", "format": "binary", "minLength": 1,
-             "description": "The photo (JPEG, PNG, or another format OpenCV/Pillow decodes); not empty"}
+             "description": f"The photo (JPEG, PNG, or another format OpenCV/Pillow decodes): not empty, its shorter "
+                            f"side at least {DEFAULT_MIN_SIDE} px (a smaller or unreadable image is answered 400)"}
     image = ({"type": "array", "items": photo, "minItems": 1, "maxItems": max_files,
               "description": f"The photos, the field repeated, 1 to {max_files}"} if many else photo)
     return {

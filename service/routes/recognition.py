@@ -22,13 +22,19 @@ def make_router(max_batch_files: int) -> APIRouter:
         responses={
             200: {"model": Recognition, "description": "The answer; header X-Request-Id names it for /matches and /results",
                   "headers": {"X-Request-Id": {"schema": {"type": "string"}, "description": "The answer's id"},
-                              "Link": {"schema": {"type": "string"}, "description": "The match picture's URL"}}},
+                              "Link": {"schema": {"type": "string"}, "description": "The match picture's URL"}},
+                  "links": {
+                      "result": {"operationId": "result", "parameters": {"rid": "$response.header.X-Request-Id"},
+                                 "description": "The answer with its nearest references"},
+                      "matches": {"operationId": "matches", "parameters": {"rid": "$response.header.X-Request-Id"},
+                                  "description": "The answer's match picture"},
+                  }},
             **errors(400, 413, *COMMON_ERRORS, *POOL_ERRORS),
         },
     )
     async def recognize(request: Request, svc: Service = Depends(get_service)) -> JSONResponse:
         check_params(request, set())
-        ((filename, data),) = await read_images(request)
+        ((filename, data),) = await read_images(request, max_bytes=svc.limits.max_upload_bytes)
         try:
             rid, obj = await svc.run(svc.engine.recognize, data, filename)
         except BadImage as exc:
@@ -48,7 +54,7 @@ def make_router(max_batch_files: int) -> APIRouter:
     )
     async def recognize_batch(request: Request, svc: Service = Depends(get_service)) -> JSONResponse:
         check_params(request, set())
-        uploads = await read_images(request, max_files=max_batch_files)
+        uploads = await read_images(request, max_files=max_batch_files, max_bytes=svc.limits.max_upload_bytes)
 
         async def one(name: str | None, data: bytes) -> tuple[str, dict[str, Any]]:
             try:
@@ -62,13 +68,16 @@ def make_router(max_batch_files: int) -> APIRouter:
     @router.post(
         "/neighbours", summary="Nearest reference images (JSON as `landmarks query --json`)",
         response_model=None, openapi_extra=upload_body(many=False, max_files=1),
-        responses={200: {"model": Neighbours, "description": "The k nearest references, nearest first"},
+        responses={200: {"model": Neighbours, "description": "The k nearest references, nearest first",
+                         "links": {"thumbnail": {"operationId": "thumbnail",
+                                                 "parameters": {"ref_id": "$response.body#/neighbours/0/id"},
+                                                 "description": "A thumbnail of the nearest reference"}}},
                    **errors(400, 413, *COMMON_ERRORS, *POOL_ERRORS)},
     )
     async def neighbours(request: Request, k: int = Query(10, ge=1, le=MAX_K, description="Number of neighbours"),
                          svc: Service = Depends(get_service)) -> Any:
         check_params(request, {"k"})
-        ((filename, data),) = await read_images(request)
+        ((filename, data),) = await read_images(request, max_bytes=svc.limits.max_upload_bytes)
         try:
             return await svc.run(svc.engine.neighbours, data, filename, k)
         except BadImage as exc:
