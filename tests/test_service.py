@@ -194,6 +194,9 @@ def test_request_shape_errors(client, queries):
     resp = client.post("/recognize", files=[("image", (name, data)), ("other", ("o.txt", b"1"))])
     assert "other" in assert_one_line_error(resp, 422)
     assert "batch" in assert_one_line_error(client.post("/recognize", files=[("image", (name, data))] * 2), 422)
+    # a part without a file name (curl -F image=<photo.jpg) is a photo too
+    unnamed = client.post("/recognize", files={"image": (None, data, "image/jpeg")})
+    assert unnamed.status_code == 200 and unnamed.json() == {**post(client, "/recognize", name, data).json(), "image": "upload"}
     assert_one_line_error(client.get("/recognize"), 405)
     assert_one_line_error(client.get("/nowhere"), 404)
     assert_one_line_error(client.post("/recognize/batch", files=[("image", (name, data))] * 40), 413)
