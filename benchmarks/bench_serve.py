@@ -1,6 +1,9 @@
 """Service benchmark: requests/s and p50/p95 latency of ``landmarks serve`` at 1, 4 and 16 concurrent clients,
 next to the same photos through the Python API in-process (``Recognizer.recognize`` in a loop).
 
+Then ``--reloads`` POST /reload under 4 clients: the server's RSS before and after, which stays flat
+(a replaced index snapshot is closed when its requests end; the models are shared across reloads).
+
 The ratio service/in-process shows what HTTP, multipart upload, the thread pool and JSON cost (target >= 0.8
 at 4 clients). All traffic goes to 127.0.0.1; each level is bounded by a request count and a time limit.
 Without --index, a synthetic collection is generated and indexed first (RootSIFT, as the demo).
@@ -89,6 +92,34 @@ def load_level(url: str, payloads: list[tuple[str, bytes]], clients: int, n_requ
     return {"clients": clients, "requests": len(lat), "errors": errors[0], "rps": len(lat) / wall, "p50_ms": p50, "p95_ms": p95}
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process (Linux /proc; NaN elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:")) / 1024
+    except (OSError, StopIteration):
+        return float("nan")
+
+
+def reload_level(url: str, payloads: list[tuple[str, bytes]], pid: int, reloads: int, max_seconds: float) -> dict:
+    """``reloads`` POST /reload while 4 clients recognise: the server's RSS before and after, snapshots left open."""
+    before = rss_mb(pid)
+    result: dict = {}
+    traffic = threading.Thread(target=lambda: result.update(load_level(url, payloads, 4, 10**9, max_seconds)))
+    traffic.start()
+    start = time.perf_counter()
+    done = 0
+    with httpx.Client(base_url=url, timeout=120) as c:
+        while done < reloads and time.perf_counter() - start < max_seconds:
+            if c.post("/reload").status_code == 200:
+                done += 1
+    traffic.join()
+    health = httpx.get(f"{url}/health").json()
+    return {"reloads": done, "rss_mb_before": round(before, 1), "rss_mb_after": round(rss_mb(pid), 1),
+            "open_snapshots": health.get("open_snapshots"), "requests_during": result.get("requests", 0),
+            "errors_during": result.get("errors", 0)}
+
+
 def start_server(index: Path, port: int, workers: int, log: Path, torch_threads: int) -> subprocess.Popen:
     fh = open(log, "w")
     proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "-q", "serve", "--index", str(index), "--host", "127.0.0.1",
@@ -117,6 +148,7 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=60.0, help="time limit per measurement")
     ap.add_argument("--clients", default="1,4,16")
     ap.add_argument("--workers", type=int, default=4, help="server recognition threads")
+    ap.add_argument("--reloads", type=int, default=20, help="POST /reload under traffic at the end (server RSS before/after)")
     ap.add_argument("--torch-threads", type=int, default=1,
                     help="intra-op threads of torch on both sides (OMP_NUM_THREADS for the server); on a shared machine "
                          "more than 1 makes spin-waiting OpenMP threads many times slower")
@@ -182,6 +214,11 @@ def main() -> None:
                       f"p95 {res['p95_ms']:.0f} ms  ({res['requests']} requests, {res['errors']} errors)  "
                       f"{res['rps'] / before['rps']:.2f}x in-process (before)", flush=True)
             health = httpx.get(f"{url}/health").json()
+            reloads = reload_level(url, payloads, proc.pid, args.reloads, args.max_seconds) if args.reloads else {}
+            if reloads:
+                print(f"{reloads['reloads']} reloads under 4 clients: server RSS {reloads['rss_mb_before']:.0f} -> "
+                      f"{reloads['rss_mb_after']:.0f} MB, {reloads['open_snapshots']} snapshot(s) open after, "
+                      f"{reloads['requests_during']} requests ({reloads['errors_during']} errors)", flush=True)
         finally:
             proc.send_signal(signal.SIGINT)
             try:
@@ -211,6 +248,7 @@ def main() -> None:
         "ratio_4_clients": round(by_clients["4"]["rps"] / base["rps"], 3) if "4" in by_clients else None,
         "errors": sum(r["errors"] for r in levels),
         "global_batches": health["global_batches"],
+        **{f"reload_{k}": v for k, v in reloads.items()},
     }
     print(json.dumps(headline))
 

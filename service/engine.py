@@ -7,12 +7,18 @@ features, ``Prediction.to_json``); the engine only adds
 
 - a :class:`GlobalBatcher`: the global model runs on the images of concurrent
   requests in one batch (whatever is waiting, no added delay when idle);
-- a snapshot (:class:`Loaded`) of the index and models that :meth:`Engine.reload`
-  replaces atomically: a request keeps the snapshot it started with;
-- bounded caches of recent answers (for their match pictures) and thumbnails.
+- a snapshot (:class:`Loaded`) of the index that :meth:`Engine.reload` replaces
+  atomically: a request keeps the snapshot it started with, and a replaced snapshot is
+  closed when its last request ends; the models are shared while the configuration holds;
+- bounded caches of recent answers (plain data, for their match pictures) and thumbnails.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import gc
+import hashlib
+import json
 import logging
 import os
 import queue
@@ -20,17 +26,20 @@ import tempfile
 import threading
 import time
 import uuid
-from collections import OrderedDict
+import weakref
+from collections import Counter
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import cv2
 import numpy as np
 
+from index.database import IndexDatabase
 from index.manifest import package_version
-from retrieval.extract import FeatureExtractor, Features, Item
+from retrieval.cache import LRU
+from retrieval.extract import PCA_AUX, FeatureExtractor, Features, Item
 from retrieval.image_io import ImageError, load_image, resize_max_side
 from retrieval.query import neighbours_table
 from retrieval.recognize import Evidence, Prediction, Recognizer
@@ -40,6 +49,7 @@ logger = logging.getLogger(__name__)
 THUMB_SIDE = 256  # longer side of reference thumbnails
 QUERY_KEEP_SIDE = 480  # the query is kept at this size for its match picture (visualize.PANEL_SIDE)
 MAX_K = 1000  # neighbours per /neighbours request
+MAX_RESULT_K = 100  # neighbours an answer keeps for /results
 
 
 class BadImage(ValueError):
@@ -48,33 +58,6 @@ class BadImage(ValueError):
 
 class UnknownResult(KeyError):
     """A request id that is unknown or expired from the answer cache."""
-
-
-class LRU:
-    """A small thread-safe LRU mapping."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self._data: OrderedDict[str, Any] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> Any:
-        with self._lock:
-            if key not in self._data:
-                return None
-            self._data.move_to_end(key)
-            return self._data[key]
-
-    def put(self, key: str, value: Any) -> None:
-        with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.size:
-                self._data.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
 
 
 class GlobalBatcher:
@@ -91,6 +74,7 @@ class GlobalBatcher:
         self._queue: queue.Queue = queue.Queue()
         self.batches = 0
         self.items = 0
+        self.sizes: Counter[int] = Counter()  # batches by number of images
         self._thread = threading.Thread(target=self._run, name="global-batcher", daemon=True)
         self._thread.start()
 
@@ -133,18 +117,60 @@ class GlobalBatcher:
                 per_image = (time.perf_counter() - start) / len(group)
                 self.batches += 1
                 self.items += len(group)
+                self.sizes[len(group)] += 1
                 for e, d in zip(group, descs):
                     e[2].set_result((d, per_image))
 
 
-@dataclass
 class Loaded:
-    """One snapshot of the index and its models; replaced whole by a reload."""
+    """One snapshot of the index and its recogniser; replaced whole by a reload.
 
-    rec: Recognizer
-    index_dir: Path
-    generation: int
-    loaded_at: float
+    Requests hold it through :meth:`Engine.snapshot` (a reference count). A reload retires the
+    old snapshot; it is closed (its index files released) once its last request has finished,
+    so memory and the disk space of segments removed by ``compact`` do not outlive a reload.
+    """
+
+    def __init__(self, rec: Recognizer, index_dir: Path, generation: int, models_key: str):
+        self.rec = rec
+        self.index_dir = index_dir
+        self.generation = generation
+        self.models_key = models_key  # answers drawn later need the same models (see Engine.matches_png)
+        self.loaded_at = time.time()
+        self._users = 0
+        self._retired = False
+        self.closed = False
+        self._lock = threading.Lock()
+
+    def acquire(self) -> bool:
+        """Count one more request on this snapshot; False once it is closed (the caller takes the new one)."""
+        with self._lock:
+            if self.closed:
+                return False
+            self._users += 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            last = self._retired and self._users == 0
+        if last:
+            self._close()
+
+    def retire(self) -> None:
+        """Replaced by a reload: close now if idle, else when the last request releases it."""
+        with self._lock:
+            self._retired = True
+            idle = self._users == 0
+        if idle:
+            self._close()
+
+    def _close(self) -> None:
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+        self.rec.db.close()
+        logger.info("closed index snapshot %d of %s", self.generation, self.index_dir)
 
     def rows_of(self, ids: list[str]) -> np.ndarray:
         """Row numbers of reference ids (-1 when not in the index): a hash lookup, no table in memory."""
@@ -153,13 +179,20 @@ class Loaded:
 
 @dataclass
 class Answer:
-    """What a recognize answer keeps for its match picture and neighbour list."""
+    """What a recognize answer keeps for its match picture and neighbour list: plain data, no snapshot.
 
-    state: Loaded
+    The neighbour table is read at answer time; the match picture is drawn later with whatever
+    snapshot is then current, from the reference ids in ``evidence`` (references since removed are
+    left out), as long as that snapshot's models are the ones that described the query.
+    """
+
     name: str
-    features: Features
-    evidence: Evidence
+    generation: int  # the snapshot the answer was computed on
+    models_key: str  # its models (Loaded.models_key)
+    features: Features  # the query's global descriptor and local features (numpy arrays)
+    evidence: Evidence  # reference ids, landmark ids and scores
     pred: Prediction
+    neighbours: list[dict[str, Any]]  # the nearest references as ``query --json`` rows (at most MAX_RESULT_K)
     query: np.ndarray  # the query downscaled to QUERY_KEEP_SIDE
     orig_size: tuple[int, int]
     pngs: dict[int, bytes] = field(default_factory=dict)  # match pictures drawn, by number of candidates
@@ -187,10 +220,13 @@ class Engine:
         self.index_dir = Path(index_dir).resolve()
         self.device = device
         self.overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-        self.answers = LRU(answers_kept)
-        self.thumbs = LRU(thumbs_kept)
+        self.answers: LRU[str, Answer] = LRU(max_items=answers_kept)
+        self.thumbs: LRU[str, bytes] = LRU(max_items=thumbs_kept)
         self._reload_lock = threading.Lock()
         self.reloads = 0
+        self.models_loaded = 0  # times the models were built (1 + reloads that changed the configuration)
+        self._models: tuple[str, FeatureExtractor] | None = None  # (models_key, extractor) shared by snapshots
+        self._snapshots: weakref.WeakSet[Loaded] = weakref.WeakSet()  # every snapshot still in memory
         self.tmp_dir = Path(tempfile.mkdtemp(prefix="landmarks-serve-"))
         self.state = self._load(generation=0)
         if max_batch is None:
@@ -200,22 +236,50 @@ class Engine:
 
     # ------------------------------------------------------------------ loading
 
+    def _models_key(self, db: IndexDatabase) -> str:
+        """What the models depend on: the index's configurations, its fitted local PCA, the device."""
+        config = db.manifest["config"]
+        h = hashlib.sha256(json.dumps([config, self.device], sort_keys=True, default=str).encode())
+        if isinstance(config.get("local"), Mapping):
+            for name, arr in sorted((db.read_aux(PCA_AUX) or {}).items()):
+                h.update(name.encode())
+                h.update(np.ascontiguousarray(arr).tobytes())
+        return h.hexdigest()[:16]
+
     def _load(self, generation: int) -> Loaded:
         start = time.perf_counter()
-        rec = Recognizer.from_index(self.index_dir, device=self.device, **self.overrides)
-        db = rec.db
-        # Warm up what is built lazily (the FAISS search index) before any request sees it.
-        db.search(np.ones((1, db.dim), np.float32), 1)
+        overrides = dict(self.overrides)
+        match_conf = overrides.pop("match_conf", None)
+        db = IndexDatabase.open(self.index_dir)
+        try:
+            if db.size == 0:
+                raise ValueError(f"{self.index_dir}: the index is empty (build it with build-index)")
+            key = self._models_key(db)
+            if self._models is not None and self._models[0] == key:
+                fx = self._models[1]  # same configuration: the loaded models serve the new snapshot too
+            else:
+                fx = FeatureExtractor.for_index(db, device=self.device, need_local=True)
+                self.models_loaded += 1
+            rec = Recognizer(db, fx, overrides, match_conf=match_conf, device=self.device)
+            # Warm up what is built lazily (the FAISS search index) before any request sees it.
+            db.search(np.ones((1, db.dim), np.float32), 1)
+        except BaseException:
+            db.close()
+            raise
+        self._models = (key, fx)
         logger.info("loaded index %s (%d images, index_id %s) in %.1f s", self.index_dir, db.size,
                     db.manifest.get("index_id"), time.perf_counter() - start)
-        return Loaded(rec, self.index_dir, generation, time.time())
+        state = Loaded(rec, self.index_dir, generation, key)
+        self._snapshots.add(state)
+        return state
 
     def reload(self) -> dict[str, Any]:
         """Reopen the index (e.g. after build-index added images or tune-threshold changed the manifest).
 
-        The new snapshot replaces the old one in a single assignment: requests in
-        flight finish on the snapshot they started with. On failure the old one is kept
-        and the error raised. Concurrent calls are serialised.
+        The new snapshot replaces the old one in a single assignment: requests in flight finish
+        on the snapshot they started with, and the old snapshot is closed when the last of them
+        ends. The models are kept when the index's configuration is unchanged. On failure the
+        old snapshot is kept and the error raised. Concurrent calls are serialised.
         """
         with self._reload_lock:
             old = self.state
@@ -223,7 +287,30 @@ class Engine:
             self.state = new
             self.reloads += 1
             self.thumbs.clear()  # image paths may have changed
+            old.retire()
         return {"reloaded": True, "previous_index_id": old.rec.db.manifest.get("index_id"), **self.health()}
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[Loaded]:
+        """The current snapshot, held open for the duration of a request."""
+        while True:
+            state = self.state
+            if state.acquire():
+                break
+            # closed by a reload between reading self.state and acquiring it: the new one is in self.state
+        try:
+            yield state
+        finally:
+            state.release()
+
+    def live_snapshots(self) -> int:
+        """Snapshots still in memory (the current one plus those finishing their requests; 1 when idle)."""
+        gc.collect()
+        return len(self._snapshots)
+
+    def open_snapshots(self) -> int:
+        """Snapshots whose index files are still open."""
+        return sum(not s.closed for s in list(self._snapshots))
 
     def close(self) -> None:
         if self.batcher is not None:
@@ -238,32 +325,34 @@ class Engine:
     # ------------------------------------------------------------------ info
 
     def health(self) -> dict[str, Any]:
-        state = self.state
-        rec, db = state.rec, state.rec.db
-        manifest = db.manifest
-        return {
-            "status": "ok",
-            "version": package_version(),
-            "index": str(state.index_dir),
-            "index_id": manifest.get("index_id"),
-            "index_updated": manifest.get("updated"),
-            "images": db.size,
-            "landmarks": manifest.get("counts", {}).get("landmarks"),
-            "configs": {
-                "global": manifest["config"].get("global"),
-                "local": manifest["config"].get("local") or {"on_demand": rec.conf["on_demand_local"]},
-                "recognition": rec.conf,
-                "faiss": manifest.get("faiss"),
-            },
-            "inlier_threshold": rec.conf["inlier_threshold"],
-            "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(state.loaded_at)),
-            "reloads": self.reloads,
-            "global_batches": {
-                "max_batch": self.batcher.max_batch if self.batcher else 1,
-                "batches": (self.batcher.batches if self.batcher else 0) + self._direct[0],
-                "images": (self.batcher.items if self.batcher else 0) + self._direct[0],
-            },
-        }
+        with self.snapshot() as state:
+            rec, db = state.rec, state.rec.db
+            manifest = db.manifest
+            return {
+                "status": "ok",
+                "version": package_version(),
+                "index": str(state.index_dir),
+                "index_id": manifest.get("index_id"),
+                "index_updated": manifest.get("updated"),
+                "images": db.size,
+                "landmarks": manifest.get("counts", {}).get("landmarks"),
+                "configs": {
+                    "global": manifest["config"].get("global"),
+                    "local": manifest["config"].get("local") or {"on_demand": rec.conf["on_demand_local"]},
+                    "recognition": rec.conf,
+                    "faiss": manifest.get("faiss"),
+                },
+                "inlier_threshold": rec.conf["inlier_threshold"],
+                "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(state.loaded_at)),
+                "reloads": self.reloads,
+                "open_snapshots": self.open_snapshots(),
+                "global_batches": {
+                    "max_batch": self.batcher.max_batch if self.batcher else 1,
+                    "batches": (self.batcher.batches if self.batcher else 0) + self._direct[0],
+                    "images": (self.batcher.items if self.batcher else 0) + self._direct[0],
+                    "largest": max(self.batcher.sizes, default=0) if self.batcher else min(self._direct[0], 1),
+                },
+            }
 
     # ------------------------------------------------------------------ requests (blocking; run in the pool)
 
@@ -300,25 +389,29 @@ class Engine:
     def recognize(self, data: bytes, name: str | None) -> tuple[str, dict[str, Any]]:
         """(request id, the JSON of ``recognize --json``) for one uploaded image. Raises BadImage."""
         name = clean_name(name)
-        state = self.state
-        rec = state.rec
-        item, features = self.features(state, data, name)
-        evidence, timings = rec.evidence(features)
-        pred = rec.decide(evidence)
-        pred.timings = {**features.timings, **timings}
+        with self.snapshot() as state:
+            rec = state.rec
+            item, features = self.features(state, data, name)
+            evidence, timings = rec.evidence(features)
+            pred = rec.decide(evidence)
+            pred.timings = {**features.timings, **timings}
+            top = evidence.neighbours[:MAX_RESULT_K]
+            rows = state.rows_of([n[0] for n in top]).astype(np.int64)
+            table = neighbours_table(rec.db, np.array([n[2] for n in top], np.float32), rows)
+            generation, models_key = state.generation, state.models_key
         rid = uuid.uuid4().hex[:16]
         keep = resize_max_side(item.local_image if item.local_image is not None else item.global_image, QUERY_KEEP_SIDE)
-        self.answers.put(rid, Answer(state, name, features, evidence, pred, keep, item.orig_size))
+        self.answers.put(rid, Answer(name, generation, models_key, features, evidence, pred, table, keep, item.orig_size))
         return rid, pred.to_json(name)
 
     def neighbours(self, data: bytes, name: str | None, k: int = 10) -> dict[str, Any]:
         """The JSON of ``query --json`` for one uploaded image. Raises BadImage."""
         name = clean_name(name)
-        state = self.state
-        db = state.rec.db
-        _, features = self.features(state, data, name, local=False)
-        D, I = db.search(features.global_desc[None].astype(np.float32), min(int(k), db.size))
-        return {"image": name, "neighbours": neighbours_table(db, D[0], I[0])}
+        with self.snapshot() as state:
+            db = state.rec.db
+            _, features = self.features(state, data, name, local=False)
+            D, I = db.search(features.global_desc[None].astype(np.float32), min(int(k), db.size))
+            return {"image": name, "neighbours": neighbours_table(db, D[0], I[0])}
 
     def answer(self, rid: str) -> Answer:
         ans = self.answers.get(rid)
@@ -329,26 +422,31 @@ class Engine:
     def result(self, rid: str, k: int = 12) -> dict[str, Any]:
         """A recent recognize answer with its nearest references (as ``query --json`` rows)."""
         ans = self.answer(rid)
-        db = ans.state.rec.db
-        top = ans.evidence.neighbours[:k]
-        rows = ans.state.rows_of([n[0] for n in top]).astype(np.int64)
-        scores = np.array([n[2] for n in top], np.float32)
         return {
             "request_id": rid,
             "recognition": ans.pred.to_json(ans.name),
-            "neighbours": neighbours_table(db, scores, rows),
+            "neighbours": ans.neighbours[:k],
             "matches": f"/matches/{rid}.png",
         }
 
     def matches_png(self, rid: str, candidates: int = 3) -> bytes:
-        """The match picture of a recent recognize answer: the rendering of ``show-matches``, drawn once."""
+        """The match picture of a recent recognize answer: the rendering of ``show-matches``, drawn once.
+
+        Drawn with the current snapshot (references are found by id). Raises UnknownResult when the
+        answer expired, or when a reload changed the models, so that the query's features no longer
+        compare with the references'.
+        """
         from retrieval import visualize
 
         ans = self.answer(rid)
         with ans.lock:
             if candidates not in ans.pngs:
-                sheet = visualize.render(ans.state.rec, ans.name, ans.query, ans.features,
-                                         ans.evidence, ans.pred, max_candidates=candidates)
+                with self.snapshot() as state:
+                    if state.models_key != ans.models_key:
+                        raise UnknownResult(rid)
+                    evidence = ans.evidence if state.generation == ans.generation else _still_indexed(state, ans.evidence)
+                    sheet = visualize.render(state.rec, ans.name, ans.query, ans.features,
+                                             evidence, ans.pred, max_candidates=candidates)
                 ok, buf = cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
                 if not ok:
                     raise RuntimeError("PNG encoding failed")
@@ -357,16 +455,17 @@ class Engine:
 
     def thumbnail(self, ref_id: str) -> bytes | None:
         """A JPEG thumbnail of the reference image ``ref_id`` (looked up in the index; None when unknown)."""
-        state = self.state
-        row = int(state.rows_of([ref_id])[0])
-        if row < 0:
-            return None
-        key = f"{state.generation}:{row}"
-        cached = self.thumbs.get(key)
-        if cached is not None:
-            return cached
+        with self.snapshot() as state:
+            row = int(state.rows_of([ref_id])[0])
+            if row < 0:
+                return None
+            key = f"{state.generation}:{row}"
+            cached = self.thumbs.get(key)
+            if cached is not None:
+                return cached
+            path = state.rec.db.column("path")[row]
         try:
-            image, _ = load_image(state.rec.db.column("path")[row], max_side=THUMB_SIDE)
+            image, _ = load_image(path, max_side=THUMB_SIDE)
         except ImageError as exc:
             logger.warning("thumbnail of %s: %s", ref_id, exc)
             return None
@@ -376,3 +475,14 @@ class Engine:
             self.thumbs.put(key, data)
         return data
 
+
+def _still_indexed(state: Loaded, evidence: Evidence) -> Evidence:
+    """``evidence`` without the references a later snapshot no longer holds (removed by a rebuild or compact)."""
+    ids = sorted({n[0] for n in evidence.neighbours} | {c.best_match_id for c in evidence.candidates if c.best_match_id})
+    present = {i for i, r in zip(ids, state.rows_of(ids)) if r >= 0}
+    return Evidence(
+        [n for n in evidence.neighbours if n[0] in present],
+        [c if c.best_match_id in present or c.best_match_id is None else dataclasses.replace(c, best_match_id=None)
+         for c in evidence.candidates],
+        evidence.discount,
+    )

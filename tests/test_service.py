@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import struct
 import threading
 import time
@@ -193,6 +194,9 @@ def test_request_shape_errors(client, queries):
     resp = client.post("/recognize", files=[("image", (name, data)), ("other", ("o.txt", b"1"))])
     assert "other" in assert_one_line_error(resp, 422)
     assert "batch" in assert_one_line_error(client.post("/recognize", files=[("image", (name, data))] * 2), 422)
+    # a part without a file name (curl -F image=<photo.jpg) is a photo too
+    unnamed = client.post("/recognize", files={"image": (None, data, "image/jpeg")})
+    assert unnamed.status_code == 200 and unnamed.json() == {**post(client, "/recognize", name, data).json(), "image": "upload"}
     assert_one_line_error(client.get("/recognize"), 405)
     assert_one_line_error(client.get("/nowhere"), 404)
     assert_one_line_error(client.post("/recognize/batch", files=[("image", (name, data))] * 40), 413)
@@ -201,8 +205,24 @@ def test_request_shape_errors(client, queries):
 # ----------------------------------------------------------------------------- concurrency and limits
 
 
-def test_concurrent_requests_answer_as_sequential_ones(client, queries):
+def test_concurrent_requests_answer_as_sequential_ones(client, engine, queries, monkeypatch):
+    """The GPU path (global batching, max_batch=8): concurrent images share batches, answers are unchanged."""
     sequential = [post(client, "/recognize", n, d).json() for n, d, _ in queries]
+    batcher = engine.batcher
+    fx = engine.state.rec.fx
+    original = fx.describe_global
+    first = threading.Event()
+
+    def describe_global(items):
+        if not first.is_set():
+            first.set()
+            deadline = time.monotonic() + 20  # hold the first batch until two more images wait behind it
+            while batcher._queue.qsize() < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return original(items)
+
+    monkeypatch.setattr(fx, "describe_global", describe_global)
+    before_items, before_sizes = batcher.items, batcher.sizes.copy()
     with ThreadPoolExecutor(12) as ex:
         concurrent = list(ex.map(lambda q: post(client, "/recognize", q[0], q[1]).json(), queries))
     for got, want in zip(concurrent, sequential):
@@ -210,8 +230,108 @@ def test_concurrent_requests_answer_as_sequential_ones(client, queries):
         assert got["landmark_id"] == want["landmark_id"] and got["inliers"] == want["inliers"]
         assert [c["landmark_id"] for c in got["candidates"]] == [c["landmark_id"] for c in want["candidates"]]
         assert got["confidence"] == pytest.approx(want["confidence"], abs=1e-4)
-    batches = client.get("/health").json()["global_batches"]
-    assert batches["images"] >= 2 * len(queries) and batches["batches"] <= batches["images"]
+    sizes = batcher.sizes - before_sizes  # the batches of the concurrent round
+    assert batcher.items - before_items == len(queries) == sum(n * count for n, count in sizes.items())
+    assert max(sizes) > 1, sizes  # at least one batch held several images
+    assert client.get("/health").json()["global_batches"]["largest"] >= max(sizes)
+
+
+@pytest.fixture(scope="module")
+def cpu_engine(built_index):
+    """The CPU default: no global batching; the worker threads share one model."""
+    eng = Engine(built_index)
+    yield eng
+    eng.close()
+
+
+def test_cpu_default_concurrent_answers_equal_sequential(cpu_engine, queries, monkeypatch):
+    assert cpu_engine.batcher is None  # max_batch None on CPU: 1, each worker runs the model itself
+    fx = cpu_engine.state.rec.fx
+    original = fx.describe_global
+    lock, threads, active, overlap = threading.Lock(), set(), [0], [0]
+    two_inside = threading.Event()
+
+    def describe_global(items):
+        with lock:
+            threads.add(threading.current_thread().name)
+            active[0] += 1
+            overlap[0] = max(overlap[0], active[0])
+            if active[0] >= 2:
+                two_inside.set()
+        try:
+            two_inside.wait(20)  # the first caller waits for a second one: the model runs in two threads at once
+            return original(items)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    with TestClient(create_app(engine=cpu_engine, limits=Limits(workers=4))) as c:
+        sequential = [post(c, "/recognize", n, d).json() for n, d, _ in queries]
+        monkeypatch.setattr(fx, "describe_global", describe_global)
+        with ThreadPoolExecutor(8) as ex:
+            concurrent = list(ex.map(lambda q: post(c, "/recognize", q[0], q[1]).json(), queries))
+        health = c.get("/health").json()
+    assert overlap[0] >= 2 and len(threads) >= 2, (overlap, threads)
+    assert concurrent == sequential  # no batching: the same numbers, not just close ones
+    g = health["global_batches"]
+    assert g["max_batch"] == 1 and g["batches"] == g["images"] == 2 * len(queries) and g["largest"] == 1
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:")) / 1024
+
+
+def test_replaced_snapshot_closes_when_its_last_request_ends(cpu_engine):
+    with cpu_engine.snapshot() as held:
+        cpu_engine.reload()
+        assert cpu_engine.state is not held and not held.closed  # a request still uses it
+        assert cpu_engine.open_snapshots() == 2
+    assert held.closed and cpu_engine.open_snapshots() == 1
+    assert cpu_engine.models_loaded == 1  # the unchanged configuration kept its models
+    assert cpu_engine.state.rec.fx is held.rec.fx
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="RSS read from /proc")
+def test_reloads_under_traffic_keep_snapshots_and_memory_bounded(cpu_engine, queries):
+    import weakref
+
+    with TestClient(create_app(engine=cpu_engine, limits=Limits(workers=2))) as c:
+        name, data, _ = queries[0]
+        rid = post(c, "/recognize", name, data).headers["X-Request-Id"]
+        c.post("/reload")
+        stop, codes, rids = threading.Event(), [], []
+
+        def traffic(i):
+            while not stop.is_set():
+                n, d, _ = queries[i % len(queries)]
+                r = post(c, "/recognize", n, d)
+                codes.append(r.status_code)
+                rids.append(r.headers.get("X-Request-Id"))
+                i += 1
+
+        rss_start = _rss_mb()
+        seen = []
+        with ThreadPoolExecutor(2) as ex:
+            futures = [ex.submit(traffic, i) for i in range(2)]
+            for _ in range(20):
+                seen.append(weakref.ref(cpu_engine.state))
+                assert c.post("/reload").status_code == 200
+                assert c.get("/health").status_code == 200
+            stop.set()
+            for f in futures:
+                f.result()
+        assert codes and set(codes) == {200}
+        assert cpu_engine.live_snapshots() <= 2 and cpu_engine.open_snapshots() == 1
+        assert sum(ref() is not None for ref in seen) <= 1  # the replaced snapshots were freed, not just closed
+        assert cpu_engine.models_loaded == 1
+        rss_growth = _rss_mb() - rss_start
+        # a snapshot with its own model, FAISS index and caches each time would add far more than this
+        assert rss_growth < 300, rss_growth
+        # answers from before the reloads still draw their match picture (plain data + the current snapshot)
+        assert c.get(f"/matches/{rid}.png").status_code == 200
+        assert c.get(f"/results/{rids[-1]}").status_code == 200
+        assert c.get("/health").json()["open_snapshots"] == 1
 
 
 def test_global_batcher_batches_waiting_images():
@@ -315,6 +435,9 @@ def test_build_index_while_serving_then_reload(index_copy, demo_data, queries, t
 
 def test_serve_command(tmp_path, built_index, monkeypatch):
     result = runner.invoke(cli_app, ["serve", "--index", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and "nope does not exist" in result.output
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(cli_app, ["serve", "--index", str(tmp_path / "empty")])
     assert result.exit_code == 2 and "not an index directory" in result.output
     calls = []
     import service.app

@@ -4,6 +4,7 @@ The browser test skips when no Chromium and chromedriver are installed (``.ci/ru
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 import pytest
@@ -29,14 +31,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(built_index, tmp_path_factory):
-    """``landmarks serve`` in a subprocess on a free localhost port; yields (base URL, pid)."""
+@contextlib.contextmanager
+def serving(index: Path, log: Path, *args: str) -> Iterator[tuple[str, int]]:
+    """``landmarks serve`` on ``index`` in a subprocess on a free 127.0.0.1 port; yields (base URL, pid)."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("serve") / "server.log"
     with open(log, "w") as fh:
         proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "cli.py"), "serve", "--index", str(built_index), "--port", str(port), "--workers", "2"],
+            [sys.executable, str(ROOT / "cli.py"), "serve", "--index", str(index), "--host", "127.0.0.1",
+             "--port", str(port), *args],
             cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "2"},
         )
     url = f"http://127.0.0.1:{port}"
@@ -59,6 +61,13 @@ def server(built_index, tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(built_index, tmp_path_factory):
+    """``landmarks serve`` in a subprocess on a free localhost port; yields (base URL, pid)."""
+    with serving(built_index, tmp_path_factory.mktemp("serve") / "server.log", "--workers", "2") as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
