@@ -60,6 +60,36 @@ def ranking_recall(evidence_path: Path, solution: dict[str, frozenset[str]], ks=
     return out
 
 
+def verification_figures(evidence_path: Path, solution: dict[str, frozenset[str]], thresholds: dict[str, Any]) -> dict[str, Any]:
+    """What verification decided, from stored evidence with the given decision parameters: verified answers
+    that are right (true pairs verified) and wrong (must stay 0), the share of queries that reached the
+    cascade's second matcher, and median seconds per photo by stage (models loaded once)."""
+    from retrieval.decision import Evidence, decide
+
+    _, records = read_evidence(evidence_path)
+    right = wrong = second = 0
+    stages: dict[str, list[float]] = {}
+    totals = []
+    for qid, truth in solution.items():
+        r = records.get(qid) or {}
+        if not r.get("evidence"):
+            continue
+        ev = Evidence.from_json(r["evidence"])
+        pred = decide(ev, **thresholds)
+        if pred.verified:
+            right += pred.landmark_id in truth
+            wrong += pred.landmark_id not in truth
+        second += any(c.verified_refs2 for c in ev.candidates)
+        t = {k: v for k, v in (r.get("timings") or {}).items() if not k.startswith("pairs")}
+        for k, v in t.items():
+            stages.setdefault(k, []).append(v)
+        totals.append(sum(t.values()))
+    n = max(1, len(totals))
+    return {"verified_right": right, "verified_wrong": wrong, "second_stage_share": second / n,
+            "s_per_photo_median": float(np.median(totals)) if totals else float("nan"),
+            "stage_s_median": {k: round(float(np.median(v)), 4) for k, v in stages.items()}}
+
+
 def run_one(data: Path, work: Path, gname: str, lname: str, n_boot: int) -> dict[str, Any]:
     """Build, predict, evaluate and tune one (global, local) combination; returns its figures."""
     tag = f"{gname}__{lname}"
@@ -77,12 +107,13 @@ def run_one(data: Path, work: Path, gname: str, lname: str, n_boot: int) -> dict
     verified = {q: p for q, p in sub.items() if p is not None and p[1] >= 0.5}
     report = evaluate.main(index_dir, data / "holdout.csv", data / "images", report_dir, progress=False, n_boot=n_boot)
     tuned = evaluate.tune(index_dir, data / "holdout.csv", None, report_dir, write=False, progress=False)
+    verification = verification_figures(predict.evidence_path_for(report_dir / "submission.csv"), solution, report["thresholds"])
     return {
         "global": gname, "local": lname, "n_references": int(build["n_total"]), "build_s_per_image": build_s / max(1, len(refs)),
         "global_1nn": report["global_1nn"], "ranking_recall": ranking_recall(report_dir / evaluate.EVIDENCE_FILE, solution),
         "predict_gap": gap(sub, solution), "predict_top1": top1_accuracy(sub, solution),
         "predict_nonlandmark_verified": nonlandmark_prediction_rate(verified, solution),
-        "predict_s_per_query": predict_s, "evaluate": report, "tuned": tuned,
+        "predict_s_per_query": predict_s, "evaluate": report, "tuned": tuned, "verification": verification,
     }
 
 
@@ -118,6 +149,15 @@ def print_table(results: list[dict[str, Any]], data: Path) -> None:
         for name, g, top1, nl, note in rows:
             fmt = lambda x: "   n/a" if x is None else f"{x:6.3f}"
             print(f"{r['global']:16s} {r['local']:10s} {name:34s} {fmt(g)} {fmt(top1)} {fmt(nl)}  {note}")
+        v = r["verification"]
+        fc = t.get("confidence") or {}
+        print(f"{'':28s}verification: strict GAP {e['strict']['gap']:.3f}, true pairs verified {v['verified_right']} of "
+              f"{e['n_landmark_queries']}, wrong verified answers {v['verified_wrong']}, second matcher on "
+              f"{100 * v['second_stage_share']:.0f}% of queries, {v['s_per_photo_median']:.2f} s/photo median "
+              f"({', '.join(f'{k} {x:.3f}' for k, x in v['stage_s_median'].items())})")
+        if fc:
+            print(f"{'':28s}confidence: fitted CV GAP {fc['cv_gap_fitted']:.3f} vs bands {fc['cv_gap_bands']:.3f} "
+                  f"({fc['n_folds']} folds grouped by landmark)")
         lat = e.get("latency_ms") or {}
         print(f"{'':28s}median ms per query: " + ", ".join(f"{k[:-3]} {v}" for k, v in lat.items())
               + f"; build {1000 * r['build_s_per_image']:.0f} ms/image")
@@ -154,6 +194,16 @@ def main() -> None:
         "predict_s_per_query": round(r["predict_s_per_query"], 3), "evaluate_gap": round(r["evaluate"]["gap"], 4),
         "tuned_value": r["tuned"]["chosen"], "tuned_cv_gap": round(r["tuned"]["cv_gap"], 4),
         "recall_at_1_best": round(r["ranking_recall"]["best"][1], 4), "recall_at_1_sum": round(r["ranking_recall"]["sum"][1], 4),
+        "strict_gap": round(r["evaluate"]["strict"]["gap"], 4), "verified_right": r["verification"]["verified_right"],
+        "verified_wrong": r["verification"]["verified_wrong"],
+        "second_stage_share": round(r["verification"]["second_stage_share"], 4),
+        "s_per_photo_median": round(r["verification"]["s_per_photo_median"], 3),
+        "confidence_cv_gap_fitted": (r["tuned"].get("confidence") or {}).get("cv_gap_fitted"),
+        "confidence_cv_gap_bands": (r["tuned"].get("confidence") or {}).get("cv_gap_bands"),
+        "configs": [{"local": x["local"], "gap": round(x["predict_gap"], 4), "strict_gap": round(x["evaluate"]["strict"]["gap"], 4),
+                     "verified_right": x["verification"]["verified_right"], "verified_wrong": x["verification"]["verified_wrong"],
+                     "second_stage_share": round(x["verification"]["second_stage_share"], 4),
+                     "s_per_photo_median": round(x["verification"]["s_per_photo_median"], 3)} for x in results],
     }))
 
 

@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import copy
 import logging
-import threading
 import time
-from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from index.database import IndexDatabase
 
+from .cache import LRU
 from .decision import (  # noqa: F401 (re-exported: the decision's public names, as before)
     DECISION_KEYS, GUESS_SCALE, VERIFIED_BASE, Candidate, CandidateArrays, ConfidenceModel, Evidence, Prediction,
     decide, decide_many, global_only, submission_answer, threshold_sweep, verified_confidence,
@@ -191,33 +190,9 @@ def vote(
 # ----------------------------------------------------------------------------- the recognizer
 
 
-class _LRU:
-    """A thread-safe LRU cache of reference local features extracted on demand, bounded in bytes."""
-
-    def __init__(self, max_bytes: int):
-        self.max_bytes = int(max_bytes)
-        self.bytes = 0
-        self.data: OrderedDict[Any, LocalFeatures] = OrderedDict()
-        self.lock = threading.Lock()
-
-    @staticmethod
-    def _size(value: LocalFeatures) -> int:
-        return sum(a.nbytes for a in (value.keypoints, value.scales, value.scores, value.descriptors))
-
-    def get(self, key: Any, make: Callable[[], LocalFeatures]) -> LocalFeatures:
-        with self.lock:
-            if key in self.data:
-                self.data.move_to_end(key)
-                return self.data[key]
-        value = make()
-        with self.lock:
-            if key not in self.data:
-                self.data[key] = value
-                self.bytes += self._size(value)
-            while self.bytes > self.max_bytes and self.data:
-                _, old = self.data.popitem(last=False)
-                self.bytes -= self._size(old)
-        return value
+def feature_bytes(value: LocalFeatures) -> int:
+    """Memory held by one image's local features (what the on-demand cache is bounded by)."""
+    return sum(a.nbytes for a in (value.keypoints, value.scales, value.scores, value.descriptors))
 
 
 class Recognizer:
@@ -256,7 +231,7 @@ class Recognizer:
             self.second = make_local_extractor(second_conf, device=device)
             self.second_match_conf = default_match_conf_for(self.second.conf)
             self.second_stored = self.second_name in index_local_sets(db)
-        self._cache = _LRU(int(self.conf["cache_mb"] * 2**20))
+        self._cache: LRU[tuple[int, int], LocalFeatures] = LRU(max_bytes=int(self.conf["cache_mb"] * 2**20), sizeof=feature_bytes)
         # lazily read columns: indexing reads just those rows (no per-row strings for the whole index)
         self._ids = db.column("id")
         self._landmarks = db.column("landmark_id")
@@ -296,7 +271,7 @@ class Recognizer:
                 return LocalFeatures.empty(extractor.dim)
             return extractor.extract(image)  # detection-pixel keypoints, like the stored ones
 
-        return self._cache.get((int(second), row), make)
+        return self._cache.get_or_make((int(second), row), make)
 
     # -- evidence
     def evidence(self, features: Features, verify: bool = True, early_exit: bool = True) -> tuple[Evidence, dict[str, float]]:

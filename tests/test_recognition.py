@@ -103,17 +103,18 @@ def test_distractor_discount_uses_all_non_landmark_references(tmp_path):
 
 
 def test_on_demand_cache_is_bounded_in_bytes():
+    from retrieval.cache import LRU
     from retrieval.local_features import LocalFeatures
-    from retrieval.recognize import _LRU
+    from retrieval.recognize import feature_bytes
 
     feats = LocalFeatures(np.zeros((100, 2)), np.zeros(100), np.zeros(100), np.zeros((100, 128)))
-    size = _LRU._size(feats)
-    cache = _LRU(max_bytes=3 * size)
+    size = feature_bytes(feats)
+    cache = LRU(max_bytes=3 * size, sizeof=feature_bytes)
     calls = []
     for key in [1, 2, 3, 1, 4, 5]:
-        cache.get(key, lambda key=key: calls.append(key) or feats)
+        cache.get_or_make(key, lambda key=key: calls.append(key) or feats)
     assert calls == [1, 2, 3, 4, 5]  # 1 was a hit
-    assert list(cache.data) == [1, 4, 5] and cache.bytes == 3 * size  # 2 and 3 evicted, least recently used first
+    assert len(cache) == 3 and 1 in cache and 2 not in cache and cache.bytes == 3 * size  # least recently used evicted
 
 
 def test_margin_rejects_an_ambiguous_winner():
