@@ -1227,6 +1227,25 @@ class IndexDatabase:
                                        "missing") from None
         raise IndexFormatError(f"{self.path / MANIFEST_NAME}: local set {set_name!r} kept changing while read")
 
+    def check_local_set(self, set_name: str, conf: dict[str, Any], dim: int | None = None) -> None:
+        """ConfigMismatchError (naming both confs and the differing keys) when the index holds ``set_name``
+        with another conf or descriptor dim; nothing when it holds it with these, or not at all."""
+        entry = self.manifest[LOCAL_SETS_KEY].get(set_name)
+        if entry is None:
+            return
+        conf = normalise_config(conf)
+        diff = config_diff(entry["conf"], conf)
+        if diff:
+            raise ConfigMismatchError(
+                f"index {self.path} holds local set {set_name!r} extracted with "
+                f"{json.dumps(entry['conf'], sort_keys=True)}; refusing features extracted with "
+                f"{json.dumps(conf, sort_keys=True)} (differing keys: {', '.join(diff)}). Use the stored conf, "
+                "or another set name"
+            )
+        if dim is not None and int(entry["dim"]) != int(dim):
+            raise ConfigMismatchError(f"index {self.path} local set {set_name!r} is {entry['dim']}-d, "
+                                      f"got {dim}-d descriptors")
+
     def write_local_part(
         self,
         set_name: str,
@@ -1269,18 +1288,9 @@ class IndexDatabase:
         with self.writer_lock(what=f"local set {set_name}"):
             if start < 0 or start + n > self.size:
                 raise ValueError(f"rows {start}..{start + n - 1} out of range for {self.size} committed images")
+            self.check_local_set(set_name, conf, d)
             entry = self.manifest[LOCAL_SETS_KEY].get(set_name)
             if entry is not None:
-                diff = config_diff(entry["conf"], conf)
-                if diff:
-                    raise ConfigMismatchError(
-                        f"index {self.path} holds local set {set_name!r} extracted with {json.dumps(entry['conf'], sort_keys=True)}; "
-                        f"refusing features extracted with {json.dumps(conf, sort_keys=True)} (differing keys: "
-                        f"{', '.join(diff)}). Use the stored conf, or another set name"
-                    )
-                if int(entry["dim"]) != d:
-                    raise ConfigMismatchError(f"index {self.path} local set {set_name!r} is {entry['dim']}-d, "
-                                              f"got {d}-d descriptors")
                 if covered_mask(entry, start + n)[start:].any():
                     raise ValueError(f"rows {start}..{start + n - 1} of local set {set_name!r} are already "
                                      "(partly) stored")
