@@ -151,7 +151,8 @@ def build_index(
                        f"{per_image / 1024:.0f} KiB per image")
         for name, s in (stats.get("local_sets") or {}).items():
             typer.echo(f"local set {name}: {s['rows_extracted']} images extracted ({s['failed']} unreadable), "
-                       f"{(s.get('bytes_per_image') or 0) / 1024:.0f} KiB per image, {s['seconds']:.1f} s")
+                       f"{(s.get('bytes_per_image') or 0) / 1024:.0f} KiB per image, {s['seconds']:.1f} s "
+                       f"({s['seconds_per_image']:.2f} s per image, {s['extract_seconds_per_image']:.2f} s extracting)")
         if stats["skipped"]:
             typer.echo(f"skipped images and reasons: {index / 'skipped.csv'}")
             raise typer.Exit(code=1)

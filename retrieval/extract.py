@@ -275,6 +275,15 @@ class FeatureExtractor:
         return fx
 
 
+def local_set_extractors(db: IndexDatabase, device: str | None = None) -> dict[str, LocalExtractor]:
+    """{name: extractor} for the secondary local sets of an index, built from the confs stored with them.
+
+    A query's features for a set come from the same decoded local image as the primary set's
+    (``FeatureExtractor.decode(path).local_image``): ``extractor.extract(item.local_image)``.
+    """
+    return {name: make_local_extractor(conf, device=device) for name, conf in db.local_sets().items()}
+
+
 def resolve_local_conf_name(name: str | None) -> str | None:
     """Validate a --local-conf name of one local feature set ("none" = no local features)."""
     primary, secondary = split_local_conf(name)

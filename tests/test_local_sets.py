@@ -26,6 +26,9 @@ runner = CliRunner()
 SMALL_XFEAT = {**local_confs["xfeat"], "resize_max": 128, "max_keypoints": 128}  # fast on a shared CPU
 
 
+SMALL_XFEAT_CONF = {"extractor": "xfeat", **XFeatExtractor.default_conf, **SMALL_XFEAT}  # its resolved conf
+
+
 def small_xfeat():
     return make_local_extractor(SMALL_XFEAT, device="cpu")
 
@@ -124,9 +127,13 @@ def test_add_set_to_existing_index_leaves_the_rest_untouched(index_copy, caplog)
     assert max(dw, dh) == 128 and abs(dw / dh - w / h) < 0.02
     assert extract.add_local_sets(index_copy, ["xfeat"], progress=False,
                                   extractors={"xfeat": small_xfeat()})["xfeat"]["rows_extracted"] == 0
-    # the plain primary configuration still opens it as before
+    # the plain primary configuration still opens it as before; the set's extractor comes from its stored conf
     fx = extract.FeatureExtractor.for_index(db, device="cpu", need_local=True)
     assert fx.local_conf["extractor"] == "rootsift"
+    lex = extract.local_set_extractors(db, device="cpu")["xfeat"]
+    assert lex.conf == SMALL_XFEAT_CONF
+    query = lex.extract(fx.decode(db.column("path")[0]).local_image)  # decoded as the stored rows were
+    assert query.image_size == (dw, dh) and len(query) == len(db.local_features(0, "xfeat")[0])
 
 
 def test_resume_after_a_crash_extracts_each_row_once(index_copy, monkeypatch):
@@ -172,18 +179,30 @@ def test_resume_after_a_crash_extracts_each_row_once(index_copy, monkeypatch):
     assert all(db.local_features(r, "xfeat")[1].shape[1] == 64 for r in range(n))
 
 
-def test_conf_mismatch_for_an_existing_set_is_refused(index_copy):
-    extract.add_local_sets(index_copy, ["xfeat"], progress=False, extractors={"xfeat": small_xfeat()})
+def publish_fake_part(db, conf, start=0, rows=1, dim=64):
+    """A part of ``rows`` rows with 3 made-up features each (no extraction: cheap)."""
+    rng = np.random.default_rng(start)
+    return db.write_local_part("xfeat", conf, start, [rng.uniform(0, 50, (3, 4)) for _ in range(rows)],
+                               [rng.normal(size=(3, dim)) for _ in range(rows)], np.full((rows, 2), 64))
+
+
+def test_conf_mismatch_for_an_existing_set_is_refused(index_copy, monkeypatch):
+    assert small_xfeat().conf == SMALL_XFEAT_CONF
+    db = IndexDatabase.open_for_write(index_copy)
+    publish_fake_part(db, SMALL_XFEAT_CONF, rows=2)
     other = make_local_extractor({**SMALL_XFEAT, "max_keypoints": 64}, device="cpu")
+    monkeypatch.setattr(XFeatExtractor, "extract", lambda *a: pytest.fail("extracted before the conf check"))
     with pytest.raises(ConfigMismatchError, match="local set 'xfeat'.*max_keypoints.*128.*max_keypoints.*64"):
         extract.add_local_sets(index_copy, ["xfeat"], progress=False, extractors={"xfeat": other})
-    db = IndexDatabase.open_for_write(index_copy)
     with pytest.raises(ConfigMismatchError, match="differing keys: max_keypoints"):
-        db.write_local_part("xfeat", other.conf, 0, [np.zeros((0, 4))], [np.zeros((0, 64))], np.zeros((1, 2)))
+        publish_fake_part(db, other.conf, start=2)
+    with pytest.raises(ConfigMismatchError, match="is 64-d, got 32-d"):
+        publish_fake_part(db, SMALL_XFEAT_CONF, start=2, dim=32)
     with pytest.raises(ValueError, match="already"):
-        db.write_local_part("xfeat", small_xfeat().conf, 0, [np.zeros((0, 4))], [np.zeros((0, 64))], np.zeros((1, 2)))
+        publish_fake_part(db, SMALL_XFEAT_CONF, start=1)
     with pytest.raises(ValueError, match="no local set 'aliked'"):
         db.local_features(0, "aliked")
+    assert IndexDatabase.open(index_copy).missing_local_rows("xfeat").tolist() == list(range(2, db.size))
 
 
 def test_compact_keeps_secondary_features_by_row(index_copy):
@@ -220,9 +239,9 @@ def test_compact_keeps_secondary_features_by_row(index_copy):
 
 
 def test_unpublished_part_files_are_garbage(index_copy):
-    extract.add_local_sets(index_copy, ["xfeat"], progress=False, extractors={"xfeat": small_xfeat()})
-    stray = index_copy / "local_sets" / "xfeat" / "part-000000000-deadbeef.h5"
+    publish_fake_part(IndexDatabase.open_for_write(index_copy), SMALL_XFEAT_CONF)
+    stray = index_copy / "local_sets" / "xfeat" / "part-000000001-deadbeef.h5"
     stray.write_bytes(b"left by a killed writer")
     IndexDatabase.open_for_write(index_copy)
     assert not stray.exists()
-    assert IndexDatabase.open(index_copy).local_features(0, "xfeat") is not None
+    assert IndexDatabase.open(index_copy).local_features(0, "xfeat")[1].shape == (3, 64)
