@@ -144,7 +144,7 @@ class LocalPart:
 def find_part(entry: dict[str, Any], row: int) -> int | None:
     """Index in ``entry["parts"]`` (sorted by start) of the part covering ``row``, None when not covered."""
     parts = entry["parts"]
-    i = bisect.bisect_right([int(p["start"]) for p in parts], row) - 1
+    i = bisect.bisect_right(parts, row, key=lambda p: int(p["start"])) - 1  # O(log parts) per read
     if i >= 0 and row < int(parts[i]["start"]) + int(parts[i]["rows"]):
         return i
     return None

@@ -94,13 +94,10 @@ def decode_item(path: str | Path, image_size: int | None, resize: str, local_siz
     decode at its own size (local extraction costs far more than that).
     """
     start = time.perf_counter()
-    if image_size is None:
-        try:
-            local, orig = load_image(path, max_side=local_size)
-        except ImageError as exc:
-            return Item(index, error=str(exc), seconds=time.perf_counter() - start)
-        return Item(index, None, local, orig, seconds=time.perf_counter() - start)
     try:
+        if image_size is None:
+            local, orig = load_image(path, max_side=local_size)
+            return Item(index, None, local, orig, seconds=time.perf_counter() - start)
         image, orig = load_image(path, max_side=image_size if resize == "longer" else None)
         local = load_image(path, max_side=local_size)[0] if local_size else None
     except ImageError as exc:
