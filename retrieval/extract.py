@@ -341,8 +341,10 @@ def main(
     held = [name for name in db.local_sets() if name not in local_sets]
     if held:
         logger.info("index %s also holds local set(s) %s: new rows get them too", index_dir, ", ".join(held))
-    # Secondary extractors before the build: a set stored with another conf is refused before any work.
-    set_extractors = {name: make_local_extractor(name, device=device) for name in [*local_sets, *held]}
+    # Secondary extractors before the build: a requested set stored with another conf is refused before any
+    # work; a set the index holds but was not named is extended with its stored conf.
+    set_extractors = {name: make_local_extractor(name, device=device) for name in local_sets}
+    set_extractors.update({name: make_local_extractor(db.local_sets()[name], device=device) for name in held})
     for name, lex in set_extractors.items():
         db.check_local_set(name, lex.conf, lex.dim)
     # One writer at a time: hold the index's writer lock for the whole run, so that a second build-index
