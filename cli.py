@@ -106,7 +106,7 @@ def build_index(
     train: Optional[Path] = typer.Option(None, "--train", help="Reference CSV with columns id,landmark_id (empty landmark_id = non-landmark). Omit to read a folder per landmark."),
     distractors: Optional[Path] = typer.Option(None, "--distractors", help="CSV of non-landmark image ids (column id) to index as distractors."),
     conf: str = typer.Option(DEFAULT_GLOBAL, "--conf", help="Global configuration name (see `landmarks confs`)."),
-    local_conf: str = typer.Option(DEFAULT_LOCAL, "--local-conf", help="Local features to store for verification (see `landmarks confs`): rootsift (no weights), aliked (best quality, slower), xfeat, delf, or none (extracted on demand at query time; nothing stored)."),
+    local_conf: str = typer.Option(DEFAULT_LOCAL, "--local-conf", help="Local features to store for verification (see `landmarks confs`): rootsift (no weights), aliked (best quality, slower), xfeat, delf, or none (extracted on demand at query time; nothing stored). Several sets: rootsift+xfeat or rootsift+aliked (the first verifies first; also adds the second set to an existing rootsift index)."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Backbone weights: a checkpoint file, 'timm' (online), 'random', or 'auto'."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Override the configuration's input size (pixels)."),
     resize: Optional[str] = typer.Option(None, "--resize", help="Which side gets --image-size: longer or shorter (aspect ratio is kept)."),
@@ -128,12 +128,15 @@ def build_index(
         from retrieval.data import read_references
         from retrieval.global_model import resolve_global_conf
 
+        from retrieval.local_features import split_local_conf
+
         references = read_references(train, images, distractors)
         gconf = resolve_global_conf(conf, weights=weights, image_size=image_size, resize=resize)
-        lconf = extract.resolve_local_conf_name(local_conf)
+        lconf, lsets = split_local_conf(local_conf)
         stats = extract.main(
             references, index, gconf, lconf, device=device, batch_size=batch_size, num_workers=workers,
             factory=faiss_factory, nprobe=nprobe, rebuild=rebuild, engine=engine, ray_options=ray_options,
+            local_sets=lsets,
         )
         typer.echo(
             f"index {index}: {stats['n_total']} images ({stats['n_added']} added, {stats['already_stored']} already "
@@ -146,6 +149,10 @@ def build_index(
             per_image = manifest.get("local_bytes_per_image") or 0
             typer.echo(f"local features ({lconf}): {manifest['counts'].get('local_features', 0)} keypoints, "
                        f"{per_image / 1024:.0f} KiB per image")
+        for name, s in (stats.get("local_sets") or {}).items():
+            typer.echo(f"local set {name}: {s['rows_extracted']} images extracted ({s['failed']} unreadable), "
+                       f"{(s.get('bytes_per_image') or 0) / 1024:.0f} KiB per image, {s['seconds']:.1f} s "
+                       f"({s['seconds_per_image']:.2f} s per image, {s['extract_seconds_per_image']:.2f} s extracting)")
         if stats["skipped"]:
             typer.echo(f"skipped images and reasons: {index / 'skipped.csv'}")
             raise typer.Exit(code=1)
@@ -441,7 +448,7 @@ def compact(
 def confs() -> None:
     """List the named global and local configurations."""
     from retrieval.global_model import global_confs
-    from retrieval.local_features import local_confs
+    from retrieval.local_features import local_conf_set_help, local_conf_sets, local_confs
 
     mark = lambda name, default: " (default)" if name == default else ""  # noqa: E731
     typer.echo("global configurations (--conf):")
@@ -451,6 +458,9 @@ def confs() -> None:
     typer.echo(f"  {'none':26s} no stored local features (extracted on demand when verifying)")
     for name, c in local_confs.items():
         typer.echo(f"  {name + mark(name, DEFAULT_LOCAL):26s} {json.dumps(c, default=str)}")
+    typer.echo("several local sets (--local-conf A+B: A stored as above, B beside it; A verifies first):")
+    for name in local_conf_sets:
+        typer.echo(f"  {name:26s} {local_conf_set_help[name]}")
     typer.echo("recognition defaults (override with --k, --candidates, --refs-per-candidate, --inlier-threshold):")
     typer.echo(f"  {'all':26s} {json.dumps(DEFAULT_RECOGNITION_CONF)}")
     for name, c in EXTRACTOR_DEFAULTS.items():

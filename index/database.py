@@ -12,6 +12,9 @@ Directory layout (format 2)::
     shards/              extraction batches not yet committed (shard-XXXXXX.h5)
     skipped.csv          id,path,reason of images the caller could not process (append-only)
     aux/<name>.npz       caller-owned arrays (e.g. a PCA fitted on local features)
+    local_sets/<name>/part-*.h5  secondary local feature sets (e.g. XFeat beside the primary RootSIFT),
+                         rows [start, start+n) per part, CSR like the segments; named by the manifest
+                         key ``local_sets`` (layout and life-cycle in ``local_sets.py``)
     writer.lock          held (flock) by the one writer; writer.json names it
 
 Row numbers are global: segment ``i`` holds rows ``starts[i]:starts[i+1]`` in
@@ -21,6 +24,15 @@ Life-cycle: ``create_or_open`` -> ``find_rows``/``done_ids`` (resume) ->
 ``write_shard`` per batch -> ``commit`` (shards become one new segment; faiss
 extended, or retrained when the collection outgrew it) -> ``search``/``rows``.
 ``compact`` merges segments. ``index/`` knows nothing about images.
+
+Secondary local feature sets: ``write_local_part`` publishes the features of a
+set for a contiguous run of committed rows (part file written whole and renamed,
+then the manifest replaced: the commit point); ``missing_local_rows`` says which
+rows a set still lacks (resume), ``local_features(row, set_name)`` reads one.
+They live outside ``config`` and the segments, so a set is added to an existing
+index without re-extracting anything else. Row numbers never change (commit
+appends, compact keeps order), so parts stay valid; ``compact`` merges
+back-to-back parts of a set into one.
 
 Commit (crash-safe, resumable; a kill at any point is repaired by running the
 same calls again):
@@ -52,6 +64,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import copy
+import json
 import logging
 import os
 import re
@@ -61,6 +74,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import pandas as pd
 
@@ -72,16 +86,33 @@ from .manifest import (
     TMP_SUFFIX,
     ConfigMismatchError,
     IndexFormatError,
+    atomic_output,
     check_config,
+    config_diff,
     fsync_dir,
     fsync_file,
     merge_manifest_fields,
     new_manifest,
+    normalise_config,
     package_version,
     read_manifest,
     tmp_owner_alive,
     tmp_path,
     write_manifest,
+)
+from .local_sets import (
+    LOCAL_SETS_DIR,
+    LOCAL_SETS_KEY,
+    PART_FORMAT,
+    LocalPart,
+    PartCache,
+    check_set_name,
+    contiguous_runs,
+    covered_mask,
+    find_part,
+    missing_rows,
+    part_path,
+    write_part_file,
 )
 from .segment import (
     COPY_CHUNK,
@@ -201,6 +232,7 @@ class IndexDatabase:
         self._exact = False
         self._local_expect: tuple[bool, int | None] | None = None
         self._skipped_buffer: dict[str, tuple[str, str]] = {}
+        self._parts = PartCache(self.path)  # secondary local set parts, opened on first use
         self._load()
 
     # ------------------------------------------------------------------ open / create
@@ -614,35 +646,14 @@ class IndexDatabase:
             return None
         if n and expect_local is False:
             raise ValueError("this index has no local features (earlier batches had none): cannot add them now")
-        if len(keypoints) != n or len(descriptors) != n:
-            raise ValueError(
-                f"{n} images but {len(keypoints)} local_keypoints and {len(descriptors)} local_descriptors"
-            )
-        kps, descs, counts, d = [], [], [], None
-        for i, (kp, ld) in enumerate(zip(keypoints, descriptors)):
-            kp = np.asarray(kp, dtype=np.float32)
-            ld = np.asarray(ld)
-            if kp.ndim != 2 or kp.shape[1] != 4:
-                raise ValueError(f"local_keypoints[{i}] must be (k, 4) [x, y, scale, score], got {kp.shape}")
-            if ld.ndim != 2 or ld.shape[0] != kp.shape[0]:
-                raise ValueError(f"local_descriptors[{i}] must be ({kp.shape[0]}, d), got {ld.shape}")
-            if d is None:
-                d = ld.shape[1]
-            elif ld.shape[1] != d:
-                raise ValueError(f"local_descriptors[{i}] has dim {ld.shape[1]}, earlier images in the batch {d}")
-            if not (np.all(np.isfinite(kp)) and np.all(np.isfinite(ld))):
-                raise ValueError(f"local features of image {i} contain NaN or infinite values")
-            kps.append(kp)
-            descs.append(ld.astype(np.float16))
-            counts.append(kp.shape[0])
+        kp, ld, offsets, d = _concat_local(n, keypoints, descriptors)
         if d is None or d < 1:
             if n:
                 raise ValueError("local descriptors must have dim >= 1")
             return None
         if expect_dim is not None and d != expect_dim:
             raise ValueError(f"local descriptor dim {d} differs from this index's local dim {expect_dim}")
-        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        return np.concatenate(kps), np.concatenate(descs), offsets
+        return kp, ld, offsets
 
     def _expected_local(self) -> tuple[bool | None, int | None]:
         """(has local, local dim) fixed by committed rows or earlier shards; (None, None) if not yet fixed."""
@@ -880,63 +891,69 @@ class IndexDatabase:
     # ------------------------------------------------------------------ compaction
 
     def compact(self) -> dict[str, Any]:
-        """Merge all segments into one (crash-safe); row numbers, faiss index and content are unchanged.
+        """Merge all segments into one, and back-to-back parts of each secondary local set into one (crash-safe);
+        row numbers, faiss index and content are unchanged.
 
-        Writes the merged segment under a new name, publishes it in the manifest (the commit point), then
-        deletes the old segment files; a kill at any point leaves either the old or the new state.
+        Writes merged files under new names, publishes them in the manifest (the commit point), then
+        deletes the old files; a kill at any point leaves either the old or the new state.
 
         Returns:
-            {"segments_before", "segments_after", "rows", "seconds"}.
+            {"segments_before", "segments_after", "local_set_parts_before", "local_set_parts_after", "rows",
+            "seconds"}.
         """
         t0 = time.perf_counter()
         with self.writer_lock(what="compact"):
             self._collect_garbage()
             before = len(self._segments)
-            if before <= 1:
+            if before > 1:
+                self._merge_segments()
+            else:
                 logger.info("compact %s: %d segment, nothing to merge", self.path, before)
-                return {"segments_before": before, "segments_after": before, "rows": self.size,
-                        "seconds": round(time.perf_counter() - t0, 3)}
-            local_dim = self._local_dim
-            n_features = sum(s.n_features for s in self._segments)
-            with_sizes = bool(local_dim) and any(s.has_sizes for s in self._segments)
-            with self._segment_file(self.size, local_dim, n_features, with_sizes) as (writer, out):
-                for seg in self._segments:
-                    values = seg.landmark_values()
-                    sorted_hash, hash_rows = seg.hashes()
-                    hashes = np.empty(seg.n, dtype=np.uint64)
-                    hashes[hash_rows] = sorted_hash
-                    for a in range(0, seg.n, COPY_CHUNK):
-                        b = min(seg.n, a + COPY_CHUNK)
-                        local = None
-                        if local_dim:
-                            local = seg.local_block(a, b)
-                            if with_sizes and "sizes" not in local:
-                                local["sizes"] = np.zeros((b - a, 2), np.int32)
-                        writer.append(np.asarray(seg.descriptors[a:b]), seg.raw_strings("ids", a, b),
-                                      seg.raw_strings("paths", a, b), seg.raw_codes(a, b), values,
-                                      hashes[a:b], local)
-            entry, merged = out["entry"], out["segment"]
-            manifest = copy.deepcopy(self.manifest)
-            old_files = [e["file"] for e in manifest["segments"]]
-            manifest["segments"] = [entry]
-            try:
-                write_manifest(self.path / MANIFEST_NAME, manifest)  # the commit point
-            except BaseException:
-                merged.close()
-                raise
-            for seg in self._segments:
-                seg.close()
-            self.manifest = manifest
-            self._disk_manifest = copy.deepcopy(manifest)
-            self._set_segments([merged])
-            for f in old_files:
-                (self.path / f).unlink(missing_ok=True)
-            fsync_dir(self.path / SEGMENTS_DIR)
-        stats = {"segments_before": before, "segments_after": 1, "rows": self.size,
-                 "seconds": round(time.perf_counter() - t0, 3)}
-        logger.info("compact %s: %d segments merged into one (%d rows) in %.1f s", self.path, before, self.size,
-                    stats["seconds"])
+            parts_before, parts_after = self._merge_local_parts()
+        stats = {"segments_before": before, "segments_after": min(before, 1), "local_set_parts_before": parts_before,
+                 "local_set_parts_after": parts_after, "rows": self.size, "seconds": round(time.perf_counter() - t0, 3)}
+        logger.info("compact %s: %d segments merged into %d, %d local set parts into %d (%d rows) in %.1f s",
+                    self.path, before, stats["segments_after"], parts_before, parts_after, self.size, stats["seconds"])
         return stats
+
+    def _merge_segments(self) -> None:
+        """The segment part of :meth:`compact` (caller holds the writer lock; more than one segment)."""
+        local_dim = self._local_dim
+        n_features = sum(s.n_features for s in self._segments)
+        with_sizes = bool(local_dim) and any(s.has_sizes for s in self._segments)
+        with self._segment_file(self.size, local_dim, n_features, with_sizes) as (writer, out):
+            for seg in self._segments:
+                values = seg.landmark_values()
+                sorted_hash, hash_rows = seg.hashes()
+                hashes = np.empty(seg.n, dtype=np.uint64)
+                hashes[hash_rows] = sorted_hash
+                for a in range(0, seg.n, COPY_CHUNK):
+                    b = min(seg.n, a + COPY_CHUNK)
+                    local = None
+                    if local_dim:
+                        local = seg.local_block(a, b)
+                        if with_sizes and "sizes" not in local:
+                            local["sizes"] = np.zeros((b - a, 2), np.int32)
+                    writer.append(np.asarray(seg.descriptors[a:b]), seg.raw_strings("ids", a, b),
+                                  seg.raw_strings("paths", a, b), seg.raw_codes(a, b), values,
+                                  hashes[a:b], local)
+        entry, merged = out["entry"], out["segment"]
+        manifest = copy.deepcopy(self.manifest)
+        old_files = [e["file"] for e in manifest["segments"]]
+        manifest["segments"] = [entry]
+        try:
+            write_manifest(self.path / MANIFEST_NAME, manifest)  # the commit point
+        except BaseException:
+            merged.close()
+            raise
+        for seg in self._segments:
+            seg.close()
+        self.manifest = manifest
+        self._disk_manifest = copy.deepcopy(manifest)
+        self._set_segments([merged])
+        for f in old_files:
+            (self.path / f).unlink(missing_ok=True)
+        fsync_dir(self.path / SEGMENTS_DIR)
 
     # ------------------------------------------------------------------ faiss
 
@@ -1139,19 +1156,222 @@ class IndexDatabase:
         i = int(np.searchsorted(self._desc.starts, row, side="right")) - 1
         return self._segments[i], row - int(self._desc.starts[i])
 
-    def local_features(self, row: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """(keypoints (k, 4) float32, descriptors (k, d) float32) of image ``row``; None without local features."""
+    def local_features(self, row: int, set_name: str | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+        """(keypoints (k, 4) float32 [x, y, scale, score], descriptors (k, d) float32) of image ``row``.
+
+        ``set_name`` None: the primary set (in the segments; None when the index stores none). A secondary
+        set's name (:meth:`local_sets`): None while ``row`` is not yet extracted for it.
+        Raises IndexError for a row out of range, ValueError for a set the index does not hold.
+        """
+        if set_name is not None:
+            return self._read_set(set_name, row, lambda part, r: part.features(r))
         if not self.has_local():
             return None
         seg, r = self._locate(row)
         return seg.local(r)
 
-    def local_image_size(self, row: int) -> tuple[int, int] | None:
-        """(width, height) of the image the local features of ``row`` were detected on; None when not stored."""
+    def local_image_size(self, row: int, set_name: str | None = None) -> tuple[int, int] | None:
+        """(width, height) of the image the local features of ``row`` (in ``set_name``, None: the primary set)
+        were detected on; None when not stored (or the image could not be read for that set)."""
+        if set_name is not None:
+            return self._read_set(set_name, row, lambda part, r: part.size(r))
         if not self.has_local():
             return None
         seg, r = self._locate(row)
         return seg.local_size(r)
+
+    # ------------------------------------------------------------------ secondary local sets
+
+    def local_sets(self) -> dict[str, dict[str, Any]]:
+        """Secondary local feature sets: {name: the resolved extractor conf they were extracted with}."""
+        return {name: copy.deepcopy(e["conf"]) for name, e in self.manifest[LOCAL_SETS_KEY].items()}
+
+    def _set_entry(self, set_name: str) -> dict[str, Any]:
+        entry = self.manifest[LOCAL_SETS_KEY].get(set_name)
+        if entry is None:
+            held = ", ".join(sorted(self.manifest[LOCAL_SETS_KEY])) or "none"
+            raise ValueError(f"index {self.path} has no local set {set_name!r} (secondary sets: {held})")
+        return entry
+
+    def missing_local_rows(self, set_name: str) -> np.ndarray:
+        """Committed rows (ascending int64) not covered by a published part of ``set_name`` (all rows for a set
+        the index does not hold yet)."""
+        check_set_name(set_name)
+        return missing_rows(self.manifest[LOCAL_SETS_KEY].get(set_name), self.size)
+
+    def _read_set(self, set_name: str, row: int, func: Any) -> Any:
+        """``func(part, local row)`` for ``row`` of a secondary set; None when no part covers it.
+
+        A part file removed meanwhile (a concurrent compact merged it) makes the reader take the newer
+        manifest's parts and retry, like opening an index does.
+        """
+        row = int(row)
+        if not 0 <= row < self.size:
+            raise IndexError(f"row {row} out of range for {self.size} images")
+        for attempt in range(OPEN_RETRIES):
+            entry = self._set_entry(set_name)
+            i = find_part(entry, row)
+            if i is None:
+                return None
+            part = entry["parts"][i]
+            try:
+                return self._parts.read(entry, part, lambda p: func(p, row - p.start))
+            except FileNotFoundError:
+                with contextlib.suppress(OSError, IndexFormatError):
+                    fresh = read_manifest(self.path / MANIFEST_NAME)[LOCAL_SETS_KEY]
+                    if fresh != self.manifest[LOCAL_SETS_KEY]:
+                        self.manifest[LOCAL_SETS_KEY] = fresh  # _disk_manifest kept: a writer still reloads all
+                        time.sleep(0.01 * attempt)
+                        continue
+                raise IndexFormatError(f"{self.path / part['file']}: named in {self.path / MANIFEST_NAME} but "
+                                       "missing") from None
+        raise IndexFormatError(f"{self.path / MANIFEST_NAME}: local set {set_name!r} kept changing while read")
+
+    def check_local_set(self, set_name: str, conf: dict[str, Any], dim: int | None = None) -> None:
+        """ConfigMismatchError (naming both confs and the differing keys) when the index holds ``set_name``
+        with another conf or descriptor dim; nothing when it holds it with these, or not at all."""
+        entry = self.manifest[LOCAL_SETS_KEY].get(set_name)
+        if entry is None:
+            return
+        conf = normalise_config(conf)
+        diff = config_diff(entry["conf"], conf)
+        if diff:
+            raise ConfigMismatchError(
+                f"index {self.path} holds local set {set_name!r} extracted with "
+                f"{json.dumps(entry['conf'], sort_keys=True)}; refusing features extracted with "
+                f"{json.dumps(conf, sort_keys=True)} (differing keys: {', '.join(diff)}). Use the stored conf, "
+                "or another set name"
+            )
+        if dim is not None and int(entry["dim"]) != int(dim):
+            raise ConfigMismatchError(f"index {self.path} local set {set_name!r} is {entry['dim']}-d, "
+                                      f"got {dim}-d descriptors")
+
+    def write_local_part(
+        self,
+        set_name: str,
+        conf: dict[str, Any],
+        start: int,
+        keypoints: Sequence[np.ndarray],
+        descriptors: Sequence[np.ndarray],
+        sizes: np.ndarray,
+    ) -> dict[str, Any]:
+        """Publish the local features of rows ``start .. start+n-1`` for secondary set ``set_name`` (crash-safe).
+
+        The first part creates the set with ``conf`` (the extractor's resolved conf, JSON-friendly); later
+        parts must come with the same conf and descriptor dim. Under the writer lock: the part file is
+        written whole (temp name, fsync, rename), then the manifest naming it replaces the old one (the
+        commit point); a kill in between leaves a file the next writer deletes.
+
+        Args:
+            keypoints: per row (k_i, 4) float32 [x, y, scale, score] in detection-image pixels.
+            descriptors: per row (k_i, d).
+            sizes: (n, 2) int [width, height] of each row's detection image ((0, 0): not readable).
+
+        Returns:
+            The part's manifest entry {"file", "start", "rows", "features", "failed"}.
+
+        Raises:
+            ConfigMismatchError: the set exists with another conf (both named) or dim.
+            ValueError: rows out of range or already covered by a part of the set, bad arrays.
+        """
+        check_set_name(set_name)
+        conf = normalise_config(conf)
+        n, start = len(keypoints), int(start)
+        if not n:
+            raise ValueError("write_local_part needs at least one row")
+        kp, ld, offsets, d = _concat_local(n, keypoints, descriptors)
+        sizes = np.asarray(sizes)
+        if sizes.shape != (n, 2):
+            raise ValueError(f"sizes must be ({n}, 2) [width, height], got {sizes.shape}")
+        if d is None or d < 1:
+            raise ValueError("local descriptors must have dim >= 1")
+        with self.writer_lock(what=f"local set {set_name}"):
+            if start < 0 or start + n > self.size:
+                raise ValueError(f"rows {start}..{start + n - 1} out of range for {self.size} committed images")
+            self.check_local_set(set_name, conf, d)
+            entry = self.manifest[LOCAL_SETS_KEY].get(set_name)
+            if entry is not None:
+                if covered_mask(entry, start + n)[start:].any():
+                    raise ValueError(f"rows {start}..{start + n - 1} of local set {set_name!r} are already "
+                                     "(partly) stored")
+            final = part_path(self.path, set_name, start)
+            new_dir = not final.parent.is_dir()
+            meta = write_part_file(final, set_name, start, d, np.diff(offsets), kp, ld, sizes.astype(np.int32))
+            if new_dir:
+                fsync_dir(final.parent.parent)
+                fsync_dir(self.path)
+            meta["file"] = f"{LOCAL_SETS_DIR}/{set_name}/{final.name}"
+            manifest = copy.deepcopy(self.manifest)
+            entry = manifest[LOCAL_SETS_KEY].setdefault(set_name, {"conf": conf, "dim": d, "parts": []})
+            entry["parts"] = sorted(entry["parts"] + [meta], key=lambda p: int(p["start"]))
+            write_manifest(self.path / MANIFEST_NAME, manifest)  # the commit point
+            self.manifest = manifest
+            self._disk_manifest = copy.deepcopy(manifest)
+        logger.debug("local set %s: published rows %d..%d (%d features) as %s", set_name, start, start + n - 1,
+                     meta["features"], meta["file"])
+        return meta
+
+    def _merge_local_parts(self) -> tuple[int, int]:
+        """Merge each run of back-to-back parts of every secondary set into one part (caller holds the lock).
+
+        Streams part by part (no set is held in memory); publishes all merged parts in one manifest
+        replacement, then deletes the merged files. Returns (parts before, parts after).
+        """
+        sets = self.manifest[LOCAL_SETS_KEY]
+        before = sum(len(e["parts"]) for e in sets.values())
+        if all(len(r) == 1 for e in sets.values() for r in contiguous_runs(e["parts"])):
+            return before, before
+        manifest = copy.deepcopy(self.manifest)
+        old_files: list[str] = []
+        for name, entry in manifest[LOCAL_SETS_KEY].items():
+            merged_parts = []
+            for run in contiguous_runs(entry["parts"]):
+                if len(run) == 1:
+                    merged_parts.extend(run)
+                    continue
+                merged_parts.append(self._merge_run(name, entry, run))
+                old_files += [p["file"] for p in run]
+            entry["parts"] = merged_parts
+        write_manifest(self.path / MANIFEST_NAME, manifest)  # the commit point
+        self.manifest = manifest
+        self._disk_manifest = copy.deepcopy(manifest)
+        self._parts.close()
+        for f in old_files:
+            (self.path / f).unlink(missing_ok=True)
+        after = sum(len(e["parts"]) for e in manifest[LOCAL_SETS_KEY].values())
+        return before, after
+
+    def _merge_run(self, name: str, entry: dict[str, Any], run: list[dict[str, Any]]) -> dict[str, Any]:
+        """One new part file holding the rows of the back-to-back parts ``run``; returns its manifest entry."""
+        dim = int(entry["dim"])
+        start = int(run[0]["start"])
+        n = sum(int(p["rows"]) for p in run)
+        m = sum(int(p["features"]) for p in run)
+        final = part_path(self.path, name, start)
+        with atomic_output(final) as tmp:
+            with h5py.File(tmp, "w") as f:
+                f.attrs.update(format=PART_FORMAT, set=name, start=start, n=n, dim=dim)
+                off = f.create_dataset("offsets", shape=(n + 1,), dtype=np.int64)
+                kp = f.create_dataset("keypoints", shape=(m, 4), dtype=np.float32)
+                ld = f.create_dataset("descriptors", shape=(m, dim), dtype=np.float16)
+                sz = f.create_dataset("sizes", shape=(n, 2), dtype=np.int32)
+                off[0] = 0
+                row = feat = 0
+                for p in run:
+                    part = LocalPart(self.path / p["file"], p, dim)
+                    try:
+                        counts, pkp, pld, psz = part.block()
+                        k, c = len(counts), len(pkp)
+                        off[row + 1 : row + k + 1] = feat + np.cumsum(counts)
+                        if c:
+                            kp[feat : feat + c] = pkp
+                            ld[feat : feat + c] = pld
+                        sz[row : row + k] = psz
+                        row, feat = row + k, feat + c
+                    finally:
+                        part.close()
+        return {"file": f"{LOCAL_SETS_DIR}/{name}/{final.name}", "start": start, "rows": n, "features": m,
+                "failed": sum(int(p.get("failed", 0)) for p in run)}
 
     # ------------------------------------------------------------------ aux / manifest
 
@@ -1220,6 +1440,10 @@ class IndexDatabase:
                 stale.append(p)  # format 1 files left by an interrupted upgrade
         if (self.path / AUX_DIR).is_dir():
             stale += [p for p in (self.path / AUX_DIR).glob(f"*{TMP_SUFFIX}")]
+        parts = {p["file"] for e in self.manifest[LOCAL_SETS_KEY].values() for p in e["parts"]}
+        if (self.path / LOCAL_SETS_DIR).is_dir():  # parts (and their temp files) no manifest names
+            stale += [p for p in (self.path / LOCAL_SETS_DIR).glob("*/*")
+                      if f"{LOCAL_SETS_DIR}/{p.parent.name}/{p.name}" not in parts and p.is_file()]
         if self._shards_dir.is_dir():
             stale += [p for p in self._shards_dir.glob(f"*{TMP_SUFFIX}") if not tmp_owner_alive(p)]
         removed = 0
@@ -1231,6 +1455,7 @@ class IndexDatabase:
             logger.warning("removed %d files left by an interrupted writer in %s", removed, self.path)
 
     def _close_stores(self) -> None:
+        self._parts.close()
         for seg in self._segments:
             seg.close()
         self._segments = []
@@ -1264,6 +1489,37 @@ def _check_empty(path: Path) -> None:
             f"{path} is not empty and has no {MANIFEST_NAME}: not an index directory "
             f"(found {sorted(others)[:5]}); choose a new or empty directory"
         )
+
+
+def _concat_local(n: int, keypoints: Sequence[np.ndarray], descriptors: Sequence[np.ndarray]
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int | None]:
+    """Validate per-image local arrays; (keypoints (M, 4) float32, descriptors (M, d) float16, offsets (n+1,), d).
+
+    ``d`` is None when there are no images (then the arrays are empty and unusable).
+    """
+    if len(keypoints) != n or len(descriptors) != n:
+        raise ValueError(f"{n} images but {len(keypoints)} local_keypoints and {len(descriptors)} local_descriptors")
+    kps, descs, counts, d = [], [], [], None
+    for i, (kp, ld) in enumerate(zip(keypoints, descriptors)):
+        kp = np.asarray(kp, dtype=np.float32)
+        ld = np.asarray(ld)
+        if kp.ndim != 2 or kp.shape[1] != 4:
+            raise ValueError(f"local_keypoints[{i}] must be (k, 4) [x, y, scale, score], got {kp.shape}")
+        if ld.ndim != 2 or ld.shape[0] != kp.shape[0]:
+            raise ValueError(f"local_descriptors[{i}] must be ({kp.shape[0]}, d), got {ld.shape}")
+        if d is None:
+            d = ld.shape[1]
+        elif ld.shape[1] != d:
+            raise ValueError(f"local_descriptors[{i}] has dim {ld.shape[1]}, earlier images in the batch {d}")
+        if not (np.all(np.isfinite(kp)) and np.all(np.isfinite(ld))):
+            raise ValueError(f"local features of image {i} contain NaN or infinite values")
+        kps.append(kp)
+        descs.append(ld.astype(np.float16))
+        counts.append(kp.shape[0])
+    if d is None:
+        return np.zeros((0, 4), np.float32), np.zeros((0, 0), np.float16), np.zeros(1, np.int64), None
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return np.concatenate(kps), np.concatenate(descs), offsets, int(d)
 
 
 def _legacy_message(path: Path, manifest: dict) -> str:

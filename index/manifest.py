@@ -44,6 +44,7 @@ MANAGED_KEYS = frozenset(
         "local_bytes_per_image",
         "segments",
         "local_dim",
+        "local_sets",
     }
 )
 
@@ -193,6 +194,7 @@ def new_manifest(config: dict, dim: int) -> dict:
         "local_bytes_per_image": 0.0,
         "segments": [],  # published segments in row order: {"file", "rows", "local_features", "nonlandmarks"}
         "local_dim": None,
+        "local_sets": {},  # secondary local feature sets: {name: {"conf", "dim", "parts"}} (index/local_sets.py)
     }
 
 
@@ -231,8 +233,14 @@ def read_manifest(path: str | os.PathLike) -> dict:
     manifest.setdefault("local_bytes_per_image", 0.0)
     manifest.setdefault("segments", [])
     manifest.setdefault("local_dim", None)
+    manifest.setdefault("local_sets", {})
     if not isinstance(manifest["segments"], list):
         raise IndexFormatError(f"{path}: field 'segments' is not a list")
+    if not isinstance(manifest["local_sets"], dict) or not all(
+        isinstance(e, dict) and isinstance(e.get("parts"), list) and isinstance(e.get("dim"), int)
+        for e in manifest["local_sets"].values()
+    ):
+        raise IndexFormatError(f"{path}: field 'local_sets' is not a dict of {{name: {{conf, dim, parts}}}}")
     return manifest
 
 

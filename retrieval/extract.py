@@ -22,7 +22,14 @@ from index.database import IndexDatabase
 
 from .global_model import DEFAULT_GLOBAL, GlobalExtractor, resolve_global_conf, target_size
 from .image_io import ImageError, load_image
-from .local_features import LocalExtractor, LocalFeatures, detection_size, make_local_extractor, local_confs
+from .local_features import (
+    LocalExtractor,
+    LocalFeatures,
+    check_secondary_sets,
+    detection_size,
+    make_local_extractor,
+    split_local_conf,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -60,12 +67,13 @@ class Item:
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """Decodes images for the global model (resized) and optionally the local extractor."""
+    """Decodes images for the global model (resized; ``global_conf`` None: not at all) and optionally the local
+    extractor."""
 
-    def __init__(self, paths: Sequence[str], global_conf: Mapping[str, Any], local_size: int | None = None):
+    def __init__(self, paths: Sequence[str], global_conf: Mapping[str, Any] | None, local_size: int | None = None):
         self.paths = list(paths)
-        self.image_size = int(global_conf["image_size"])
-        self.resize = global_conf["resize"]
+        self.image_size = int(global_conf["image_size"]) if global_conf is not None else None
+        self.resize = global_conf["resize"] if global_conf is not None else "longer"
         self.local_size = local_size
 
     def __len__(self) -> int:
@@ -75,8 +83,10 @@ class ImageDataset(torch.utils.data.Dataset):
         return decode_item(self.paths[i], self.image_size, self.resize, self.local_size, index=i)
 
 
-def decode_item(path: str | Path, image_size: int, resize: str, local_size: int | None, index: int = 0) -> Item:
+def decode_item(path: str | Path, image_size: int | None, resize: str, local_size: int | None, index: int = 0) -> Item:
     """Decode one image for the global model (resized) and optionally the local extractor; errors become Item.error.
+
+    ``image_size`` None: the local image alone (secondary local sets of an index, :func:`add_local_sets`).
 
     The global image is decoded the same way whether or not local features are wanted: JPEG draft decoding
     (DCT scaling) at another size gives other pixels, and a photo must get the same global descriptor from
@@ -85,6 +95,9 @@ def decode_item(path: str | Path, image_size: int, resize: str, local_size: int 
     """
     start = time.perf_counter()
     try:
+        if image_size is None:
+            local, orig = load_image(path, max_side=local_size)
+            return Item(index, None, local, orig, seconds=time.perf_counter() - start)
         image, orig = load_image(path, max_side=image_size if resize == "longer" else None)
         local = load_image(path, max_side=local_size)[0] if local_size else None
     except ImageError as exc:
@@ -106,7 +119,7 @@ def _collate(items: list[Item]) -> list[Item]:
 
 
 def iter_batches(
-    paths: Sequence[str], global_conf: Mapping[str, Any], local_size: int | None = None,
+    paths: Sequence[str], global_conf: Mapping[str, Any] | None, local_size: int | None = None,
     batch_size: int = 16, num_workers: int | None = None, device: str = "cpu",
 ) -> Iterator[list[Item]]:
     """Decoded images in batches, in input order (decoded by worker processes when ``num_workers`` > 0;
@@ -260,13 +273,22 @@ class FeatureExtractor:
         return fx
 
 
+def local_set_extractors(db: IndexDatabase, device: str | None = None) -> dict[str, LocalExtractor]:
+    """{name: extractor} for the secondary local sets of an index, built from the confs stored with them.
+
+    A query's features for a set come from the same decoded local image as the primary set's
+    (``FeatureExtractor.decode(path).local_image``): ``extractor.extract(item.local_image)``.
+    """
+    return {name: make_local_extractor(conf, device=device) for name, conf in db.local_sets().items()}
+
+
 def resolve_local_conf_name(name: str | None) -> str | None:
-    """Validate a --local-conf name ("none" = no local features)."""
-    if name in (None, "none"):
-        return None
-    if name not in local_confs:
-        raise ValueError(f"unknown local configuration {name!r}; choose one of: none, {', '.join(local_confs)}")
-    return name
+    """Validate a --local-conf name of one local feature set ("none" = no local features)."""
+    primary, secondary = split_local_conf(name)
+    if secondary:
+        raise ValueError(f"--local-conf {name!r} names several local feature sets; here only one is used "
+                         f"(e.g. {primary!r})")
+    return primary
 
 
 def main(
@@ -286,6 +308,7 @@ def main(
     engine: str = "local",
     ray_options: Any = None,
     extractor: FeatureExtractor | None = None,
+    local_sets: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Build or extend the index at ``index_dir`` from a reference table (id, landmark_id, path).
 
@@ -300,22 +323,162 @@ def main(
     module's FeatureExtractor in each actor; this process writes the shards and commits exactly as with
     ``engine="local"``, so resuming, skipping and labels behave the same. ``extractor``: an already built
     FeatureExtractor to use instead of ``global_conf``/``local_conf``/``device`` (benchmarks: no model load).
+
+    ``local_sets``: secondary local feature sets (:data:`~retrieval.local_features.local_confs` names) to store
+    beside the primary ``local_conf``; after the build they are extracted by :func:`add_local_sets` for every
+    row that lacks them, together with the sets the index already holds (so new rows get every set). Stats of
+    that pass under ``"local_sets"``.
     """
     from .ray_engine import check_engine
 
     check_engine(engine)
+    check_secondary_sets(local_sets)
     start = time.perf_counter()
     index_dir = Path(index_dir)
     if isinstance(global_conf, str):
         global_conf = resolve_global_conf(global_conf)
     fx = extractor or FeatureExtractor(global_conf, local_conf, device=device)
     db = IndexDatabase.create_or_open(index_dir, fx.index_config(), fx.global_extractor.dim)
+    held = [name for name in db.local_sets() if name not in local_sets]
+    if held:
+        logger.info("index %s also holds local set(s) %s: new rows get them too", index_dir, ", ".join(held))
+    # Secondary extractors before the build: a requested set stored with another conf is refused before any
+    # work; a set the index holds but was not named is extended with its stored conf.
+    set_extractors = {name: make_local_extractor(name, device=device) for name in local_sets}
+    set_extractors.update({name: make_local_extractor(db.local_sets()[name], device=device) for name in held})
+    for name, lex in set_extractors.items():
+        db.check_local_set(name, lex.conf, lex.dim)
     # One writer at a time: hold the index's writer lock for the whole run, so that a second build-index
     # (or tune-threshold) on this index is refused at once, naming this process. Queries keep working.
     with db.writer_lock(what="build-index"):
         stats = _build(db, fx, references, index_dir, batch_size, num_workers, shard_size, shard_seconds,
                        factory, nprobe, rebuild, progress, engine, ray_options, device)
+    db.close()
+    if set_extractors:
+        if engine == "ray":
+            logger.info("local set(s) %s: extracted on this machine (--engine ray ran the primary build)",
+                        ", ".join(set_extractors))
+        stats["local_sets"] = add_local_sets(index_dir, list(set_extractors), batch_size=batch_size,
+                                             num_workers=num_workers, progress=progress, extractors=set_extractors)
     stats["seconds_total"] = round(time.perf_counter() - start, 2)
+    return stats
+
+
+def add_local_sets(
+    index_dir: str | Path,
+    names: Sequence[str],
+    device: str | None = None,
+    batch_size: int = 16,
+    num_workers: int | None = None,
+    part_size: int = 256,
+    part_seconds: float = 60.0,
+    progress: bool = True,
+    extractors: Mapping[str, LocalExtractor] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Extract secondary local feature sets ``names`` for every committed row of the index that lacks them.
+
+    Rows are read from the stored image paths in row order and decoded as the primary set is (the photo at
+    the index's ``local_image_size``; keypoints in detection pixels). A part is published every ``part_size``
+    rows or ``part_seconds`` seconds, so a kill loses at most one part and a rerun resumes at the first
+    missing row. An image that cannot be read is logged and stored with no features and size (0, 0), so it
+    is not retried at every run. Holds the index's writer lock throughout. ``extractors``: already built
+    extractors by name (else built here on ``device``).
+
+    Returns:
+        {name: {"rows_extracted", "failed", "rows_total", "seconds", "seconds_per_image",
+        "extract_seconds_per_image", "features_per_image", "bytes_per_image", "parts"}}.
+    """
+    from index.local_sets import LOCAL_SETS_KEY, bytes_per_image
+
+    check_secondary_sets(names)
+    if part_size < 1:
+        raise ValueError(f"part_size must be >= 1, got {part_size}")
+    index_dir = Path(index_dir)
+    db = IndexDatabase.open_for_write(index_dir)
+    try:
+        out = {}
+        with db.writer_lock(what="add local sets"):
+            for name in names:
+                lex = (extractors or {}).get(name) or make_local_extractor(name, device=device)
+                stats = _add_local_set(db, name, lex, batch_size, num_workers, part_size, part_seconds, progress)
+                entry = db.manifest[LOCAL_SETS_KEY].get(name)
+                if entry is not None:
+                    covered = sum(int(p["rows"]) for p in entry["parts"])
+                    stats.update(bytes_per_image=round(bytes_per_image(entry), 1), parts=len(entry["parts"]),
+                                 features_per_image=round(sum(int(p["features"]) for p in entry["parts"])
+                                                          / max(1, covered), 1))
+                out[name] = stats
+                logger.info("local set %s: %d rows extracted (%d unreadable) in %.1f s, %s bytes per image", name,
+                            stats["rows_extracted"], stats["failed"], stats["seconds"], stats.get("bytes_per_image"))
+        return out
+    finally:
+        db.close()
+
+
+def _add_local_set(db: IndexDatabase, name: str, lex: LocalExtractor, batch_size: int, num_workers: int | None,
+                   part_size: int, part_seconds: float, progress: bool) -> dict[str, Any]:
+    """The body of :func:`add_local_sets` for one set (the caller holds the writer lock)."""
+    t0 = time.perf_counter()
+    db.check_local_set(name, lex.conf, lex.dim)
+    rows = db.missing_local_rows(name)
+    if name in db.local_sets():
+        logger.info("local set %s of %s: %d of %d rows to extract", name, db.path, len(rows), db.size)
+    else:
+        logger.info("adding local set %s to %s: %d rows to extract (conf %s)", name, db.path, len(rows), lex.conf)
+    stats: dict[str, Any] = {"rows_extracted": 0, "failed": 0, "rows_total": db.size}
+    if not len(rows):
+        stats.update(seconds=0.0, seconds_per_image=0.0, extract_seconds_per_image=0.0)
+        return stats
+    local_size = db.manifest["config"].get("local_image_size") or DEFAULT_LOCAL_IMAGE_SIZE
+    paths = [str(p) for p in db.column("path")[rows]]
+    buffer: dict[str, list] = {"kp": [], "desc": [], "sizes": []}
+    first = [0]  # row of buffer[...][0]
+    last_flush = [time.perf_counter()]
+    extract_seconds = 0.0
+
+    def flush() -> None:
+        last_flush[0] = time.perf_counter()
+        if buffer["kp"]:
+            db.write_local_part(name, lex.conf, first[0], buffer["kp"], buffer["desc"],
+                                np.asarray(buffer["sizes"], np.int32).reshape(-1, 2))
+        for v in buffer.values():
+            v.clear()
+
+    device_type = getattr(getattr(lex, "device", None), "type", "cpu")
+    bar = tqdm(total=len(rows), desc=f"local set {name}", unit="img",
+               disable=not progress or bool(os.environ.get("TQDM_DISABLE")))
+    for batch in iter_batches(paths, None, local_size, batch_size, num_workers, device_type):
+        for it in batch:
+            row = int(rows[it.index])
+            if buffer["kp"] and row != first[0] + len(buffer["kp"]):
+                flush()  # a part holds back-to-back rows
+            if not buffer["kp"]:
+                first[0] = row
+            if it.error is not None:
+                logger.warning("local set %s: row %d (%s) unreadable, stored without features: %s", name, row,
+                               paths[it.index], it.error)
+                feats = LocalFeatures.empty(lex.dim)
+                stats["failed"] += 1
+            else:
+                start = time.perf_counter()
+                feats = lex.extract(it.local_image)  # keypoints in detection pixels, with feats.image_size
+                extract_seconds += time.perf_counter() - start
+            kp, desc = feats.pack()
+            buffer["kp"].append(kp)
+            buffer["desc"].append(desc)
+            buffer["sizes"].append(feats.image_size or (0, 0))
+            stats["rows_extracted"] += 1
+            bar.update(1)
+            if len(buffer["kp"]) >= part_size or time.perf_counter() - last_flush[0] >= part_seconds:
+                flush()
+    flush()
+    bar.close()
+    seconds = time.perf_counter() - t0
+    n = stats["rows_extracted"]
+    stats.update(seconds=round(seconds, 2), seconds_per_image=round(seconds / n, 4),
+                 extract_seconds_per_image=round(extract_seconds / max(1, n - stats["failed"]), 4))
+    if stats["failed"]:
+        logger.warning("local set %s: %d images could not be read (stored without features)", name, stats["failed"])
     return stats
 
 

@@ -736,6 +736,51 @@ local_confs: dict[str, dict[str, Any]] = {
 }
 
 
+# Several local feature sets in one index ("A+B"): A is the primary set (in the index segments, as a plain
+# "A" index), B... are secondary sets stored beside it (index/local_sets.py), for a verification cascade:
+# the cheap A verifies first, the learned B verifies what A leaves unresolved.
+local_conf_sets: dict[str, tuple[str, ...]] = {
+    "rootsift+xfeat": ("rootsift", "xfeat"),
+    "rootsift+aliked": ("rootsift", "aliked"),
+}
+local_conf_set_help: dict[str, str] = {
+    "rootsift+xfeat": "RootSIFT verifies first (fast, no weights); XFeat + LighterGlue verifies what it leaves unresolved",
+    "rootsift+aliked": "RootSIFT verifies first (fast, no weights); ALIKED + LightGlue (slower, more wide-baseline "
+                       "pairs) verifies what it leaves unresolved",
+}
+
+
+def split_local_conf(name: str | None) -> tuple[str | None, list[str]]:
+    """(primary set, [secondary sets]) of a --local-conf name: "none", a :data:`local_confs` name, a
+    :data:`local_conf_sets` name, or generally "A+B[+C...]" of :data:`local_confs` names.
+
+    Secondary sets are extracted after the primary one and need no fitting on the index: DELF (whose PCA is
+    fitted on the index's features) can only be the primary set.
+    """
+    if name in (None, "none"):
+        return None, []
+    parts = list(local_conf_sets.get(name, str(name).split("+")))
+    bad = [p for p in parts if p not in local_confs]
+    if bad or not parts:
+        raise ValueError(f"unknown local configuration {name!r}; choose one of: none, {', '.join(local_confs)}, "
+                         f"{', '.join(local_conf_sets)} (or generally A+B of the single names)")
+    if len(set(parts)) != len(parts):
+        raise ValueError(f"local configuration {name!r} names a set twice")
+    check_secondary_sets(parts[1:], name)
+    return parts[0], parts[1:]
+
+
+def check_secondary_sets(names: Sequence[str], what: str = "local sets") -> None:
+    """ValueError unless every name is a :data:`local_confs` name that can be a secondary set (no PCA to fit)."""
+    bad = [n for n in names if n not in local_confs]
+    if bad:
+        raise ValueError(f"{what}: unknown local configuration {bad[0]!r}; choose one of: {', '.join(local_confs)}")
+    pca = [n for n in names if extractors[local_confs[n]["extractor"]].needs_pca]
+    if pca:
+        raise ValueError(f"{what}: {', '.join(pca)} needs a PCA fitted on the index, so it can only be the first "
+                         "(primary) set")
+
+
 def make_local_extractor(
     conf: Mapping[str, Any] | str, device: Any = None, weights: str | Path = "auto"
 ) -> LocalExtractor:
