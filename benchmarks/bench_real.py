@@ -39,6 +39,7 @@ from retrieval import extract
 from retrieval.data import read_reference_csv
 from retrieval.defaults import DEFAULT_GLOBAL, DEFAULT_LOCAL
 from retrieval.global_model import resolve_global_conf
+from retrieval.local_features import split_local_conf
 from retrieval.recognize import vote
 
 
@@ -96,7 +97,8 @@ def run_one(data: Path, work: Path, gname: str, lname: str, n_boot: int) -> dict
     index_dir, report_dir = work / f"index_{tag}", work / f"report_{tag}"
     refs = read_reference_csv(data / "train.csv", data / "images")
     t0 = time.perf_counter()
-    build = extract.main(refs, index_dir, resolve_global_conf(gname), extract.resolve_local_conf_name(lname), progress=False)
+    primary, secondary = split_local_conf(lname)
+    build = extract.main(refs, index_dir, resolve_global_conf(gname), primary, local_sets=secondary, progress=False)
     build_s = time.perf_counter() - t0
     solution = solution_dict(read_solution(data / "holdout.csv"))
     # predict with the shipped defaults (early exit as a user gets it); its submission is scored

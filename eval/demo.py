@@ -19,6 +19,7 @@ from retrieval import extract, visualize
 from retrieval.data import read_reference_csv, resolve_image_path
 from retrieval.defaults import DEFAULT_GLOBAL, DEFAULT_LOCAL
 from retrieval.global_model import resolve_global_conf
+from retrieval.local_features import split_local_conf
 from retrieval.recognize import VERIFIED_BASE
 from synthetic import generate_demo_dataset
 
@@ -79,7 +80,8 @@ def main(
     report_dir = work_dir / "report"
     refs = read_reference_csv(train_csv, images_dir)
     gconf = resolve_global_conf(conf, image_size=image_size)
-    build = extract.main(refs, index_dir, gconf, extract.resolve_local_conf_name(local_conf), device=device,
+    primary, secondary = split_local_conf(local_conf)
+    build = extract.main(refs, index_dir, gconf, primary, local_sets=secondary, device=device,
                          num_workers=num_workers, progress=progress)
     report = evaluate_mod.main(index_dir, holdout_csv, images_dir, report_dir, device=device,
                                progress=progress, num_workers=num_workers, n_boot=n_boot)

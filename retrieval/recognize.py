@@ -110,12 +110,6 @@ def index_decision_conf(db: IndexDatabase, overrides: Mapping[str, Any] | None =
     return resolve_recognition_conf(overrides, tuned, index_local_extractor(db.manifest), (second or {}).get("extractor"))
 
 
-def index_local_sets(db: IndexDatabase) -> dict[str, dict[str, Any]]:
-    """The index's secondary local feature sets: name -> extractor conf (none for an index without them)."""
-    getter = getattr(db, "local_sets", None)
-    return dict(getter()) if getter is not None else {}
-
-
 def cascade_set(db: IndexDatabase, cascade: str) -> tuple[str | None, dict[str, Any] | None]:
     """(name, extractor conf) of the cascade's second local set, or (None, None) for no cascade.
 
@@ -123,7 +117,7 @@ def cascade_set(db: IndexDatabase, cascade: str) -> tuple[str | None, dict[str, 
     :data:`~retrieval.local_features.local_confs` (the index's stored set of that name, else that conf with
     reference features extracted on demand and cached: slow, for experiments).
     """
-    sets = index_local_sets(db)
+    sets = db.local_sets()
     if cascade == "none":
         return None, None
     if cascade == "auto":
@@ -230,7 +224,7 @@ class Recognizer:
         if self.second_name is not None and int(self.conf["cascade_pairs"]) > 0:
             self.second = make_local_extractor(second_conf, device=device)
             self.second_match_conf = default_match_conf_for(self.second.conf)
-            self.second_stored = self.second_name in index_local_sets(db)
+            self.second_stored = self.second_name in db.local_sets()
         self._cache: LRU[tuple[int, int], LocalFeatures] = LRU(max_bytes=int(self.conf["cache_mb"] * 2**20), sizeof=feature_bytes)
         # lazily read columns: indexing reads just those rows (no per-row strings for the whole index)
         self._ids = db.column("id")

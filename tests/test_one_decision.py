@@ -18,7 +18,7 @@ runner = CliRunner()
 
 # (local conf built into the index, extra recognition options): every registered local configuration, and
 # RootSIFT with the XFeat + LighterGlue cascade (reference features of the second matcher on demand).
-CASES = [(name, []) for name in sorted(local_confs)] + [("rootsift", ["--cascade", "xfeat"])]
+CASES = [(name, []) for name in sorted(local_confs)] + [("rootsift", ["--cascade", "xfeat"]), ("rootsift+xfeat", [])]
 
 
 @pytest.mark.parametrize("local, extra", CASES, ids=[c[0] + ("+cascade" if c[1] else "") for c in CASES])
@@ -40,6 +40,6 @@ def test_predict_ships_what_evaluate_scores(demo_data, tmp_path, local, extra):
     report = json.loads((report_dir / "report.json").read_text())
     solution = solution_dict(read_solution(demo_data.holdout_csv))
     assert round(gap(read_submission(sub), solution), 3) == round(report["gap"], 3)
-    if extra:  # the cascade ran where RootSIFT left a query unresolved, and its inliers are in the evidence
+    if "+" in local or extra:  # the cascade ran where RootSIFT left a query unresolved, and its inliers are in the evidence
         records = [json.loads(line) for line in (report_dir / "evidence.jsonl").read_text().splitlines()[1:]]
         assert any(c["verified_refs2"] for r in records if r["evidence"] for c in r["evidence"]["candidates"])
