@@ -105,9 +105,9 @@ def build_index(
     images: Path = typer.Option(..., "--images", help="Image folder: <id>.jpg, GLDv2 nested a/b/c/<id>.jpg, or <landmark>/<file> when no CSV is given."),
     train: Optional[Path] = typer.Option(None, "--train", help="Reference CSV with columns id,landmark_id (empty landmark_id = non-landmark). Omit to read a folder per landmark."),
     distractors: Optional[Path] = typer.Option(None, "--distractors", help="CSV of non-landmark image ids (column id) to index as distractors."),
-    conf: str = typer.Option(DEFAULT_GLOBAL, "--conf", help="Global configuration name (see `landmarks confs`)."),
-    local_conf: str = typer.Option(DEFAULT_LOCAL, "--local-conf", help="Local features to store for verification (see `landmarks confs`): rootsift (no weights), aliked (best quality, slower), xfeat, delf, or none (extracted on demand at query time; nothing stored)."),
-    weights: Optional[str] = typer.Option(None, "--weights", help="Backbone weights: a checkpoint file, 'timm' (online), 'random', or 'auto'."),
+    conf: Optional[str] = typer.Option(None, "--conf", help=f"Global configuration name (see `landmarks confs`; default: an existing index's, else {DEFAULT_GLOBAL})."),
+    local_conf: Optional[str] = typer.Option(None, "--local-conf", help=f"Local features to store for verification (see `landmarks confs`): rootsift (no weights), aliked (best quality, slower), xfeat, delf, or none (extracted on demand at query time; nothing stored). Default: an existing index's, else {DEFAULT_LOCAL}."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Backbone weights: a checkpoint file, 'timm' (online), 'random', or 'auto' (default: an existing index's)."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Override the configuration's input size (pixels)."),
     resize: Optional[str] = typer.Option(None, "--resize", help="Which side gets --image-size: longer or shorter (aspect ratio is kept)."),
     faiss_factory: Optional[str] = typer.Option(None, "--faiss", help="FAISS index_factory string, e.g. 'IVF4096,PQ64x4fs' (default: chosen from the collection size)."),
@@ -126,11 +126,10 @@ def build_index(
 
         ray_options = _ray_options(engine, ray_address, gpus_per_worker, ray_workers)
         from retrieval.data import read_references
-        from retrieval.global_model import resolve_global_conf
 
         references = read_references(train, images, distractors)
-        gconf = resolve_global_conf(conf, weights=weights, image_size=image_size, resize=resize)
-        lconf = extract.resolve_local_conf_name(local_conf)
+        # options not given (None) are the existing index's own configuration, so extending needs none of them
+        gconf, lconf = extract.confs_for_index(index, conf, local_conf, weights=weights, image_size=image_size, resize=resize)
         stats = extract.main(
             references, index, gconf, lconf, device=device, batch_size=batch_size, num_workers=workers,
             factory=faiss_factory, nprobe=nprobe, rebuild=rebuild, engine=engine, ray_options=ray_options,
@@ -144,7 +143,7 @@ def build_index(
         manifest = json.loads((index / "manifest.json").read_text())
         if lconf:
             per_image = manifest.get("local_bytes_per_image") or 0
-            typer.echo(f"local features ({lconf}): {manifest['counts'].get('local_features', 0)} keypoints, "
+            typer.echo(f"local features ({extract.conf_label(lconf)}): {manifest['counts'].get('local_features', 0)} keypoints, "
                        f"{per_image / 1024:.0f} KiB per image")
         if stats["skipped"]:
             typer.echo(f"skipped images and reasons: {index / 'skipped.csv'}")
@@ -155,11 +154,21 @@ def build_index(
 
 # ----------------------------------------------------------------------------- query
 
+_RECURSIVE = typer.Option(False, "--recursive", help="Folder arguments: also the images in their subfolders.")
+
+
+def _query_images(images: List[Path], recursive: bool) -> List[Path]:
+    """Query image arguments with folders replaced by their image files (sorted; non-images skipped)."""
+    from retrieval.data import expand_image_paths
+
+    return expand_image_paths(images, recursive=recursive)
+
 
 @app.command("query")
 def query(
-    images: List[Path] = typer.Argument(..., help="Query image files."),
+    images: List[Path] = typer.Argument(..., help="Query image files or folders of them."),
     index: Path = typer.Option(..., "--index", help="Index directory built by build-index."),
+    recursive: bool = _RECURSIVE,
     k: int = typer.Option(10, "--k", "-k", help="Number of neighbours."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per query image (JSON lines)."),
     device: Optional[str] = typer.Option(None, "--device"),
@@ -171,7 +180,7 @@ def query(
 
         if k < 1:
             raise CliError(f"--k must be >= 1, got {k}")
-        results = query_mod.main(index, images, k=k, device=device)
+        results = query_mod.main(index, _query_images(images, recursive), k=k, device=device)
         for res in results:
             if as_json:
                 typer.echo(json.dumps(res))
@@ -203,8 +212,9 @@ def _overrides(k, candidates, refs, threshold) -> dict:
 
 @app.command("recognize")
 def recognize(
-    images: List[Path] = typer.Argument(..., help="Query image files."),
+    images: List[Path] = typer.Argument(..., help="Query image files or folders of them."),
     index: Path = typer.Option(..., "--index", help="Index directory."),
+    recursive: bool = _RECURSIVE,
     as_json: bool = typer.Option(False, "--json", help="One JSON object per image (JSON lines)."),
     k: Optional[int] = _K, candidates: Optional[int] = _C, refs: Optional[int] = _R, threshold: Optional[int] = _THR,
     device: Optional[str] = typer.Option(None, "--device"),
@@ -215,9 +225,10 @@ def recognize(
         from retrieval.image_io import ImageError
         from retrieval.recognize import Recognizer
 
+        paths = _query_images(images, recursive)
         rec = Recognizer.from_index(index, device=device, **_overrides(k, candidates, refs, threshold))
         failed = 0
-        for image in images:
+        for image in paths:
             try:
                 pred = rec.recognize(image)
             except ImageError as exc:
@@ -480,8 +491,8 @@ def demo(
     synthetic: bool = typer.Option(False, "--synthetic", help="Generate synthetic landmark photos instead of using the shipped real ones."),
     n_landmarks: int = typer.Option(24, "--landmarks", min=2, help="With --synthetic: landmarks to generate."),
     seed: int = typer.Option(0, "--seed", help="With --synthetic: generator seed."),
-    conf: str = typer.Option(DEFAULT_GLOBAL, "--conf", help="Global configuration."),
-    local_conf: str = typer.Option(DEFAULT_LOCAL, "--local-conf", help="Local features for verification."),
+    conf: Optional[str] = typer.Option(None, "--conf", help=f"Global configuration (default: the demo index's, else {DEFAULT_GLOBAL})."),
+    local_conf: Optional[str] = typer.Option(None, "--local-conf", help=f"Local features for verification (default: the demo index's, else {DEFAULT_LOCAL})."),
     device: Optional[str] = typer.Option(None, "--device"),
     serve_after: bool = typer.Option(False, "--serve", help="Then serve the demo index at http://127.0.0.1:PORT/ (an existing demo index is served at once)."),
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port for --serve."),

@@ -268,6 +268,50 @@ def resolve_local_conf_name(name: str | None) -> str | None:
     return name
 
 
+def conf_label(conf: Any, confs: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+    """A short name for a (stored) configuration: its name in ``confs`` (default: the local ones) when it is one."""
+    confs = local_confs if confs is None else confs
+    if not isinstance(conf, Mapping):
+        return "none" if conf is None else str(conf)
+    if conf.get("name"):
+        return str(conf["name"])
+    named = [n for n, c in confs.items() if c.get("output") and c.get("output") == conf.get("output")]
+    return named[0] if named else str(conf.get("output") or conf.get("extractor") or conf.get("model"))
+
+
+def confs_for_index(
+    index_dir: str | Path, global_conf: str | None = None, local_conf: str | None = None, **global_overrides: Any,
+) -> tuple[dict[str, Any], Any]:
+    """(global conf, local conf) to build or extend ``index_dir`` with.
+
+    What is given is resolved as asked (``global_overrides``: weights, image_size, resize; None = not
+    given). What is not given (None) is taken from the existing index, so that adding images to it or
+    rebuilding it needs no option repeated; for a new index it is the default. An explicit option that
+    differs from the index is still refused when the index is opened (ConfigMismatchError).
+    """
+    from index.manifest import MANIFEST_NAME, read_manifest
+
+    from .defaults import DEFAULT_LOCAL
+    from .global_model import global_confs
+
+    mpath = Path(index_dir) / MANIFEST_NAME
+    stored = read_manifest(mpath)["config"] if mpath.is_file() else None
+    taken = []
+    if global_conf is None and stored is not None and stored.get("global"):
+        gconf = resolve_global_conf(stored["global"], **global_overrides)
+        taken.append(f"global {conf_label(stored['global'], global_confs)}")
+    else:
+        gconf = resolve_global_conf(global_conf or DEFAULT_GLOBAL, **global_overrides)
+    if local_conf is None and stored is not None:
+        lconf = stored.get("local")  # the stored conf itself (None: the index stores no local features)
+        taken.append(f"local {conf_label(lconf, local_confs)}")
+    else:
+        lconf = resolve_local_conf_name(DEFAULT_LOCAL if local_conf is None else local_conf)
+    if taken:
+        logger.info("using %s's configuration: %s", index_dir, ", ".join(taken))
+    return gconf, lconf
+
+
 def main(
     references: pd.DataFrame,
     index_dir: str | Path,
