@@ -1,6 +1,7 @@
 """The ``landmarks`` command line: thin typer wrappers around one function each."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -53,13 +54,16 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
-def _guard(func):
-    """Run a command body and turn expected errors (bad input, missing files) into one clean line, exit 2."""
+def _guard(func, max_pixels: Optional[int] = None):
+    """Run a command body and turn expected errors (bad input, missing files) into one clean line, exit 2.
+
+    ``max_pixels``: the command's --max-pixels (None: the loader's budget)."""
     from index.database import IndexFormatError
     from retrieval.models import WeightsUnavailableError
 
     try:
-        return func()
+        with _pixel_budget(max_pixels):
+            return func()
     except (ValueError, OSError, IndexFormatError, WeightsUnavailableError, CliError) as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
@@ -96,6 +100,29 @@ def _ray_options(engine: str, address, gpus: float, ray_workers):
     return RayOptions(address=address, num_gpus_per_worker=gpus, workers=ray_workers)
 
 
+# ----------------------------------------------------------------------------- pixel budget
+
+_MAX_PIXELS = typer.Option(None, "--max-pixels", min=1, envvar="LANDMARKS_MAX_PIXELS", help="Pixel budget of an image file: larger ones are refused from their header before decoding, reported and skipped (default 40,000,000).")
+
+
+@contextlib.contextmanager
+def _pixel_budget(max_pixels: Optional[int]):
+    """Decode under ``max_pixels`` for the command's duration (through the environment variable the loader
+    reads, so that decoding worker processes and Ray actors started by the command see it too)."""
+    from retrieval.image_io import MAX_PIXELS_ENV
+
+    before = os.environ.get(MAX_PIXELS_ENV)
+    if max_pixels is not None:
+        os.environ[MAX_PIXELS_ENV] = str(max_pixels)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(MAX_PIXELS_ENV, None)
+        else:
+            os.environ[MAX_PIXELS_ENV] = before
+
+
 # ----------------------------------------------------------------------------- build-index
 
 
@@ -116,6 +143,7 @@ def build_index(
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, mps (default: best available)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding worker processes (default: none on the CPU, where the model uses every core; cores-1, at most 4, with a GPU)."),
+    max_pixels: Optional[int] = _MAX_PIXELS,
     engine: str = _ENGINE, ray_address: Optional[str] = _RAY_ADDRESS, gpus_per_worker: float = _RAY_GPUS,
     ray_workers: Optional[int] = _RAY_WORKERS,
 ) -> None:
@@ -149,7 +177,7 @@ def build_index(
             typer.echo(f"skipped images and reasons: {index / 'skipped.csv'}")
             raise typer.Exit(code=1)
 
-    _guard(body)
+    _guard(body, max_pixels)
 
 
 # ----------------------------------------------------------------------------- query
@@ -171,6 +199,7 @@ def query(
     recursive: bool = _RECURSIVE,
     k: int = typer.Option(10, "--k", "-k", help="Number of neighbours."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per query image (JSON lines)."),
+    max_pixels: Optional[int] = _MAX_PIXELS,
     device: Optional[str] = typer.Option(None, "--device"),
 ) -> None:
     """Find the most similar reference images (cosine similarity of global descriptors)."""
@@ -193,7 +222,7 @@ def query(
         if any("error" in r for r in results):
             raise typer.Exit(code=1)
 
-    _guard(body)
+    _guard(body, max_pixels)
 
 
 # ----------------------------------------------------------------------------- recognition
@@ -217,6 +246,7 @@ def recognize(
     recursive: bool = _RECURSIVE,
     as_json: bool = typer.Option(False, "--json", help="One JSON object per image (JSON lines)."),
     k: Optional[int] = _K, candidates: Optional[int] = _C, refs: Optional[int] = _R, threshold: Optional[int] = _THR,
+    max_pixels: Optional[int] = _MAX_PIXELS,
     device: Optional[str] = typer.Option(None, "--device"),
 ) -> None:
     """Say which landmark each photo shows (with confidence), or "no landmark"."""
@@ -248,7 +278,7 @@ def recognize(
         if failed:
             raise typer.Exit(code=1)
 
-    _guard(body)
+    _guard(body, max_pixels)
 
 
 @app.command("predict")
@@ -259,6 +289,7 @@ def predict(
     out: Path = typer.Option(..., "--out", help="Submission CSV to write (id,landmarks)."),
     no_guesses: bool = typer.Option(False, "--no-guesses", help="Leave unverified queries empty instead of a low-confidence guess ranked below every verified answer."),
     k: Optional[int] = _K, candidates: Optional[int] = _C, refs: Optional[int] = _R, threshold: Optional[int] = _THR,
+    max_pixels: Optional[int] = _MAX_PIXELS,
     device: Optional[str] = typer.Option(None, "--device"),
     workers: Optional[int] = typer.Option(None, "--workers", min=0),
     engine: str = _ENGINE, ray_address: Optional[str] = _RAY_ADDRESS, gpus_per_worker: float = _RAY_GPUS,
@@ -278,7 +309,7 @@ def predict(
         if stats["unreadable"]:
             raise typer.Exit(code=1)
 
-    _guard(body)
+    _guard(body, max_pixels)
 
 
 @app.command("show-matches")
@@ -287,6 +318,7 @@ def show_matches(
     index: Path = typer.Option(..., "--index", help="Index directory."),
     out: Path = typer.Option(Path("matches.png"), "--out", help="PNG to write."),
     candidates: int = typer.Option(3, "--candidates", min=1, help="Candidates to draw."),
+    max_pixels: Optional[int] = _MAX_PIXELS,
     device: Optional[str] = typer.Option(None, "--device"),
 ) -> None:
     """Draw the query beside its best candidates with the RANSAC inlier correspondences."""
@@ -298,7 +330,7 @@ def show_matches(
         answer = f"landmark {pred.landmark_id}" if pred.landmark_id is not None else "no landmark"
         typer.echo(f"{image}: {answer} ({pred.inliers} inliers); drawing written to {path}")
 
-    _guard(body)
+    _guard(body, max_pixels)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -357,6 +389,7 @@ def evaluate(
     out: Path = typer.Option(..., "--out", help="Report folder (report.json, predictions.csv, evidence.jsonl, plots)."),
     k: Optional[int] = _K, candidates: Optional[int] = _C, refs: Optional[int] = _R, threshold: Optional[int] = _THR,
     n_boot: int = typer.Option(1000, "--bootstrap", min=10, help="Bootstrap resamples for the GAP interval."),
+    max_pixels: Optional[int] = _MAX_PIXELS,
     device: Optional[str] = typer.Option(None, "--device"),
     workers: Optional[int] = typer.Option(None, "--workers", min=0),
     engine: str = _ENGINE, ray_address: Optional[str] = _RAY_ADDRESS, gpus_per_worker: float = _RAY_GPUS,
@@ -378,7 +411,7 @@ def evaluate(
                         err=True, fg=typer.colors.YELLOW)
             raise typer.Exit(code=1)
 
-    _guard(body)
+    _guard(body, max_pixels)
 
 
 @app.command("tune-threshold")
@@ -467,6 +500,7 @@ def serve(
     workers: int = typer.Option(4, "--workers", min=1, help="Recognition threads (one process: the model and index are loaded once)."),
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.1, help="Largest request body (all images of a request)."),
     timeout: float = typer.Option(60.0, "--timeout", min=1, help="Seconds before a request is answered 504."),
+    max_pixels: int = typer.Option(40_000_000, "--max-pixels", min=1, help="Pixel budget of an upload: larger images are answered 413 from their header, before decoding."),
     k: Optional[int] = _K, candidates: Optional[int] = _C, refs: Optional[int] = _R, threshold: Optional[int] = _THR,
     device: Optional[str] = typer.Option(None, "--device"),
 ) -> None:
@@ -475,7 +509,7 @@ def serve(
     def body():
         from service.app import Limits, serve as serve_app
 
-        limits = Limits(workers=workers, max_upload_mb=max_upload_mb, request_timeout_s=timeout)
+        limits = Limits(workers=workers, max_upload_mb=max_upload_mb, request_timeout_s=timeout, max_pixels=max_pixels)
         serve_app(index, host=host, port=port, limits=limits, device=device,
                   overrides=_overrides(k, candidates, refs, threshold))
 

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from index.database import IndexDatabase
 
 from .global_model import DEFAULT_GLOBAL, GlobalExtractor, resolve_global_conf, target_size
-from .image_io import ImageError, load_image
+from .image_io import ImageError, ImageTooLarge, load_image
 from .local_features import LocalExtractor, LocalFeatures, detection_size, make_local_extractor, local_confs
 
 logger = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ class Item:
     orig_size: tuple[int, int] = (0, 0)
     error: str | None = None
     seconds: float = 0.0
+    too_large: bool = False  # the error is the pixel budget (the service answers 413)
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -75,20 +76,22 @@ class ImageDataset(torch.utils.data.Dataset):
         return decode_item(self.paths[i], self.image_size, self.resize, self.local_size, index=i)
 
 
-def decode_item(path: str | Path, image_size: int, resize: str, local_size: int | None, index: int = 0) -> Item:
+def decode_item(path: str | Path, image_size: int, resize: str, local_size: int | None, index: int = 0,
+                max_pixels: int | None = None) -> Item:
     """Decode one image for the global model (resized) and optionally the local extractor; errors become Item.error.
 
     The global image is decoded the same way whether or not local features are wanted: JPEG draft decoding
     (DCT scaling) at another size gives other pixels, and a photo must get the same global descriptor from
     `query` (global only) as from `recognize`/`build-index --local-conf ...`. The local image is a second
-    decode at its own size (local extraction costs far more than that).
+    decode at its own size (local extraction costs far more than that). ``max_pixels``: the pixel budget
+    (None: :func:`retrieval.image_io.max_pixels_budget`).
     """
     start = time.perf_counter()
     try:
-        image, orig = load_image(path, max_side=image_size if resize == "longer" else None)
-        local = load_image(path, max_side=local_size)[0] if local_size else None
+        image, orig = load_image(path, max_side=image_size if resize == "longer" else None, max_pixels=max_pixels)
+        local = load_image(path, max_side=local_size, max_pixels=max_pixels)[0] if local_size else None
     except ImageError as exc:
-        return Item(index, error=str(exc), seconds=time.perf_counter() - start)
+        return Item(index, error=str(exc), seconds=time.perf_counter() - start, too_large=isinstance(exc, ImageTooLarge))
     w, h = target_size(image.shape[1], image.shape[0], image_size, resize)
     g = image if (w, h) == (image.shape[1], image.shape[0]) else _resize(image, w, h)
     return Item(index, g, local, orig, seconds=time.perf_counter() - start)
@@ -175,15 +178,17 @@ class FeatureExtractor:
                     continue
                 yield it.index, self.describe_local(it, by_index[it.index], g_time, raw_local=raw_local)
 
-    def decode(self, path: str | Path, local: bool = True) -> Item:
-        """Decode one image file as ``iter_paths`` does; raises ImageError for a bad file.
+    def decode(self, path: str | Path, local: bool = True, max_pixels: int | None = None) -> Item:
+        """Decode one image file as ``iter_paths`` does; raises ImageError for a bad file
+        (ImageTooLarge: over ``max_pixels``, None: the process's budget).
 
         ``local=False`` decodes for the global model alone (the global image is the same either way).
         """
         local_size = self.local_image_size if local else None
-        item = decode_item(path, int(self.global_conf["image_size"]), self.global_conf["resize"], local_size)
+        item = decode_item(path, int(self.global_conf["image_size"]), self.global_conf["resize"], local_size,
+                           max_pixels=max_pixels)
         if item.error is not None:
-            raise ImageError(item.error)
+            raise (ImageTooLarge if item.too_large else ImageError)(item.error)
         return item
 
     def describe_global(self, items: Sequence[Item]) -> np.ndarray:

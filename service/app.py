@@ -33,6 +33,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 
+from retrieval.image_io import DEFAULT_MAX_PIXELS
+
 from .engine import MAX_K, BadImage, Engine, UnknownResult, clean_name
 
 logger = logging.getLogger(__name__)
@@ -50,6 +52,9 @@ class Limits:
     max_batch_files: int = 32  # images per /recognize/batch request
     request_timeout_s: float = 60.0  # a request still unanswered after this gets 504
     max_global_batch: int | None = None  # images the global model describes together (None: 8 on GPU, 1 on CPU)
+    # pixel budget of one upload, checked from its header before decoding (413 above it): a PNG has no
+    # reduced decoding, so a 194 kB 13,000 x 13,000 one would otherwise cost a gigabyte and seconds of CPU
+    max_pixels: int = DEFAULT_MAX_PIXELS  # (an Engine handed to create_app keeps its own)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -167,7 +172,8 @@ def create_app(index_dir: str | Path | None = None, limits: Limits | None = None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        engine = given or await asyncio.to_thread(Engine, index_dir, device, overrides, limits.max_global_batch)
+        engine = given or await asyncio.to_thread(Engine, index_dir, device, overrides, limits.max_global_batch,
+                                                  max_pixels=limits.max_pixels)
         pool = Pool(limits)
         holder.update(engine=engine, pool=pool, reload_task=None)
         loop = asyncio.get_running_loop()
@@ -245,6 +251,7 @@ def create_app(index_dir: str | Path | None = None, limits: Limits | None = None
         out["limits"] = {
             "workers": limits.workers, "max_upload_mb": limits.max_upload_mb, "max_queue": limits.max_queue,
             "max_batch_files": limits.max_batch_files, "request_timeout_s": limits.request_timeout_s,
+            "max_pixels": engine().max_pixels,
         }
         return out
 
@@ -258,7 +265,7 @@ def create_app(index_dir: str | Path | None = None, limits: Limits | None = None
         try:
             rid, obj = await run(engine().recognize, data, image.filename)
         except BadImage as exc:
-            raise ServiceError(400, str(exc)) from None
+            raise ServiceError(exc.status, str(exc)) from None
         return JSONResponse(obj, headers={"X-Request-Id": rid, "Link": f'</matches/{rid}.png>; rel="matches"'})
 
     @app.post("/recognize/batch", summary="Recognise several photos (a list of `recognize --json` objects)")
@@ -287,7 +294,7 @@ def create_app(index_dir: str | Path | None = None, limits: Limits | None = None
         try:
             return await run(engine().neighbours, data, image.filename, k)
         except BadImage as exc:
-            raise ServiceError(400, str(exc)) from None
+            raise ServiceError(exc.status, str(exc)) from None
 
     @app.get("/matches/{rid}.png", summary="The match picture of a recognize answer (as `show-matches`)",
              response_class=Response, responses={200: {"content": {"image/png": {}}}})
@@ -347,7 +354,7 @@ def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, limi
     index_dir = Path(index_dir)
     if not (index_dir / "manifest.json").exists():
         raise FileNotFoundError(f"{index_dir} is not an index directory (no manifest.json); build it with build-index")
-    engine = Engine(index_dir, device, overrides, limits.max_global_batch)
+    engine = Engine(index_dir, device, overrides, limits.max_global_batch, max_pixels=limits.max_pixels)
     try:
         app = create_app(limits=limits, handle_sighup=True, engine=engine)
         uvicorn.run(

@@ -93,3 +93,25 @@ def test_recognize_and_query_a_folder(built_index, demo_data, tmp_path):
     (empty / "readme.md").write_text("x")
     result = invoke("query", "--index", built_index, empty)
     assert result.exit_code == 2 and "no image files" in result.output
+
+
+def test_pixel_budget_through_the_cli(built_index, demo_data, huge_png, monkeypatch):
+    """An image over the pixel budget is reported and skipped; --max-pixels sets the budget for one command."""
+    import os
+
+    from retrieval.image_io import MAX_PIXELS_ENV
+
+    monkeypatch.delenv(MAX_PIXELS_ENV, raising=False)
+    good = sorted(demo_data.images_dir.glob("*.jpg"))[0]
+    result = invoke("recognize", "--index", built_index, huge_png, good, "--json")
+    assert result.exit_code == 1  # one image failed, the other was answered
+    first, second = (json.loads(l) for l in result.stdout.strip().splitlines())
+    assert first["image"] == str(huge_png) and "13000x13000 = 169 MP exceeds the pixel budget of 40 MP" in first["error"]
+    assert second["image"] == str(good) and "error" not in second
+
+    # a tiny budget refuses an ordinary photo; the next command has the default again
+    result = invoke("query", "--index", built_index, good, "--max-pixels", 10_000, "--json")
+    assert result.exit_code == 1 and "pixel budget of 0.01 MP" in json.loads(result.stdout)["error"]
+    assert MAX_PIXELS_ENV not in os.environ
+    result = invoke("query", "--index", built_index, good, "--json")
+    assert result.exit_code == 0, result.output
