@@ -1,6 +1,7 @@
 """The ``landmarks`` command line: thin typer wrappers around one function each."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -53,13 +54,16 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
-def _guard(func):
-    """Run a command body and turn expected errors (bad input, missing files) into one clean line, exit 2."""
+def _guard(func, max_pixels: Optional[int] = None):
+    """Run a command body and turn expected errors (bad input, missing files) into one clean line, exit 2.
+
+    ``max_pixels``: the command's --max-pixels (None: the loader's budget)."""
     from index.database import IndexFormatError
     from retrieval.models import WeightsUnavailableError
 
     try:
-        return func()
+        with _pixel_budget(max_pixels):
+            return func()
     except (ValueError, OSError, IndexFormatError, WeightsUnavailableError, CliError) as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
@@ -96,6 +100,29 @@ def _ray_options(engine: str, address, gpus: float, ray_workers):
     return RayOptions(address=address, num_gpus_per_worker=gpus, workers=ray_workers)
 
 
+# ----------------------------------------------------------------------------- pixel budget
+
+_MAX_PIXELS = typer.Option(None, "--max-pixels", min=1, envvar="LANDMARKS_MAX_PIXELS", help="Pixel budget of an image file: larger ones are refused from their header before decoding, reported and skipped (default 40,000,000).")
+
+
+@contextlib.contextmanager
+def _pixel_budget(max_pixels: Optional[int]):
+    """Decode under ``max_pixels`` for the command's duration (through the environment variable the loader
+    reads, so that decoding worker processes and Ray actors started by the command see it too)."""
+    from retrieval.image_io import MAX_PIXELS_ENV
+
+    before = os.environ.get(MAX_PIXELS_ENV)
+    if max_pixels is not None:
+        os.environ[MAX_PIXELS_ENV] = str(max_pixels)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(MAX_PIXELS_ENV, None)
+        else:
+            os.environ[MAX_PIXELS_ENV] = before
+
+
 # ----------------------------------------------------------------------------- build-index
 
 
@@ -105,9 +132,9 @@ def build_index(
     images: Path = typer.Option(..., "--images", help="Image folder: <id>.jpg, GLDv2 nested a/b/c/<id>.jpg, or <landmark>/<file> when no CSV is given."),
     train: Optional[Path] = typer.Option(None, "--train", help="Reference CSV with columns id,landmark_id (empty landmark_id = non-landmark). Omit to read a folder per landmark."),
     distractors: Optional[Path] = typer.Option(None, "--distractors", help="CSV of non-landmark image ids (column id) to index as distractors."),
-    conf: str = typer.Option(DEFAULT_GLOBAL, "--conf", help="Global configuration name (see `landmarks confs`)."),
-    local_conf: str = typer.Option(DEFAULT_LOCAL, "--local-conf", help="Local features to store for verification (see `landmarks confs`): rootsift (no weights), aliked (best quality, slower), xfeat, delf, or none (extracted on demand at query time; nothing stored). Several sets: rootsift+xfeat or rootsift+aliked (the first verifies first; also adds the second set to an existing rootsift index)."),
-    weights: Optional[str] = typer.Option(None, "--weights", help="Backbone weights: a checkpoint file, 'timm' (online), 'random', or 'auto'."),
+    conf: Optional[str] = typer.Option(None, "--conf", help=f"Global configuration name (see `landmarks confs`; default: an existing index's, else {DEFAULT_GLOBAL})."),
+    local_conf: Optional[str] = typer.Option(None, "--local-conf", help=f"Local features to store for verification (see `landmarks confs`): rootsift (no weights), aliked (best quality, slower), xfeat, delf, or none (extracted on demand at query time; nothing stored). Several sets: rootsift+xfeat or rootsift+aliked (the first verifies first, the second what it leaves unresolved; also adds the second set to an existing rootsift index). Default: an existing index's, else {DEFAULT_LOCAL}."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Backbone weights: a checkpoint file, 'timm' (online), 'random', or 'auto' (default: an existing index's)."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Override the configuration's input size (pixels)."),
     resize: Optional[str] = typer.Option(None, "--resize", help="Which side gets --image-size: longer or shorter (aspect ratio is kept)."),
     faiss_factory: Optional[str] = typer.Option(None, "--faiss", help="FAISS index_factory string, e.g. 'IVF4096,PQ64x4fs' (default: chosen from the collection size)."),
@@ -116,6 +143,7 @@ def build_index(
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, mps (default: best available)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding worker processes (default: none on the CPU, where the model uses every core; cores-1, at most 4, with a GPU)."),
+    max_pixels: Optional[int] = _MAX_PIXELS,
     engine: str = _ENGINE, ray_address: Optional[str] = _RAY_ADDRESS, gpus_per_worker: float = _RAY_GPUS,
     ray_workers: Optional[int] = _RAY_WORKERS,
 ) -> None:
@@ -126,13 +154,11 @@ def build_index(
 
         ray_options = _ray_options(engine, ray_address, gpus_per_worker, ray_workers)
         from retrieval.data import read_references
-        from retrieval.global_model import resolve_global_conf
-
-        from retrieval.local_features import split_local_conf
 
         references = read_references(train, images, distractors)
-        gconf = resolve_global_conf(conf, weights=weights, image_size=image_size, resize=resize)
-        lconf, lsets = split_local_conf(local_conf)
+        # options not given (None) are the existing index's own configuration, so extending needs none of them
+        gconf, lconf, lsets = extract.confs_for_index(index, conf, local_conf, weights=weights, image_size=image_size,
+                                                      resize=resize)
         stats = extract.main(
             references, index, gconf, lconf, device=device, batch_size=batch_size, num_workers=workers,
             factory=faiss_factory, nprobe=nprobe, rebuild=rebuild, engine=engine, ray_options=ray_options,
@@ -147,7 +173,7 @@ def build_index(
         manifest = json.loads((index / "manifest.json").read_text())
         if lconf:
             per_image = manifest.get("local_bytes_per_image") or 0
-            typer.echo(f"local features ({lconf}): {manifest['counts'].get('local_features', 0)} keypoints, "
+            typer.echo(f"local features ({extract.conf_label(lconf)}): {manifest['counts'].get('local_features', 0)} keypoints, "
                        f"{per_image / 1024:.0f} KiB per image")
         for name, s in (stats.get("local_sets") or {}).items():
             typer.echo(f"local set {name}: {s['rows_extracted']} images extracted ({s['failed']} unreadable), "
@@ -157,18 +183,29 @@ def build_index(
             typer.echo(f"skipped images and reasons: {index / 'skipped.csv'}")
             raise typer.Exit(code=1)
 
-    _guard(body)
+    _guard(body, max_pixels)
 
 
 # ----------------------------------------------------------------------------- query
 
+_RECURSIVE = typer.Option(False, "--recursive", help="Folder arguments: also the images in their subfolders.")
+
+
+def _query_images(images: List[Path], recursive: bool) -> List[Path]:
+    """Query image arguments with folders replaced by their image files (sorted; non-images skipped)."""
+    from retrieval.data import expand_image_paths
+
+    return expand_image_paths(images, recursive=recursive)
+
 
 @app.command("query")
 def query(
-    images: List[Path] = typer.Argument(..., help="Query image files."),
+    images: List[Path] = typer.Argument(..., help="Query image files or folders of them."),
     index: Path = typer.Option(..., "--index", help="Index directory built by build-index."),
+    recursive: bool = _RECURSIVE,
     k: int = typer.Option(10, "--k", "-k", help="Number of neighbours."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per query image (JSON lines)."),
+    max_pixels: Optional[int] = _MAX_PIXELS,
     device: Optional[str] = typer.Option(None, "--device"),
 ) -> None:
     """Find the most similar reference images (cosine similarity of global descriptors)."""
@@ -178,7 +215,7 @@ def query(
 
         if k < 1:
             raise CliError(f"--k must be >= 1, got {k}")
-        results = query_mod.main(index, images, k=k, device=device)
+        results = query_mod.main(index, _query_images(images, recursive), k=k, device=device)
         for res in results:
             if as_json:
                 typer.echo(json.dumps(res))
@@ -191,7 +228,7 @@ def query(
         if any("error" in r for r in results):
             raise typer.Exit(code=1)
 
-    _guard(body)
+    _guard(body, max_pixels)
 
 
 # ----------------------------------------------------------------------------- recognition
@@ -216,10 +253,12 @@ def _overrides(k, candidates, refs, threshold, cascade=None) -> dict:
 
 @app.command("recognize")
 def recognize(
-    images: List[Path] = typer.Argument(..., help="Query image files."),
+    images: List[Path] = typer.Argument(..., help="Query image files or folders of them."),
     index: Path = typer.Option(..., "--index", help="Index directory."),
+    recursive: bool = _RECURSIVE,
     as_json: bool = typer.Option(False, "--json", help="One JSON object per image (JSON lines)."),
     k: Optional[int] = _K, candidates: Optional[int] = _C, refs: Optional[int] = _R, threshold: Optional[int] = _THR, cascade: Optional[str] = _CASCADE,
+    max_pixels: Optional[int] = _MAX_PIXELS,
     device: Optional[str] = typer.Option(None, "--device"),
 ) -> None:
     """Say which landmark each photo shows (with confidence), or "no landmark"."""
@@ -228,9 +267,10 @@ def recognize(
         from retrieval.image_io import ImageError
         from retrieval.recognize import Recognizer
 
+        paths = _query_images(images, recursive)
         rec = Recognizer.from_index(index, device=device, **_overrides(k, candidates, refs, threshold, cascade))
         failed = 0
-        for image in images:
+        for image in paths:
             try:
                 pred = rec.recognize(image)
             except ImageError as exc:
@@ -250,7 +290,7 @@ def recognize(
         if failed:
             raise typer.Exit(code=1)
 
-    _guard(body)
+    _guard(body, max_pixels)
 
 
 @app.command("predict")
@@ -261,6 +301,7 @@ def predict(
     out: Path = typer.Option(..., "--out", help="Submission CSV to write (id,landmarks)."),
     no_guesses: bool = typer.Option(False, "--no-guesses", help="Leave unverified queries empty instead of a low-confidence guess ranked below every verified answer."),
     k: Optional[int] = _K, candidates: Optional[int] = _C, refs: Optional[int] = _R, threshold: Optional[int] = _THR, cascade: Optional[str] = _CASCADE,
+    max_pixels: Optional[int] = _MAX_PIXELS,
     device: Optional[str] = typer.Option(None, "--device"),
     workers: Optional[int] = typer.Option(None, "--workers", min=0),
     engine: str = _ENGINE, ray_address: Optional[str] = _RAY_ADDRESS, gpus_per_worker: float = _RAY_GPUS,
@@ -280,7 +321,7 @@ def predict(
         if stats["unreadable"]:
             raise typer.Exit(code=1)
 
-    _guard(body)
+    _guard(body, max_pixels)
 
 
 @app.command("show-matches")
@@ -289,6 +330,7 @@ def show_matches(
     index: Path = typer.Option(..., "--index", help="Index directory."),
     out: Path = typer.Option(Path("matches.png"), "--out", help="PNG to write."),
     candidates: int = typer.Option(3, "--candidates", min=1, help="Candidates to draw."),
+    max_pixels: Optional[int] = _MAX_PIXELS,
     device: Optional[str] = typer.Option(None, "--device"),
 ) -> None:
     """Draw the query beside its best candidates with the RANSAC inlier correspondences."""
@@ -300,7 +342,7 @@ def show_matches(
         answer = f"landmark {pred.landmark_id}" if pred.landmark_id is not None else "no landmark"
         typer.echo(f"{image}: {answer} ({pred.inliers} inliers); drawing written to {path}")
 
-    _guard(body)
+    _guard(body, max_pixels)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -359,6 +401,7 @@ def evaluate(
     out: Path = typer.Option(..., "--out", help="Report folder (report.json, predictions.csv, evidence.jsonl, plots)."),
     k: Optional[int] = _K, candidates: Optional[int] = _C, refs: Optional[int] = _R, threshold: Optional[int] = _THR, cascade: Optional[str] = _CASCADE,
     n_boot: int = typer.Option(1000, "--bootstrap", min=10, help="Bootstrap resamples for the GAP interval."),
+    max_pixels: Optional[int] = _MAX_PIXELS,
     device: Optional[str] = typer.Option(None, "--device"),
     workers: Optional[int] = typer.Option(None, "--workers", min=0),
     engine: str = _ENGINE, ray_address: Optional[str] = _RAY_ADDRESS, gpus_per_worker: float = _RAY_GPUS,
@@ -380,7 +423,7 @@ def evaluate(
                         err=True, fg=typer.colors.YELLOW)
             raise typer.Exit(code=1)
 
-    _guard(body)
+    _guard(body, max_pixels)
 
 
 @app.command("tune-threshold")
@@ -478,6 +521,7 @@ def serve(
     workers: int = typer.Option(4, "--workers", min=1, help="Recognition threads (one process: the model and index are loaded once)."),
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.1, help="Largest request body (all images of a request)."),
     timeout: float = typer.Option(60.0, "--timeout", min=1, help="Seconds before a request is answered 504."),
+    max_pixels: int = typer.Option(40_000_000, "--max-pixels", min=1, help="Pixel budget of an upload: larger images are answered 413 from their header, before decoding."),
     k: Optional[int] = _K, candidates: Optional[int] = _C, refs: Optional[int] = _R, threshold: Optional[int] = _THR, cascade: Optional[str] = _CASCADE,
     device: Optional[str] = typer.Option(None, "--device"),
 ) -> None:
@@ -486,7 +530,7 @@ def serve(
     def body():
         from service.app import Limits, serve as serve_app
 
-        limits = Limits(workers=workers, max_upload_mb=max_upload_mb, request_timeout_s=timeout)
+        limits = Limits(workers=workers, max_upload_mb=max_upload_mb, request_timeout_s=timeout, max_pixels=max_pixels)
         serve_app(index, host=host, port=port, limits=limits, device=device,
                   overrides=_overrides(k, candidates, refs, threshold, cascade))
 
@@ -502,8 +546,8 @@ def demo(
     synthetic: bool = typer.Option(False, "--synthetic", help="Generate synthetic landmark photos instead of using the shipped real ones."),
     n_landmarks: int = typer.Option(24, "--landmarks", min=2, help="With --synthetic: landmarks to generate."),
     seed: int = typer.Option(0, "--seed", help="With --synthetic: generator seed."),
-    conf: str = typer.Option(DEFAULT_GLOBAL, "--conf", help="Global configuration."),
-    local_conf: str = typer.Option(DEFAULT_LOCAL, "--local-conf", help="Local features for verification."),
+    conf: Optional[str] = typer.Option(None, "--conf", help=f"Global configuration (default: the demo index's, else {DEFAULT_GLOBAL})."),
+    local_conf: Optional[str] = typer.Option(None, "--local-conf", help=f"Local features for verification (default: the demo index's, else {DEFAULT_LOCAL})."),
     device: Optional[str] = typer.Option(None, "--device"),
     serve_after: bool = typer.Option(False, "--serve", help="Then serve the demo index at http://127.0.0.1:PORT/ (an existing demo index is served at once)."),
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port for --serve."),

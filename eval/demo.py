@@ -17,9 +17,6 @@ import pandas as pd
 
 from retrieval import extract, visualize
 from retrieval.data import read_reference_csv, resolve_image_path
-from retrieval.defaults import DEFAULT_GLOBAL, DEFAULT_LOCAL
-from retrieval.global_model import resolve_global_conf
-from retrieval.local_features import split_local_conf
 from retrieval.recognize import VERIFIED_BASE
 from synthetic import generate_demo_dataset
 
@@ -60,11 +57,15 @@ def landmark_names(data_dir: Path) -> dict[str, str]:
 
 
 def main(
-    work_dir: str | Path, synthetic: bool = False, n_landmarks: int = 24, seed: int = 0, conf: str = DEFAULT_GLOBAL,
-    local_conf: str | None = DEFAULT_LOCAL, device: str | None = None, progress: bool = True,
+    work_dir: str | Path, synthetic: bool = False, n_landmarks: int = 24, seed: int = 0, conf: str | None = None,
+    local_conf: str | None = None, device: str | None = None, progress: bool = True,
     image_size: int | None = None, num_workers: int | None = None, n_boot: int = 1000,
 ) -> dict[str, Any]:
-    """Run the whole product on the shipped real photos (or generated ones) in ``work_dir``; returns the figures."""
+    """Run the whole product on the shipped real photos (or generated ones) in ``work_dir``; returns the figures.
+
+    ``conf``/``local_conf`` None: the configuration of the demo index already in ``work_dir``, else the
+    defaults (``local_conf="none"``: no stored local features).
+    """
     start = time.perf_counter()
     work_dir = Path(work_dir)
     if synthetic:
@@ -79,9 +80,8 @@ def main(
     index_dir = work_dir / "index"
     report_dir = work_dir / "report"
     refs = read_reference_csv(train_csv, images_dir)
-    gconf = resolve_global_conf(conf, image_size=image_size)
-    primary, secondary = split_local_conf(local_conf)
-    build = extract.main(refs, index_dir, gconf, primary, local_sets=secondary, device=device,
+    gconf, lconf, lsets = extract.confs_for_index(index_dir, conf, local_conf, image_size=image_size)
+    build = extract.main(refs, index_dir, gconf, lconf, local_sets=lsets, device=device,
                          num_workers=num_workers, progress=progress)
     report = evaluate_mod.main(index_dir, holdout_csv, images_dir, report_dir, device=device,
                                progress=progress, num_workers=num_workers, n_boot=n_boot)

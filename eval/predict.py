@@ -54,15 +54,17 @@ def main(
                                progress=progress, num_workers=num_workers, engine=engine, ray_options=ray_options,
                                device=device)
     predictions = {}
-    for qid, r in records.items():
+    unreadable = 0
+    for qid, r in records.items():  # one record at a time, read back from the evidence file
         predictions[qid] = None if r["evidence"] is None else submission_answer(rec.decide(r["evidence"]), keep_guesses)
+        unreadable += bool(r["error"])
     write_submission(predictions, ids, out_csv)
     n_verified = sum(1 for p in predictions.values() if p is not None and p[1] >= 0.5)
     stats = {
         "queries": len(ids),
         "verified": n_verified,
         "guesses": sum(1 for p in predictions.values() if p is not None) - n_verified,
-        "unreadable": sum(1 for r in records.values() if r["error"]),
+        "unreadable": unreadable,
         "out": str(out_csv),
     }
     logger.info("predict: %s", stats)

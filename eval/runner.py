@@ -17,7 +17,6 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from index.manifest import atomic_output
 from retrieval.recognize import Evidence, Recognizer
 
 logger = logging.getLogger(__name__)
@@ -83,6 +82,124 @@ def _evidence_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     return [k for k in keys if a.get(k) != b.get(k)]
 
 
+_DECODER = json.JSONDecoder()
+
+
+def _record_fields(line: str) -> tuple[str, str | None, bool]:
+    """(id, path, ok) of an evidence record line.
+
+    Only those values are parsed when the line has the layout :func:`collect_evidence` writes
+    (``{"id": .., "path": .., "evidence": {50 neighbours ..}, "error": .., "timings": {..}}``); any other
+    line is parsed whole. Raises ValueError (JSONDecodeError) for a line that is not a record.
+    """
+    if line.startswith('{"id": '):
+        qid, at = _DECODER.raw_decode(line, 7)
+        path = None
+        if line.startswith(', "path": ', at):
+            path, at = _DECODER.raw_decode(line, at + 10)
+        e = line.rfind('"error": ')  # after the evidence: only the timings' numbers follow it
+        if isinstance(qid, str) and e > at and isinstance(path, (str, type(None))):
+            error, end = _DECODER.raw_decode(line, e + 9)
+            if line.startswith(', "timings": ', end) and line.rstrip().endswith("}"):
+                return qid, path, not error
+    record = json.loads(line)
+    if not isinstance(record, dict) or "id" not in record:
+        raise ValueError("not an evidence record")
+    return record["id"], record.get("path"), not record.get("error")
+
+
+def scan_evidence(path: str | Path, wanted: Mapping[str, str]) -> tuple[dict[str, Any] | None, dict[str, int], int]:
+    """One streaming pass over an evidence file: (header, {query id: byte offset of its record}, end).
+
+    Only the queries of ``wanted`` ({id: image path}) that are done are kept: a record without an error,
+    made from the same image path (the last such line of an id wins). No record is kept in memory.
+    ``end`` is the length of the file without a last line cut by an interruption (or an unparsable last
+    line); a bad line anywhere else raises ValueError naming the file and line.
+    """
+    path = Path(path)
+    header: dict[str, Any] | None = None
+    done: dict[str, int] = {}
+    end = 0
+    bad: tuple[int, int] | None = None  # (line number, offset) of an unparsable line: fine only if it is the last
+    with open(path, "rb") as f:
+        offset = 0
+        for n, raw in enumerate(f, start=1):
+            if bad is not None:
+                raise ValueError(f"{path}, line {bad[0]}: not valid JSON")
+            at, offset = offset, offset + len(raw)
+            if not raw.strip():
+                end = offset
+                continue
+            try:
+                if not raw.endswith(b"\n"):
+                    raise ValueError("no line end")  # the last line, cut by an interruption
+                if header is None:
+                    obj = json.loads(raw)
+                else:
+                    qid, qpath, ok = _record_fields(raw.decode("utf-8"))
+            except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+                bad = (n, at)
+                continue
+            end = offset
+            if header is None:
+                if not isinstance(obj, dict) or "evidence_version" not in obj:
+                    raise ValueError(f"{path}: not an evidence file (no header line)")
+                header = obj
+            elif qid in wanted:
+                if ok and (qpath is None or qpath == wanted[qid]):
+                    done[qid] = at
+                else:
+                    done.pop(qid, None)  # failed (retried: the file may have been fixed) or made from another file
+    if bad is not None:
+        logger.warning("%s: ignoring a truncated last line (%d)", path, bad[0])
+    return header, done, end
+
+
+class EvidenceRecords(Mapping[str, dict]):
+    """The evidence of a run's queries, read back from the evidence file one record at a time.
+
+    ``records[qid]`` and iteration (``items()``, ``values()``: one open file, in query order) parse a
+    record when it is asked for, so a caller that decides query by query holds one record at a time:
+    memory stays flat in the number of queries. A record is ``{"id", "path", "evidence": Evidence | None,
+    "error": str | None, "timings": {...}}``.
+    """
+
+    def __init__(self, path: str | Path, ids: Sequence[str], offsets: Mapping[str, int]):
+        self.path = Path(path)
+        self._ids = list(dict.fromkeys(ids))
+        self._offsets = offsets
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ids)
+
+    def __contains__(self, qid: object) -> bool:
+        return qid in self._offsets
+
+    def _read(self, f, qid: str) -> dict[str, Any]:
+        f.seek(self._offsets[qid])
+        line = f.readline()
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            raise ValueError(f"{self.path}: the record of {qid!r} (byte {self._offsets[qid]}) is not valid JSON") from None
+        return {**r, "evidence": Evidence.from_json(r["evidence"]) if r.get("evidence") else None}
+
+    def __getitem__(self, qid: str) -> dict[str, Any]:
+        with open(self.path, "rb") as f:
+            return self._read(f, qid)
+
+    def items(self) -> Iterator[tuple[str, dict[str, Any]]]:  # type: ignore[override]
+        with open(self.path, "rb") as f:
+            for qid in self._ids:
+                yield qid, self._read(f, qid)
+
+    def values(self) -> Iterator[dict[str, Any]]:  # type: ignore[override]
+        return (r for _, r in self.items())
+
+
 def collect_evidence(
     rec: Recognizer,
     ids: Sequence[str],
@@ -95,13 +212,18 @@ def collect_evidence(
     engine: str = "local",
     ray_options: Any = None,
     device: str | None = None,
-) -> dict[str, dict[str, Any]]:
+) -> EvidenceRecords:
     """Evidence for every query, resuming from ``evidence_path``.
 
-    Returns {id: {"id", "evidence": Evidence | None, "error": str | None, "timings": {...}}}
+    Returns the records of ``ids`` as an :class:`EvidenceRecords` mapping {id: {"id", "evidence": Evidence |
+    None, "error": str | None, "timings": {...}}} that reads them back from the file as they are used
     (records for ids not asked for are ignored). ``early_exit``: apply the recognizer's ``confirm_inliers``
     (off by default), as ``predict`` does; evaluate and predict must pass the same value so that the evidence
     evaluate stores (and tune-threshold re-decides) is the evidence predict decides on.
+
+    Resuming is one streaming pass over the file that keeps only the byte offsets of the queries already
+    done; a last line cut by an interruption is truncated in place and new records are appended, so
+    neither memory nor the time to resume grows with the records' size.
 
     ``engine="ray"``: the queries still to do are spread over Ray actors (``ray_options``: a
     :class:`retrieval.ray_engine.RayOptions`), each with its own read-only ``Recognizer`` of the same
@@ -111,7 +233,8 @@ def collect_evidence(
     evidence_path = Path(evidence_path)
     evidence_path.parent.mkdir(parents=True, exist_ok=True)
     header = evidence_header(rec, verify, early_exit)
-    old_header, records = read_evidence(evidence_path)
+    wanted = dict(zip(ids, paths))
+    old_header, offsets, end = scan_evidence(evidence_path, wanted) if evidence_path.is_file() else (None, {}, 0)
     if old_header is not None and _evidence_diff(old_header, header):
         diff = _evidence_diff(old_header, header)
         raise ValueError(
@@ -121,21 +244,14 @@ def collect_evidence(
     if old_header is None:
         with open(evidence_path, "w", encoding="utf-8") as f:
             f.write(json.dumps(header) + "\n")
-    else:
-        # Rewrite without a possibly truncated last line, atomically, before appending.
-        with atomic_output(evidence_path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps(old_header) + "\n")
-            for rec_ in records.values():
-                f.write(json.dumps(rec_) + "\n")
-    wanted = set(ids)
+    elif end < evidence_path.stat().st_size:
+        # Drop a line cut by an interruption, in place, before appending.
+        with open(evidence_path, "r+b") as f:
+            f.truncate(end)
 
-    def done(i: int) -> bool:
-        # Failed queries are retried (the file may have been fixed); a record made from another file
-        # (same id, other --images folder) is recomputed.
-        r = records.get(ids[i])
-        return r is not None and not r.get("error") and r.get("path", paths[i]) == paths[i]
-
-    todo = [i for i in range(len(ids)) if not done(i)]
+    # Failed queries are retried (the file may have been fixed); a record made from another file
+    # (same id, other --images folder) is recomputed: scan_evidence left both out of `offsets`.
+    todo = [i for i in range(len(ids)) if ids[i] not in offsets]
     if len(ids) - len(todo):
         logger.info("%s: %d of %d queries already done, resuming", evidence_path, len(ids) - len(todo), len(ids))
     bar = tqdm(total=len(todo), desc="queries", unit="img", disable=not progress or bool(os.environ.get("TQDM_DISABLE")))
@@ -148,25 +264,22 @@ def collect_evidence(
         results = map_paths(todo_paths, EvidenceActor, actor_kwargs, ray_options)
     else:
         results = evidence_records(rec, todo_paths, verify, early_exit, num_workers)
-    with open(evidence_path, "a", encoding="utf-8") as f:
+    with open(evidence_path, "ab") as f:
         for pos, result in results:
             qid = ids[todo[pos]]
             record = {"id": qid, **result}
             record["path"] = paths[todo[pos]]  # as given here (a Ray actor saw it made absolute)
             if record["error"]:
                 logger.warning("query %s skipped: %s", qid, record["error"])
-            f.write(json.dumps(record) + "\n")
+            at = f.tell()
+            f.write((json.dumps(record) + "\n").encode("utf-8"))
             f.flush()
-            records[qid] = record
+            offsets[qid] = at
             bar.update(1)
     bar.close()
-    out = {}
-    for qid in ids:
-        r = records[qid]
-        out[qid] = {**r, "evidence": Evidence.from_json(r["evidence"]) if r.get("evidence") else None}
-    missing = wanted - set(out)
-    assert not missing
-    return out
+    missing = [q for q in ids if q not in offsets]
+    assert not missing, missing[:3]
+    return EvidenceRecords(evidence_path, ids, offsets)
 
 
 def evidence_records(

@@ -16,6 +16,34 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
 
+def expand_image_paths(paths: Sequence[str | Path], recursive: bool = False) -> list[Path]:
+    """Query paths as the user gave them, with each folder replaced by its image files.
+
+    A folder means the files in it with an image extension (:data:`IMAGE_EXTENSIONS`, any case), sorted;
+    with ``recursive`` those of its subfolders too. Other files are skipped and counted in the log. A file
+    is kept whatever its name (decoding tells whether it is an image), and so is a path that does not
+    exist (the loader reports it as "file not found"). Raises ValueError when folders were given and no
+    image at all is left.
+    """
+    out: list[Path] = []
+    folders = 0
+    for path in map(Path, paths):
+        if not path.is_dir():
+            out.append(path)
+            continue
+        folders += 1
+        files = sorted(p for p in (path.rglob("*") if recursive else path.iterdir()) if p.is_file())
+        images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+        subfolders = 0 if recursive else sum(1 for p in path.iterdir() if p.is_dir())
+        note = f"; {subfolders} subfolders not searched (--recursive searches them)" if subfolders else ""
+        log = logger.warning if not images else logger.info
+        log("%s: %d images, %d non-image files skipped%s", path, len(images), len(files) - len(images), note)
+        out.extend(images)
+    if folders and not out:
+        raise ValueError(f"no image files in {', '.join(str(p) for p in paths)} (extensions: {' '.join(IMAGE_EXTENSIONS)})")
+    return out
+
+
 def unsafe_id_reason(image_id: str) -> str | None:
     """Why ``image_id`` cannot be used as a file name, or ``None`` if it can."""
     if image_id == "":

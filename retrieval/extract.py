@@ -21,12 +21,13 @@ from tqdm import tqdm
 from index.database import IndexDatabase
 
 from .global_model import DEFAULT_GLOBAL, GlobalExtractor, resolve_global_conf, target_size
-from .image_io import ImageError, load_image
+from .image_io import ImageError, ImageTooLarge, load_image
 from .local_features import (
     LocalExtractor,
     LocalFeatures,
     check_secondary_sets,
     detection_size,
+    local_confs,
     make_local_extractor,
     split_local_conf,
 )
@@ -64,6 +65,7 @@ class Item:
     orig_size: tuple[int, int] = (0, 0)
     error: str | None = None
     seconds: float = 0.0
+    too_large: bool = False  # the error is the pixel budget (the service answers 413)
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -83,7 +85,8 @@ class ImageDataset(torch.utils.data.Dataset):
         return decode_item(self.paths[i], self.image_size, self.resize, self.local_size, index=i)
 
 
-def decode_item(path: str | Path, image_size: int | None, resize: str, local_size: int | None, index: int = 0) -> Item:
+def decode_item(path: str | Path, image_size: int | None, resize: str, local_size: int | None, index: int = 0,
+                max_pixels: int | None = None) -> Item:
     """Decode one image for the global model (resized) and optionally the local extractor; errors become Item.error.
 
     ``image_size`` None: the local image alone (secondary local sets of an index, :func:`add_local_sets`).
@@ -91,17 +94,18 @@ def decode_item(path: str | Path, image_size: int | None, resize: str, local_siz
     The global image is decoded the same way whether or not local features are wanted: JPEG draft decoding
     (DCT scaling) at another size gives other pixels, and a photo must get the same global descriptor from
     `query` (global only) as from `recognize`/`build-index --local-conf ...`. The local image is a second
-    decode at its own size (local extraction costs far more than that).
+    decode at its own size (local extraction costs far more than that). ``max_pixels``: the pixel budget
+    (None: :func:`retrieval.image_io.max_pixels_budget`).
     """
     start = time.perf_counter()
     try:
         if image_size is None:
-            local, orig = load_image(path, max_side=local_size)
+            local, orig = load_image(path, max_side=local_size, max_pixels=max_pixels)
             return Item(index, None, local, orig, seconds=time.perf_counter() - start)
-        image, orig = load_image(path, max_side=image_size if resize == "longer" else None)
-        local = load_image(path, max_side=local_size)[0] if local_size else None
+        image, orig = load_image(path, max_side=image_size if resize == "longer" else None, max_pixels=max_pixels)
+        local = load_image(path, max_side=local_size, max_pixels=max_pixels)[0] if local_size else None
     except ImageError as exc:
-        return Item(index, error=str(exc), seconds=time.perf_counter() - start)
+        return Item(index, error=str(exc), seconds=time.perf_counter() - start, too_large=isinstance(exc, ImageTooLarge))
     w, h = target_size(image.shape[1], image.shape[0], image_size, resize)
     g = image if (w, h) == (image.shape[1], image.shape[0]) else _resize(image, w, h)
     return Item(index, g, local, orig, seconds=time.perf_counter() - start)
@@ -189,15 +193,17 @@ class FeatureExtractor:
                     continue
                 yield it.index, self.describe_local(it, by_index[it.index], g_time, raw_local=raw_local)
 
-    def decode(self, path: str | Path, local: bool = True) -> Item:
-        """Decode one image file as ``iter_paths`` does; raises ImageError for a bad file.
+    def decode(self, path: str | Path, local: bool = True, max_pixels: int | None = None) -> Item:
+        """Decode one image file as ``iter_paths`` does; raises ImageError for a bad file
+        (ImageTooLarge: over ``max_pixels``, None: the process's budget).
 
         ``local=False`` decodes for the global model alone (the global image is the same either way).
         """
         local_size = self.local_image_size if local else None
-        item = decode_item(path, int(self.global_conf["image_size"]), self.global_conf["resize"], local_size)
+        item = decode_item(path, int(self.global_conf["image_size"]), self.global_conf["resize"], local_size,
+                           max_pixels=max_pixels)
         if item.error is not None:
-            raise ImageError(item.error)
+            raise (ImageTooLarge if item.too_large else ImageError)(item.error)
         return item
 
     def describe_global(self, items: Sequence[Item]) -> np.ndarray:
@@ -289,6 +295,53 @@ def resolve_local_conf_name(name: str | None) -> str | None:
         raise ValueError(f"--local-conf {name!r} names several local feature sets; here only one is used "
                          f"(e.g. {primary!r})")
     return primary
+
+
+def conf_label(conf: Any, confs: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+    """A short name for a (stored) configuration: its name in ``confs`` (default: the local ones) when it is one."""
+    confs = local_confs if confs is None else confs
+    if not isinstance(conf, Mapping):
+        return "none" if conf is None else str(conf)
+    if conf.get("name"):
+        return str(conf["name"])
+    named = [n for n, c in confs.items() if c.get("output") and c.get("output") == conf.get("output")]
+    return named[0] if named else str(conf.get("output") or conf.get("extractor") or conf.get("model"))
+
+
+def confs_for_index(
+    index_dir: str | Path, global_conf: str | None = None, local_conf: str | None = None, **global_overrides: Any,
+) -> tuple[dict[str, Any], Any, list[str]]:
+    """(global conf, primary local conf, secondary local set names) to build or extend ``index_dir`` with.
+
+    What is given is resolved as asked (``global_overrides``: weights, image_size, resize; None = not
+    given; ``local_conf`` may name several sets, e.g. "rootsift+xfeat"). What is not given (None) is taken
+    from the existing index, so that adding images to it or rebuilding it needs no option repeated (its
+    secondary sets are extended with the new rows by :func:`main` anyway); for a new index it is the default.
+    An explicit option that differs from the index is still refused when the index is opened
+    (ConfigMismatchError).
+    """
+    from index.manifest import MANIFEST_NAME, read_manifest
+
+    from .defaults import DEFAULT_LOCAL
+    from .global_model import global_confs
+
+    mpath = Path(index_dir) / MANIFEST_NAME
+    stored = read_manifest(mpath)["config"] if mpath.is_file() else None
+    taken = []
+    if global_conf is None and stored is not None and stored.get("global"):
+        gconf = resolve_global_conf(stored["global"], **global_overrides)
+        taken.append(f"global {conf_label(stored['global'], global_confs)}")
+    else:
+        gconf = resolve_global_conf(global_conf or DEFAULT_GLOBAL, **global_overrides)
+    secondary: list[str] = []
+    if local_conf is None and stored is not None:
+        lconf = stored.get("local")  # the stored conf itself (None: the index stores no local features)
+        taken.append(f"local {conf_label(lconf, local_confs)}")
+    else:
+        lconf, secondary = split_local_conf(DEFAULT_LOCAL if local_conf is None else local_conf)
+    if taken:
+        logger.info("using %s's configuration: %s", index_dir, ", ".join(taken))
+    return gconf, lconf, secondary
 
 
 def main(

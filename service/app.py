@@ -105,7 +105,8 @@ def create_app(index_dir: str | Path | None = None, limits: Limits | None = None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        engine = given or await asyncio.to_thread(Engine, index_dir, device, overrides, limits.max_global_batch)
+        engine = given or await asyncio.to_thread(Engine, index_dir, device, overrides, limits.max_global_batch,
+                                                  max_pixels=limits.max_pixels)
         service = app.state.service = Service(engine, limits)
         if handle_sighup and hasattr(signal, "SIGHUP"):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -175,7 +176,7 @@ def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, limi
     import uvicorn
 
     limits = limits or Limits()
-    engine = Engine(index_dir, device, overrides, limits.max_global_batch)
+    engine = Engine(index_dir, device, overrides, limits.max_global_batch, max_pixels=limits.max_pixels)
     try:
         app = create_app(limits=limits, handle_sighup=True, engine=engine)
         uvicorn.run(

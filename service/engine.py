@@ -40,7 +40,7 @@ from index.database import IndexDatabase
 from index.manifest import package_version
 from retrieval.cache import LRU
 from retrieval.extract import PCA_AUX, FeatureExtractor, Features, Item
-from retrieval.image_io import ImageError, load_image, resize_max_side
+from retrieval.image_io import DEFAULT_MAX_PIXELS, ImageError, ImageTooLarge, load_image, resize_max_side
 from retrieval.query import neighbours_table
 from retrieval.recognize import Evidence, Prediction, Recognizer
 
@@ -54,6 +54,14 @@ MAX_RESULT_K = 100  # neighbours an answer keeps for /results
 
 class BadImage(ValueError):
     """An upload that is not a usable image (the message names the upload, never a server path)."""
+
+    status = 400  # the HTTP status it is answered with
+
+
+class TooManyPixels(BadImage):
+    """An upload over the pixel budget (``serve --max-pixels``), refused from its header before decoding."""
+
+    status = 413
 
 
 class UnknownResult(KeyError):
@@ -210,8 +218,10 @@ class Engine:
     """Loads an index once and answers recognise / neighbours / match-picture / thumbnail requests."""
 
     def __init__(self, index_dir: str | Path, device: str | None = None, overrides: Mapping[str, Any] | None = None,
-                 max_batch: int | None = None, answers_kept: int = 128, thumbs_kept: int = 1024):
+                 max_batch: int | None = None, answers_kept: int = 128, thumbs_kept: int = 1024,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
         """``max_batch``: images the global model describes together; None = 8 on a GPU, 1 (no batching) on CPU.
+        ``max_pixels``: the pixel budget of an upload (larger ones are refused from the header: TooManyPixels).
 
         On CPU a batch is slower per image than single images (measured with lite0 at 384 px on
         one thread: 9.5 img/s one at a time, 5 img/s in batches of 4), so there each worker thread
@@ -220,6 +230,7 @@ class Engine:
         self.index_dir = Path(index_dir).resolve()
         self.device = device
         self.overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+        self.max_pixels = int(max_pixels)
         self.answers: LRU[str, Answer] = LRU(max_items=answers_kept)
         self.thumbs: LRU[str, bytes] = LRU(max_items=thumbs_kept)
         self._reload_lock = threading.Lock()
@@ -365,7 +376,9 @@ class Engine:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
             try:
-                return state.rec.fx.decode(tmp, local=local)
+                return state.rec.fx.decode(tmp, local=local, max_pixels=self.max_pixels)
+            except ImageTooLarge as exc:
+                raise TooManyPixels(str(exc).replace(tmp, name)) from None
             except ImageError as exc:
                 raise BadImage(str(exc).replace(tmp, name)) from None
         finally:

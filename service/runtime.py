@@ -16,6 +16,8 @@ from fastapi import HTTPException as FastAPIHTTPException, Request
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
+from retrieval.image_io import DEFAULT_MAX_PIXELS
+
 from .engine import Engine
 
 logger = logging.getLogger(__name__)
@@ -31,6 +33,9 @@ class Limits:
     max_batch_files: int = 32  # images per /recognize/batch request
     request_timeout_s: float = 60.0  # a request still unanswered after this gets 504
     max_global_batch: int | None = None  # images the global model describes together (None: 8 on GPU, 1 on CPU)
+    # pixel budget of one upload, checked from its header before decoding (413 above it): a PNG has no
+    # reduced decoding, so a 194 kB 13,000 x 13,000 one would otherwise cost a gigabyte and seconds of CPU
+    max_pixels: int = DEFAULT_MAX_PIXELS  # (an Engine handed to create_app keeps its own)
 
     @property
     def max_upload_bytes(self) -> int:

@@ -103,7 +103,7 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     why = {
         400: "The upload is not a usable image (empty, truncated, not an image, too many pixels) or the form is malformed",
         404: "Unknown or expired id",
-        413: "Request body over the upload limit, or too many images in one batch",
+        413: "Request body over the upload limit, too many images in one batch, or an image over the pixel budget (serve --max-pixels)",
         422: "Invalid request: missing or unknown field or parameter, parameter out of range",
         500: "Internal error (logged on the server)",
         503: "Server busy (retry after the Retry-After seconds), or a reload failed and the previous index is still served",

@@ -96,3 +96,29 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def huge_grey_png(path, side: int = 13_000) -> int:
+    """Write a valid side x side 8-bit greyscale PNG of zeros, streamed (a few hundred kB on disk, never the
+    pixels in memory): what an upload that costs a gigabyte to decode looks like. Returns its size in bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    z = zlib.compressobj(6)
+    rows = b"\x00" * ((side + 1) * 100)  # 100 rows: filter byte + pixels each
+    idat = b"".join(z.compress(rows[: (side + 1) * min(100, side - y)]) for y in range(0, side, 100)) + z.flush()
+    data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    Path(path).write_bytes(data)
+    return len(data)
+
+
+@pytest.fixture(scope="session")
+def huge_png(tmp_path_factory):
+    """A 13,000 x 13,000 greyscale PNG of about 160 kB (169 MP: over the default pixel budget)."""
+    path = tmp_path_factory.mktemp("huge") / "huge.png"
+    huge_grey_png(path)
+    return path

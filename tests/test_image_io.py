@@ -128,3 +128,65 @@ def test_long_strip_drafts_no_smaller_than_min_side(tmp_path):
     Image.fromarray(_photo(2000, 40)).save(wide, quality=90)
     with pytest.raises(ImageError, match="aspect ratio 50.0:1"):
         load_image(wide, max_side=64)
+
+
+def test_pixel_budget_refuses_from_the_header(huge_png, monkeypatch):
+    import resource
+    import time
+
+    from retrieval.image_io import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, ImageTooLarge
+
+    assert huge_png.stat().st_size < 400_000 and DEFAULT_MAX_PIXELS == 40_000_000
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    with pytest.raises(ImageTooLarge, match=r"13000x13000 = 169 MP exceeds the pixel budget of 40 MP") as err:
+        load_image(huge_png, max_side=384)
+    assert str(huge_png) in str(err.value) and isinstance(err.value, ImageError)
+    # nothing was decoded: no 169 MB of pixels, no seconds of CPU
+    assert time.perf_counter() - start < 1.0
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 50_000  # kB
+    # the budget is the caller's, else the environment's (what --max-pixels sets), else the default
+    with pytest.raises(ImageTooLarge, match="budget of 0.002 MP"):
+        load_image(huge_png, max_pixels=2000)
+    small = huge_png.with_name("small.png")
+    Image.fromarray(_photo(100, 50)).save(small)
+    monkeypatch.setenv(MAX_PIXELS_ENV, "4999")
+    with pytest.raises(ImageTooLarge, match="100x50"):
+        load_image(small)
+    assert load_image(small, max_pixels=5000)[0].shape == (50, 100, 3)
+    monkeypatch.setenv(MAX_PIXELS_ENV, "lots")
+    with pytest.raises(ValueError, match=MAX_PIXELS_ENV):
+        load_image(small)
+
+
+def test_16bit_png_decodes_exactly_without_a_float64_copy(tmp_path):
+    import tracemalloc
+
+    h, w = 2000, 3000
+    lo, hi = 1000, 61000
+    # a 16-bit ramp over [lo, hi] with a random part, the range stretched to 0..255 by exact integer arithmetic
+    rng = np.random.default_rng(0)
+    a = (lo + (np.arange(w)[None, :] * (hi - lo) // (w - 1)) + rng.integers(-500, 500, (h, w))).clip(lo, hi).astype(np.uint16)
+    a[0, 0], a[-1, -1] = lo, hi
+    path = tmp_path / "g16.png"
+    Image.fromarray(a).save(path)
+    assert Image.open(path).mode == "I;16"
+    expected = ((a.astype(np.int64) - lo) * 255 // (hi - lo)).astype(np.uint8)
+    del a
+    arr, orig = load_image(path)
+    assert orig == (w, h) and arr.shape == (h, w, 3)
+    np.testing.assert_array_equal(arr[..., 0], expected)
+    assert (arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all()
+    assert arr[0, 0, 0] == 0 and arr[-1, -1, 0] == 255
+    # reduced (what the global model gets): the same values, downscaled; numpy's memory (tracemalloc sees it)
+    # is the 8-bit image and a strip of rows: a float64 copy alone would be 8 bytes a pixel
+    tracemalloc.start()
+    try:
+        small, _ = load_image(path, max_side=300)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * h * w, peak / (h * w)
+    assert small.shape == (200, 300, 3)
+    ref = np.asarray(Image.fromarray(expected).resize((300, 200), Image.Resampling.BILINEAR, reducing_gap=2.0))
+    np.testing.assert_array_equal(small[..., 0], ref)

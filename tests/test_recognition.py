@@ -254,12 +254,17 @@ def test_predict_submission_bad_image_and_resume(built_index, demo_data, tmp_pat
     # resume: drop the last two records (as if killed), rerun: only those are recomputed, same output
     evidence = out.with_name(out.name + ".evidence.jsonl")
     lines = evidence.read_text().splitlines()
-    evidence.write_text("\n".join(lines[:-2]) + "\n" + lines[-2][: len(lines[-2]) // 2])
+    kept = "\n".join(lines[:-2]) + "\n"
+    evidence.write_text(kept + lines[-2][: len(lines[-2]) // 2])
+    inode = evidence.stat().st_ino
     before = out.read_text()
     out.unlink()
     result = invoke("predict", "--index", built_index, "--queries", queries, "--images", images, "--out", out, "--workers", "0")
     assert result.exit_code == 1, result.output
     assert out.read_text() == before
+    assert "ignoring a truncated last line" in result.output
+    # the cut line was truncated in place and the new records appended: the file was not rewritten
+    assert evidence.stat().st_ino == inode and evidence.read_text().startswith(kept)
     records = [json.loads(l) for l in evidence.read_text().splitlines()[1:]]
     assert {r["id"] for r in records} == set(ids) | {"corrupt"}
     assert len(records) == len(lines)  # the 2 lost records recomputed, the unreadable one retried (+1)

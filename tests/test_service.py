@@ -167,13 +167,31 @@ def test_bad_uploads_get_one_line_4xx(client, queries):
         "not an image": (b"hello, this is text\n" * 20, 400, "not a readable image"),
         "truncated": (good[: len(good) // 3], 400, "truncated"),
         "zero bytes": (b"", 400, "empty"),
-        "bomb": (_png_header_only(40000, 40000), 400, "decompression"),
+        "bomb": (_png_header_only(40000, 40000), 413, "pixel budget"),
     }
     for what, (data, status, word) in cases.items():
         msg = assert_one_line_error(post(client, "/recognize", "x.jpg", data), status)
         assert word in msg and "x.jpg" in msg, (what, msg)
         assert "/tmp" not in msg  # the server's temporary file is never named
         assert_one_line_error(post(client, "/neighbours", "x.jpg", data), status)
+
+
+def test_pixel_budget(client, engine, huge_png, queries):
+    """A 13,000 x 13,000 greyscale PNG (~160 kB, under the upload limit) is answered 413 from its header."""
+    data = huge_png.read_bytes()
+    assert len(data) < LIMIT_MB * 1024 * 1024 and engine.max_pixels == 40_000_000
+    start = time.perf_counter()
+    for url in ("/recognize", "/neighbours"):
+        msg = assert_one_line_error(post(client, url, "huge.png", data), 413)
+        assert "huge.png: 13000x13000 = 169 MP exceeds the pixel budget of 40 MP" in msg and "/tmp" not in msg
+    assert time.perf_counter() - start < 5  # no decoding (a full decode took seconds)
+    # in a batch: that image's error, the others answered
+    name, good, _ = queries[0]
+    resp = client.post("/recognize/batch", files=[("image", ("huge.png", data)), ("image", (name, good))])
+    assert resp.status_code == 200, resp.text
+    first, second = resp.json()
+    assert "pixel budget" in first["error"] and "error" not in second
+    assert client.get("/health").json()["limits"]["max_pixels"] == 40_000_000
 
 
 def test_request_shape_errors(client, queries):
@@ -449,6 +467,12 @@ def test_serve_command(tmp_path, built_index, monkeypatch):
     (index, kw), = calls
     assert index == built_index and kw["host"] == "127.0.0.1" and kw["port"] == 8123
     assert kw["limits"].workers == 3 and kw["limits"].max_upload_mb == 5 and kw["overrides"]["inlier_threshold"] == 30
+    from retrieval.image_io import DEFAULT_MAX_PIXELS
+
+    assert kw["limits"].max_pixels == DEFAULT_MAX_PIXELS == Limits().max_pixels
+    calls.clear()
+    result = runner.invoke(cli_app, ["serve", "--index", str(built_index), "--max-pixels", "1000000"])
+    assert result.exit_code == 0 and calls[0][1]["limits"].max_pixels == 1_000_000
     # demo --serve serves an existing demo index at once
     import shutil
 

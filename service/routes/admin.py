@@ -29,7 +29,7 @@ async def index_page(request: Request) -> HTMLResponse:
 )
 async def health(request: Request, svc: Service = Depends(get_service)) -> Any:
     check_params(request, set())
-    return {**svc.engine.health(), "limits": svc.limits.to_json()}
+    return {**svc.engine.health(), "limits": {**svc.limits.to_json(), "max_pixels": svc.engine.max_pixels}}
 
 
 @router.post(

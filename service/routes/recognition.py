@@ -38,7 +38,7 @@ def make_router(max_batch_files: int) -> APIRouter:
         try:
             rid, obj = await svc.run(svc.engine.recognize, data, filename)
         except BadImage as exc:
-            raise ServiceError(400, str(exc)) from None
+            raise ServiceError(exc.status, str(exc)) from None
         return JSONResponse(obj, headers={"X-Request-Id": rid, "Link": f'</matches/{rid}.png>; rel="matches"'})
 
     @router.post(
@@ -81,6 +81,6 @@ def make_router(max_batch_files: int) -> APIRouter:
         try:
             return await svc.run(svc.engine.neighbours, data, filename, k)
         except BadImage as exc:
-            raise ServiceError(400, str(exc)) from None
+            raise ServiceError(exc.status, str(exc)) from None
 
     return router
