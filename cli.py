@@ -153,6 +153,32 @@ def build_index(
     _guard(body)
 
 
+# ----------------------------------------------------------------------------- verify-data
+
+
+@app.command("verify-data")
+def verify_data(
+    train: Path = typer.Option(..., "--train", help="CSV with an id column (GLDv2 train.csv, index.csv, test.csv, ...)."),
+    images: Path = typer.Option(..., "--images", help="Image folder: <id>.jpg or GLDv2 nested a/b/c/<id>.jpg."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Report CSV (kind,id,line,path,reason); default ./verify-<CSV name>.csv."),
+    decode: bool = typer.Option(False, "--decode", help="Decode every image fully instead of checking headers and file ends (slower)."),
+    threads: int = typer.Option(8, "--threads", min=1, help="Files checked at once."),
+) -> None:
+    """Report what a build would meet: ids with no image, images with no row, unreadable images, duplicate ids.
+    Exit code 1 when any id would be skipped or refused (images with no row alone are no error)."""
+
+    def body():
+        from gldv2 import verify
+
+        report = out if out is not None else Path(f"verify-{train.stem}.csv")
+        result = verify.main(train, images, report, decode=decode, threads=threads)
+        typer.echo(result.summary(train))
+        if not result.ok:
+            raise typer.Exit(code=1)
+
+    _guard(body)
+
+
 # ----------------------------------------------------------------------------- query
 
 
