@@ -184,20 +184,45 @@ def verify_data(
 
 @app.command("query")
 def query(
-    images: List[Path] = typer.Argument(..., help="Query image files."),
+    images: Optional[List[Path]] = typer.Argument(None, help="Query image files (or --queries/--images/--out for a submission)."),
     index: Path = typer.Option(..., "--index", help="Index directory built by build-index."),
-    k: int = typer.Option(10, "--k", "-k", help="Number of neighbours."),
+    k: Optional[int] = typer.Option(None, "--k", "-k", help="Number of neighbours (default 10; 100 with --queries, the most a retrieval submission holds)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per query image (JSON lines)."),
+    queries: Optional[Path] = typer.Option(None, "--queries", help="CSV with an id column: write Kaggle's retrieval submission for these queries (with --images and --out)."),
+    images_dir: Optional[Path] = typer.Option(None, "--images", help="With --queries: folder of the query images (<id>.jpg or GLDv2 nested)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="With --queries: retrieval submission to write (id,images); resumable (OUT.partial.jsonl)."),
+    qe: int = typer.Option(0, "--qe", min=0, help="With --queries: average query expansion over the top N neighbours (0: off)."),
+    verify_top: int = typer.Option(0, "--verify-top", min=0, help="With --queries: re-rank the first N by local verification (RANSAC inliers; 0: off)."),
     device: Optional[str] = typer.Option(None, "--device"),
 ) -> None:
-    """Find the most similar reference images (cosine similarity of global descriptors)."""
+    """Find the most similar reference images (cosine similarity of global descriptors); with --queries, write
+    Kaggle's retrieval submission (up to 100 index ids per query)."""
 
     def body():
+        if queries is not None or images_dir is not None or out is not None:
+            if images or as_json:
+                raise CliError("give either image files or --queries/--images/--out, not both (--json is for image files)")
+            if queries is None or images_dir is None or out is None:
+                raise CliError("--queries, --images and --out go together")
+            if k is not None and not 1 <= k <= 100:
+                raise CliError(f"--k must be between 1 and 100 with --queries (a retrieval submission holds up to 100 ids), got {k}")
+            from eval import retrieve
+
+            stats = retrieve.main(index, queries, images_dir, out, k=k or 100, qe=qe, verify_top=verify_top, device=device)
+            typer.echo(f"{out}: {stats['queries']} queries, up to {stats['k']} index images each, "
+                       f"{stats['unreadable']} unreadable images")
+            if stats["unreadable"]:
+                raise typer.Exit(code=1)
+            return
+        if not images:
+            raise CliError("give query image files, or --queries/--images/--out for a retrieval submission")
+        if qe or verify_top:
+            raise CliError("--qe and --verify-top apply to --queries (the retrieval submission)")
         from retrieval import query as query_mod
 
-        if k < 1:
+        if k is not None and k < 1:
             raise CliError(f"--k must be >= 1, got {k}")
-        results = query_mod.main(index, images, k=k, device=device)
+        results = query_mod.main(index, images, k=k or 10, device=device)
         for res in results:
             if as_json:
                 typer.echo(json.dumps(res))
@@ -376,11 +401,34 @@ def evaluate(
     workers: Optional[int] = typer.Option(None, "--workers", min=0),
     engine: str = _ENGINE, ray_address: Optional[str] = _RAY_ADDRESS, gpus_per_worker: float = _RAY_GPUS,
     ray_workers: Optional[int] = _RAY_WORKERS,
+    task: str = typer.Option("recognition", "--task", help="recognition (GAP) or retrieval (mAP@100 of the ranking `query --queries` writes)."),
+    solution: Optional[Path] = typer.Option(None, "--solution", help="--task retrieval: relevant images from a retrieval_solution_v2.1.csv-style file (id,images[,Usage]) instead of the queries' landmark labels."),
+    qe: int = typer.Option(0, "--qe", min=0, help="--task retrieval: average query expansion over the top N (0: off)."),
+    verify_top: int = typer.Option(0, "--verify-top", min=0, help="--task retrieval: re-rank the first N by local verification (0: off)."),
 ) -> None:
-    """GAP (with a bootstrap 95% interval) of global kNN alone and of the full pipeline on labelled queries."""
+    """GAP (with a bootstrap 95% interval) of global kNN alone and of the full pipeline on labelled queries;
+    with --task retrieval, mAP@100 of the retrieval ranking."""
 
     def body():
         from eval import evaluate as evaluate_mod
+
+        if task not in ("recognition", "retrieval"):
+            raise CliError(f"--task must be recognition or retrieval, got {task!r}")
+        if task == "retrieval":
+            if engine != "local" or k is not None or candidates is not None or refs is not None:
+                raise CliError("--engine, --k, --candidates and --refs-per-candidate apply to --task recognition")
+            from eval import retrieve
+
+            report = retrieve.evaluate(index, queries, images, out, solution_csv=solution, qe=qe, verify_top=verify_top,
+                                       inlier_threshold=threshold, device=device, num_workers=workers)
+            typer.echo(f"retrieval: mAP@100 {report['map_at_100']:.4f} over {report['n_queries_scored']} queries "
+                       f"({report['n_queries_left_out']} without relevant index images left out); report: {out / 'report.json'}")
+            if report["n_unreadable_queries"]:
+                typer.secho(f"{report['n_unreadable_queries']} query images could not be read (AP 0)", err=True, fg=typer.colors.YELLOW)
+                raise typer.Exit(code=1)
+            return
+        if solution is not None or qe or verify_top:
+            raise CliError("--solution, --qe and --verify-top apply to --task retrieval")
 
         ray_options = _ray_options(engine, ray_address, gpus_per_worker, ray_workers)
         report = evaluate_mod.main(index, queries, images, out, device=device, n_boot=n_boot,
