@@ -10,6 +10,7 @@ from typing import List, Optional
 
 import typer
 
+from gldv2.download import DEFAULT_BASE_URL as GLDV2_BASE_URL
 from retrieval.defaults import EXTRACTOR_DEFAULTS, DEFAULT_GLOBAL, DEFAULT_LOCAL, DEFAULT_RECOGNITION_CONF
 
 app = typer.Typer(
@@ -148,6 +149,40 @@ def build_index(
                        f"{per_image / 1024:.0f} KiB per image")
         if stats["skipped"]:
             typer.echo(f"skipped images and reasons: {index / 'skipped.csv'}")
+            raise typer.Exit(code=1)
+
+    _guard(body)
+
+
+# ----------------------------------------------------------------------------- download
+
+
+@app.command("download")
+def download(
+    dataset: str = typer.Argument(..., help="The dataset: gldv2 (Google Landmarks v2)."),
+    split: str = typer.Option("train", "--split", help="train (500 shards, ~1 GB each), index (100) or test (20)."),
+    out: Path = typer.Option(Path("gldv2"), "--out", help="Folder: metadata/*.csv and <split>/a/b/c/<id>.jpg (build-index --images OUT/<split>)."),
+    shards: Optional[str] = typer.Option(None, "--shards", help="Shards to fetch, e.g. 0-9 or 0,5,10-12 (default: all of the split)."),
+    metadata_only: bool = typer.Option(False, "--metadata-only", help="Only the split's metadata CSVs."),
+    base_url: str = typer.Option(GLDV2_BASE_URL, "--base-url", help="The dataset's base address, a mirror's, or a local folder with the same layout."),
+    jobs: int = typer.Option(4, "--jobs", min=1, help="Shards downloaded at once."),
+    retries: int = typer.Option(2, "--retries", min=0, help="Times a dropped connection is continued (HTTP Range) before the shard is reported."),
+) -> None:
+    """Download GLDv2 (resumable, md5-checked, extracted as it is read; a rerun skips checked shards).
+    Exit code 1 when some shard or file failed (each named in one line; finished shards are kept)."""
+
+    def body():
+        from gldv2 import download as dl
+
+        if dataset != "gldv2":
+            raise CliError(f"unknown dataset {dataset!r}; available: gldv2")
+        res = dl.main(split, out, shards=shards, metadata_only=metadata_only, base_url=base_url, jobs=jobs, retries=retries)
+        for line in res.errors:
+            typer.secho(f"error: {line}", err=True, fg=typer.colors.RED)
+        typer.echo(f"{out}: {len(res.metadata)} metadata files; {split}: {len(res.done)} shards downloaded "
+                   f"({res.images} images, {res.bytes / 2**20:.1f} MiB), {len(res.skipped)} already done, "
+                   f"{len(res.errors)} failed")
+        if res.errors:
             raise typer.Exit(code=1)
 
     _guard(body)
