@@ -44,7 +44,8 @@ DEFAULT_BASE_URL = "https://s3.amazonaws.com/google-landmark"
 SHARDS = {"train": 500, "index": 100, "test": 20}
 METADATA = {
     "train": ("train.csv", "train_clean.csv", "train_label_to_category.csv"),
-    "index": ("index.csv", "index_label_to_category.csv"),
+    # index.csv has only ids; index_image_to_landmark.csv labels the index images (GLDv2.1)
+    "index": ("index.csv", "index_image_to_landmark.csv", "index_label_to_category.csv"),
     "test": ("test.csv", "recognition_solution_v2.1.csv", "retrieval_solution_v2.1.csv"),
 }
 CHUNK = 1 << 20
