@@ -119,6 +119,7 @@ def build_index(
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding worker processes (default: none on the CPU, where the model uses every core; cores-1, at most 4, with a GPU)."),
     engine: str = _ENGINE, ray_address: Optional[str] = _RAY_ADDRESS, gpus_per_worker: float = _RAY_GPUS,
     ray_workers: Optional[int] = _RAY_WORKERS,
+    landmark_names: Optional[Path] = typer.Option(None, "--landmark-names", help="Landmark names to store with the index: GLDv2's *_label_to_category.csv (Wikimedia Commons category URLs) or a landmark_id,name CSV. Without a CSV of images, landmarks are named by their folders."),
 ) -> None:
     """Extract descriptors of reference images and build (or resume, or extend) the index."""
 
@@ -130,6 +131,12 @@ def build_index(
         from retrieval.global_model import resolve_global_conf
 
         references = read_references(train, images, distractors)
+        names = None
+        if landmark_names is not None or train is None:
+            from gldv2 import names as names_mod  # read before the long build: a bad file fails at once
+
+            names = (names_mod.read_names_csv(landmark_names) if landmark_names is not None
+                     else names_mod.folder_names(references["landmark_id"].unique()))
         gconf = resolve_global_conf(conf, weights=weights, image_size=image_size, resize=resize)
         lconf = extract.resolve_local_conf_name(local_conf)
         stats = extract.main(
@@ -142,6 +149,8 @@ def build_index(
         )
         if stats.get("rebuild_reason"):
             typer.echo(f"FAISS index (re)trained: {stats['rebuild_reason']}")
+        if names:
+            typer.echo(f"landmark names: {names_mod.store_names(index, names)} stored with the index")
         manifest = json.loads((index / "manifest.json").read_text())
         if lconf:
             per_image = manifest.get("local_bytes_per_image") or 0
@@ -257,16 +266,20 @@ def query(
 
         if k is not None and k < 1:
             raise CliError(f"--k must be >= 1, got {k}")
+        from gldv2.names import load_names, with_names
+
         results = query_mod.main(index, images, k=k or 10, device=device)
+        names = load_names(index)
         for res in results:
             if as_json:
-                typer.echo(json.dumps(res))
+                typer.echo(json.dumps(with_names(res, names) if names else res))
             elif "error" in res:
                 typer.secho(f"{res['image']}: error: {res['error']}", err=True, fg=typer.colors.RED)
             else:
                 typer.echo(f"{res['image']}")
                 for n in res["neighbours"]:
-                    typer.echo(f"  {n['rank']:>3}  {n['score']:.4f}  landmark {n['landmark_id'] or '-':>8}  {n['id']}  {n['path']}")
+                    typer.echo(f"  {n['rank']:>3}  {n['score']:.4f}  landmark {n['landmark_id'] or '-':>8}  {n['id']}  {n['path']}"
+                               + _named(names, n["landmark_id"], "  "))
         if any("error" in r for r in results):
             raise typer.Exit(code=1)
 
@@ -281,6 +294,13 @@ _C = typer.Option(None, "--candidates", help=f"Candidate landmarks verified per 
 _R = typer.Option(None, "--refs-per-candidate", help=f"Images verified per candidate (default {_D['refs_per_candidate']}; at most {_D['max_verifications']} pairs per query in all; per local features in `landmarks confs`).")
 _THR = typer.Option(None, "--inlier-threshold", help="Inliers needed to accept a landmark (default: the index manifest's tuned value, else the value calibrated on real photos for its local features: "
                     + ", ".join(f"{k} {v['inlier_threshold']}" for k, v in EXTRACTOR_DEFAULTS.items() if "inlier_threshold" in v) + ").")
+
+
+def _named(names: dict, landmark_id, sep: str = " ") -> str:
+    """The name in parentheses after a landmark id in text output, when the index has one (names are cleaned
+    of control characters when read: safe on a terminal)."""
+    name = names.get(landmark_id) if landmark_id else None
+    return f"{sep}({name})" if name else ""
 
 
 def _overrides(k, candidates, refs, threshold) -> dict:
@@ -301,7 +321,10 @@ def recognize(
         from retrieval.image_io import ImageError
         from retrieval.recognize import Recognizer
 
+        from gldv2.names import load_names, with_names
+
         rec = Recognizer.from_index(index, device=device, **_overrides(k, candidates, refs, threshold))
+        names = load_names(rec.db)
         failed = 0
         for image in images:
             try:
@@ -314,12 +337,14 @@ def recognize(
                     typer.secho(f"{image}: error: {exc}", err=True, fg=typer.colors.RED)
                 continue
             if as_json:
-                typer.echo(json.dumps(pred.to_json(str(image))))
+                answer = pred.to_json(str(image))
+                typer.echo(json.dumps(with_names(answer, names) if names else answer))
             elif pred.landmark_id is None:
-                typer.echo(f"{image}: no landmark (best guess {pred.guess or '-'}, {pred.inliers} inliers, "
-                           f"threshold {rec.conf['inlier_threshold']})")
+                typer.echo(f"{image}: no landmark (best guess {pred.guess or '-'}{_named(names, pred.guess)}, "
+                           f"{pred.inliers} inliers, threshold {rec.conf['inlier_threshold']})")
             else:
-                typer.echo(f"{image}: landmark {pred.landmark_id}  confidence {pred.confidence:.3f}  ({pred.inliers} inliers)")
+                typer.echo(f"{image}: landmark {pred.landmark_id}{_named(names, pred.landmark_id)}  "
+                           f"confidence {pred.confidence:.3f}  ({pred.inliers} inliers)")
         if failed:
             raise typer.Exit(code=1)
 
