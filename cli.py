@@ -11,6 +11,7 @@ from typing import List, Optional
 
 import typer
 
+from gldv2.download import DEFAULT_BASE_URL as GLDV2_BASE_URL
 from retrieval.defaults import EXTRACTOR_DEFAULTS, DEFAULT_GLOBAL, DEFAULT_LOCAL, DEFAULT_RECOGNITION_CONF
 
 app = typer.Typer(
@@ -146,6 +147,7 @@ def build_index(
     max_pixels: Optional[int] = _MAX_PIXELS,
     engine: str = _ENGINE, ray_address: Optional[str] = _RAY_ADDRESS, gpus_per_worker: float = _RAY_GPUS,
     ray_workers: Optional[int] = _RAY_WORKERS,
+    landmark_names: Optional[Path] = typer.Option(None, "--landmark-names", help="Landmark names to store with the index: GLDv2's *_label_to_category.csv (Wikimedia Commons category URLs) or a landmark_id,name CSV. Without a CSV of images, landmarks are named by their folders."),
 ) -> None:
     """Extract descriptors of reference images and build (or resume, or extend) the index."""
 
@@ -156,6 +158,12 @@ def build_index(
         from retrieval.data import read_references
 
         references = read_references(train, images, distractors)
+        names = None
+        if landmark_names is not None or train is None:
+            from gldv2 import names as names_mod  # read before the long build: a bad file fails at once
+
+            names = (names_mod.read_names_csv(landmark_names) if landmark_names is not None
+                     else names_mod.folder_names(references["landmark_id"].unique()))
         # options not given (None) are the existing index's own configuration, so extending needs none of them
         gconf, lconf, lsets = extract.confs_for_index(index, conf, local_conf, weights=weights, image_size=image_size,
                                                       resize=resize)
@@ -170,6 +178,8 @@ def build_index(
         )
         if stats.get("rebuild_reason"):
             typer.echo(f"FAISS index (re)trained: {stats['rebuild_reason']}")
+        if names:
+            typer.echo(f"landmark names: {names_mod.store_names(index, names)} stored with the index")
         manifest = json.loads((index / "manifest.json").read_text())
         if lconf:
             per_image = manifest.get("local_bytes_per_image") or 0
@@ -186,6 +196,66 @@ def build_index(
     _guard(body, max_pixels)
 
 
+# ----------------------------------------------------------------------------- download
+
+
+@app.command("download")
+def download(
+    dataset: str = typer.Argument(..., help="The dataset: gldv2 (Google Landmarks v2)."),
+    split: str = typer.Option("train", "--split", help="train (500 shards, ~1 GB each), index (100) or test (20)."),
+    out: Path = typer.Option(Path("gldv2"), "--out", help="Folder: metadata/*.csv and <split>/a/b/c/<id>.jpg (build-index --images OUT/<split>)."),
+    shards: Optional[str] = typer.Option(None, "--shards", help="Shards to fetch, e.g. 0-9 or 0,5,10-12 (default: all of the split)."),
+    metadata_only: bool = typer.Option(False, "--metadata-only", help="Only the split's metadata CSVs."),
+    base_url: str = typer.Option(GLDV2_BASE_URL, "--base-url", help="The dataset's base address, a mirror's, or a local folder with the same layout."),
+    jobs: int = typer.Option(4, "--jobs", min=1, help="Shards downloaded at once."),
+    retries: int = typer.Option(2, "--retries", min=0, help="Times a dropped connection is continued (HTTP Range) before the shard is reported."),
+) -> None:
+    """Download GLDv2 (resumable, md5-checked, extracted as it is read; a rerun skips checked shards).
+    Exit code 1 when some shard or file failed (each named in one line; finished shards are kept)."""
+
+    def body():
+        from gldv2 import download as dl
+
+        if dataset != "gldv2":
+            raise CliError(f"unknown dataset {dataset!r}; available: gldv2")
+        res = dl.main(split, out, shards=shards, metadata_only=metadata_only, base_url=base_url, jobs=jobs, retries=retries)
+        for line in res.errors:
+            typer.secho(f"error: {line}", err=True, fg=typer.colors.RED)
+        typer.echo(f"{out}: {len(res.metadata)} metadata files; {split}: {len(res.done)} shards downloaded "
+                   f"({res.images} images, {res.bytes / 2**20:.1f} MiB), {len(res.skipped)} already done, "
+                   f"{len(res.errors)} failed")
+        if res.errors:
+            raise typer.Exit(code=1)
+
+    _guard(body)
+
+
+# ----------------------------------------------------------------------------- verify-data
+
+
+@app.command("verify-data")
+def verify_data(
+    train: Path = typer.Option(..., "--train", help="CSV with an id column (GLDv2 train.csv, index.csv, test.csv, ...)."),
+    images: Path = typer.Option(..., "--images", help="Image folder: <id>.jpg or GLDv2 nested a/b/c/<id>.jpg."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Report CSV (kind,id,line,path,reason); default ./verify-<CSV name>.csv."),
+    decode: bool = typer.Option(False, "--decode", help="Decode every image fully instead of checking headers and file ends (slower)."),
+    threads: int = typer.Option(8, "--threads", min=1, help="Files checked at once."),
+) -> None:
+    """Report what a build would meet: ids with no image, images with no row, unreadable images, duplicate ids.
+    Exit code 1 when any id would be skipped or refused (images with no row alone are no error)."""
+
+    def body():
+        from gldv2 import verify
+
+        report = out if out is not None else Path(f"verify-{train.stem}.csv")
+        result = verify.main(train, images, report, decode=decode, threads=threads)
+        typer.echo(result.summary(train))
+        if not result.ok:
+            raise typer.Exit(code=1)
+
+    _guard(body)
+
+
 # ----------------------------------------------------------------------------- query
 
 _RECURSIVE = typer.Option(False, "--recursive", help="Folder arguments: also the images in their subfolders.")
@@ -200,31 +270,60 @@ def _query_images(images: List[Path], recursive: bool) -> List[Path]:
 
 @app.command("query")
 def query(
-    images: List[Path] = typer.Argument(..., help="Query image files or folders of them."),
+    images: Optional[List[Path]] = typer.Argument(None, help="Query image files or folders of them (or --queries/--images/--out for a submission)."),
     index: Path = typer.Option(..., "--index", help="Index directory built by build-index."),
     recursive: bool = _RECURSIVE,
-    k: int = typer.Option(10, "--k", "-k", help="Number of neighbours."),
-    as_json: bool = typer.Option(False, "--json", help="One JSON object per query image (JSON lines)."),
     max_pixels: Optional[int] = _MAX_PIXELS,
+    k: Optional[int] = typer.Option(None, "--k", "-k", help="Number of neighbours (default 10; 100 with --queries, the most a retrieval submission holds)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per query image (JSON lines)."),
+    queries: Optional[Path] = typer.Option(None, "--queries", help="CSV with an id column: write Kaggle's retrieval submission for these queries (with --images and --out)."),
+    images_dir: Optional[Path] = typer.Option(None, "--images", help="With --queries: folder of the query images (<id>.jpg or GLDv2 nested)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="With --queries: retrieval submission to write (id,images); resumable (OUT.partial.jsonl)."),
+    qe: int = typer.Option(0, "--qe", min=0, help="With --queries: average query expansion over the top N neighbours (0: off)."),
+    verify_top: int = typer.Option(0, "--verify-top", min=0, help="With --queries: re-rank the first N by local verification (RANSAC inliers; 0: off)."),
     device: Optional[str] = typer.Option(None, "--device"),
 ) -> None:
-    """Find the most similar reference images (cosine similarity of global descriptors)."""
+    """Find the most similar reference images (cosine similarity of global descriptors); with --queries, write
+    Kaggle's retrieval submission (up to 100 index ids per query)."""
 
     def body():
+        if queries is not None or images_dir is not None or out is not None:
+            if images or as_json:
+                raise CliError("give either image files or --queries/--images/--out, not both (--json is for image files)")
+            if queries is None or images_dir is None or out is None:
+                raise CliError("--queries, --images and --out go together")
+            if k is not None and not 1 <= k <= 100:
+                raise CliError(f"--k must be between 1 and 100 with --queries (a retrieval submission holds up to 100 ids), got {k}")
+            from eval import retrieve
+
+            stats = retrieve.main(index, queries, images_dir, out, k=k or 100, qe=qe, verify_top=verify_top, device=device)
+            typer.echo(f"{out}: {stats['queries']} queries, up to {stats['k']} index images each, "
+                       f"{stats['unreadable']} unreadable images")
+            if stats["unreadable"]:
+                raise typer.Exit(code=1)
+            return
+        if not images:
+            raise CliError("give query image files, or --queries/--images/--out for a retrieval submission")
+        if qe or verify_top:
+            raise CliError("--qe and --verify-top apply to --queries (the retrieval submission)")
         from retrieval import query as query_mod
 
-        if k < 1:
+        if k is not None and k < 1:
             raise CliError(f"--k must be >= 1, got {k}")
-        results = query_mod.main(index, _query_images(images, recursive), k=k, device=device)
+        from gldv2.names import load_names, with_names
+
+        results = query_mod.main(index, _query_images(images, recursive), k=k or 10, device=device)
+        names = load_names(index)
         for res in results:
             if as_json:
-                typer.echo(json.dumps(res))
+                typer.echo(json.dumps(with_names(res, names) if names else res))
             elif "error" in res:
                 typer.secho(f"{res['image']}: error: {res['error']}", err=True, fg=typer.colors.RED)
             else:
                 typer.echo(f"{res['image']}")
                 for n in res["neighbours"]:
-                    typer.echo(f"  {n['rank']:>3}  {n['score']:.4f}  landmark {n['landmark_id'] or '-':>8}  {n['id']}  {n['path']}")
+                    typer.echo(f"  {n['rank']:>3}  {n['score']:.4f}  landmark {n['landmark_id'] or '-':>8}  {n['id']}  {n['path']}"
+                               + _named(names, n["landmark_id"], "  "))
         if any("error" in r for r in results):
             raise typer.Exit(code=1)
 
@@ -251,6 +350,13 @@ def _overrides(k, candidates, refs, threshold, cascade=None) -> dict:
             "cascade": cascade}
 
 
+def _named(names: dict, landmark_id, sep: str = " ") -> str:
+    """The name in parentheses after a landmark id in text output, when the index has one (names are cleaned
+    of control characters when read: safe on a terminal)."""
+    name = names.get(landmark_id) if landmark_id else None
+    return f"{sep}({name})" if name else ""
+
+
 @app.command("recognize")
 def recognize(
     images: List[Path] = typer.Argument(..., help="Query image files or folders of them."),
@@ -267,8 +373,11 @@ def recognize(
         from retrieval.image_io import ImageError
         from retrieval.recognize import Recognizer
 
+        from gldv2.names import load_names, with_names
+
         paths = _query_images(images, recursive)
         rec = Recognizer.from_index(index, device=device, **_overrides(k, candidates, refs, threshold, cascade))
+        names = load_names(rec.db)
         failed = 0
         for image in paths:
             try:
@@ -281,12 +390,14 @@ def recognize(
                     typer.secho(f"{image}: error: {exc}", err=True, fg=typer.colors.RED)
                 continue
             if as_json:
-                typer.echo(json.dumps(pred.to_json(str(image))))
+                answer = pred.to_json(str(image))
+                typer.echo(json.dumps(with_names(answer, names) if names else answer))
             elif pred.landmark_id is None:
-                typer.echo(f"{image}: no landmark (best guess {pred.guess or '-'}, {pred.inliers} inliers, "
-                           f"threshold {rec.conf['inlier_threshold']})")
+                typer.echo(f"{image}: no landmark (best guess {pred.guess or '-'}{_named(names, pred.guess)}, "
+                           f"{pred.inliers} inliers, threshold {rec.conf['inlier_threshold']})")
             else:
-                typer.echo(f"{image}: landmark {pred.landmark_id}  confidence {pred.confidence:.3f}  ({pred.inliers} inliers)")
+                typer.echo(f"{image}: landmark {pred.landmark_id}{_named(names, pred.landmark_id)}  "
+                           f"confidence {pred.confidence:.3f}  ({pred.inliers} inliers)")
         if failed:
             raise typer.Exit(code=1)
 
@@ -406,11 +517,34 @@ def evaluate(
     workers: Optional[int] = typer.Option(None, "--workers", min=0),
     engine: str = _ENGINE, ray_address: Optional[str] = _RAY_ADDRESS, gpus_per_worker: float = _RAY_GPUS,
     ray_workers: Optional[int] = _RAY_WORKERS,
+    task: str = typer.Option("recognition", "--task", help="recognition (GAP) or retrieval (mAP@100 of the ranking `query --queries` writes)."),
+    solution: Optional[Path] = typer.Option(None, "--solution", help="--task retrieval: relevant images from a retrieval_solution_v2.1.csv-style file (id,images[,Usage]) instead of the queries' landmark labels."),
+    qe: int = typer.Option(0, "--qe", min=0, help="--task retrieval: average query expansion over the top N (0: off)."),
+    verify_top: int = typer.Option(0, "--verify-top", min=0, help="--task retrieval: re-rank the first N by local verification (0: off)."),
 ) -> None:
-    """GAP (with a bootstrap 95% interval) of global kNN alone and of the full pipeline on labelled queries."""
+    """GAP (with a bootstrap 95% interval) of global kNN alone and of the full pipeline on labelled queries;
+    with --task retrieval, mAP@100 of the retrieval ranking."""
 
     def body():
         from eval import evaluate as evaluate_mod
+
+        if task not in ("recognition", "retrieval"):
+            raise CliError(f"--task must be recognition or retrieval, got {task!r}")
+        if task == "retrieval":
+            if engine != "local" or k is not None or candidates is not None or refs is not None:
+                raise CliError("--engine, --k, --candidates and --refs-per-candidate apply to --task recognition")
+            from eval import retrieve
+
+            report = retrieve.evaluate(index, queries, images, out, solution_csv=solution, qe=qe, verify_top=verify_top,
+                                       inlier_threshold=threshold, device=device, num_workers=workers)
+            typer.echo(f"retrieval: mAP@100 {report['map_at_100']:.4f} over {report['n_queries_scored']} queries "
+                       f"({report['n_queries_left_out']} without relevant index images left out); report: {out / 'report.json'}")
+            if report["n_unreadable_queries"]:
+                typer.secho(f"{report['n_unreadable_queries']} query images could not be read (AP 0)", err=True, fg=typer.colors.YELLOW)
+                raise typer.Exit(code=1)
+            return
+        if solution is not None or qe or verify_top:
+            raise CliError("--solution, --qe and --verify-top apply to --task retrieval")
 
         ray_options = _ray_options(engine, ray_address, gpus_per_worker, ray_workers)
         report = evaluate_mod.main(index, queries, images, out, device=device, n_boot=n_boot,

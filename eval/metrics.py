@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Set as AbstractSet
+from collections.abc import Mapping, Sequence, Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -334,3 +334,55 @@ def summary(
         "n_nonlandmark_queries": len(ranked.query_ids) - n_landmark,
         "n_predictions": int(ranked.order.size),
     }
+
+
+# ----------------------------------------------------------------------------- retrieval: mAP@100
+
+RETRIEVAL_K = 100
+"""The retrieval challenge scores the first 100 index images of each query."""
+
+
+def average_precision_at_k(ranked: Sequence[str], relevant: AbstractSet[str], k: int = RETRIEVAL_K) -> float:
+    """AP@k of one ranked list: (1/min(m, k)) * sum_{i<=k} P(i) * rel(i), m = number of relevant images.
+
+    A repeated id counts once, at its first position (later copies are neither relevant nor counted as
+    ranks), so a list cannot score twice with the same image. ``relevant`` must be non-empty.
+    """
+    if not relevant:
+        raise ValueError("AP@k is undefined for a query without relevant images")
+    seen: set[str] = set()
+    hits = 0
+    total = 0.0
+    rank = 0
+    for image_id in ranked:
+        if image_id in seen:
+            continue
+        seen.add(image_id)
+        rank += 1
+        if rank > k:
+            break
+        if image_id in relevant:
+            hits += 1
+            total += hits / rank
+    return total / min(len(relevant), k)
+
+
+def map_at_k(
+    predictions: Mapping[str, Sequence[str]], solution: Mapping[str, AbstractSet[str]], k: int = RETRIEVAL_K,
+) -> float:
+    """Kaggle retrieval mAP@k: the mean of :func:`average_precision_at_k` over the queries with relevant images.
+
+    ``predictions``: query id -> index image ids, best first (a query absent scores 0). ``solution``: query
+    id -> the set of relevant index image ids. Queries whose set is empty are left out, as in the challenge;
+    predictions for queries not in ``solution`` are ignored (GLDv2's test set holds such queries).
+
+    Raises:
+        ValueError: no query of ``solution`` has a relevant image.
+    """
+    scored = sorted(q for q, rel in solution.items() if rel)
+    if not scored:
+        raise ValueError("mAP@k is undefined: no query of the solution has a relevant image")
+    for q in scored:
+        if not isinstance(q, str):
+            raise TypeError(f"solution query ids must be str, got {type(q).__name__} {q!r}")
+    return float(sum(average_precision_at_k(predictions.get(q, ()), solution[q], k) for q in scored) / len(scored))

@@ -96,6 +96,89 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
 
 
+def _file_size(path: Path) -> int:
+    """The file's size in bytes; ImageError when it is missing, unreadable or empty."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ImageError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read ({exc})") from exc
+    if size == 0:
+        raise ImageError(f"{path}: empty file (0 bytes)")
+    return size
+
+
+def _check_pixels(path: Path, width: int, height: int, budget: int) -> None:
+    """Refuse an image over the pixel budget from its header size (call it before anything that decodes:
+    for a PNG even ``getexif()`` does)."""
+    if width * height > budget:
+        raise ImageTooLarge(
+            f"{path}: {width}x{height} = {width * height / 1e6:.0f} MP exceeds the pixel budget of "
+            f"{budget / 1e6:g} MP (decompression-bomb guard; --max-pixels raises it)"
+        )
+
+
+def _check_geometry(path: Path, orig: tuple[int, int], min_side: int) -> None:
+    """Refuse sizes the pipeline cannot use (``orig``: width, height as displayed)."""
+    if min(orig) < min_side:
+        raise ImageError(f"{path}: too small ({orig[0]}x{orig[1]}, shorter side must be >= {min_side} px)")
+    if max(orig) > MAX_ASPECT * min(orig):
+        # resized for the network, such a strip would be a few pixels high
+        raise ImageError(f"{path}: aspect ratio {max(orig) / min(orig):.1f}:1 exceeds {MAX_ASPECT}:1 ({orig[0]}x{orig[1]})")
+
+
+# A JPEG ends with the EOI marker; it cannot occur inside entropy-coded data (0xFF is stuffed there), so a
+# file whose tail has none was cut short. Some writers append padding or trailers after it: look at a tail.
+_JPEG_EOI = b"\xff\xd9"
+_JPEG_TAIL = 4096
+
+
+def probe_image(
+    path: str | Path, min_side: int = DEFAULT_MIN_SIDE, max_pixels: int | None = None,
+) -> tuple[int, int]:
+    """Check an image file without decoding its pixels: what :func:`load_image` would refuse, from the header.
+
+    Reads the header (format, size, EXIF orientation) and applies load_image's size checks. Truncation is
+    found for JPEG (no end-of-image marker in the last 4 KiB) and for PNG (PIL's ``verify`` reads every
+    chunk's CRC up to IEND); other formats are fully decoded, since nothing cheaper finds a cut file.
+
+    Returns:
+        (width, height) as displayed (after EXIF rotation).
+    Raises:
+        ImageError: as :func:`load_image` would, naming the file and the reason.
+    """
+    path = Path(path)
+    size = _file_size(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                width, height = im.size
+                fmt = im.format
+                _check_pixels(path, width, height, max_pixels_budget() if max_pixels is None else int(max_pixels))
+                orientation = im.getexif().get(0x0112, 1)
+                if fmt not in ("PNG", "JPEG"):
+                    im.load()
+            if fmt == "PNG":
+                with Image.open(path) as im:  # verify must come first after open (getexif reads chunks)
+                    im.verify()
+            if fmt == "JPEG":
+                with open(path, "rb") as f:
+                    f.seek(max(0, size - _JPEG_TAIL))
+                    if _JPEG_EOI not in f.read():
+                        raise ImageError(f"{path}: corrupt or truncated image (JPEG without end-of-image marker)")
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        raise ImageError(f"{path}: not a readable image ({exc})") from exc
+    except (OSError, SyntaxError, ValueError) as exc:  # truncated / corrupt data
+        raise ImageError(f"{path}: corrupt or truncated image ({exc})") from exc
+    orig = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+    _check_geometry(path, orig, min_side)
+    return orig
+
+
 def load_image(
     path: str | Path,
     max_side: int | None = None,
@@ -120,24 +203,13 @@ def load_image(
     """
     path = Path(path)
     budget = max_pixels_budget() if max_pixels is None else int(max_pixels)
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise ImageError(f"{path}: file not found") from None
-    except OSError as exc:
-        raise ImageError(f"{path}: cannot read ({exc})") from exc
-    if size == 0:
-        raise ImageError(f"{path}: empty file (0 bytes)")
+    _file_size(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(path)
             width, height = im.size
-            if width * height > budget:  # before getexif(): for a PNG that decodes the whole image
-                raise ImageTooLarge(
-                    f"{path}: {width}x{height} = {width * height / 1e6:.0f} MP exceeds the pixel budget of "
-                    f"{budget / 1e6:g} MP (decompression-bomb guard; --max-pixels raises it)"
-                )
+            _check_pixels(path, width, height, budget)  # before getexif(): for a PNG that decodes the whole image
             orientation = im.getexif().get(0x0112, 1)
             if im.format == "JPEG" and max_side is not None and im.mode in ("RGB", "L", "CMYK", "YCbCr"):
                 # Decode at 1/2, 1/4 or 1/8 scale when that still covers max_side: much faster.
@@ -161,11 +233,9 @@ def load_image(
     # Original size as the user sees the photo (after EXIF rotation, before any downscale).
     rotated = orientation in (5, 6, 7, 8)
     orig = (height, width) if rotated else (width, height)
-    if min(im.size) < min_side or min(orig) < min_side:
+    if min(im.size) < min_side:
         raise ImageError(f"{path}: too small ({orig[0]}x{orig[1]}, shorter side must be >= {min_side} px)")
-    if max(orig) > MAX_ASPECT * min(orig):
-        # resized for the network, such a strip would be a few pixels high
-        raise ImageError(f"{path}: aspect ratio {max(orig) / min(orig):.1f}:1 exceeds {MAX_ASPECT}:1 ({orig[0]}x{orig[1]})")
+    _check_geometry(path, orig, min_side)
     if rotated:
         # A quarter turn before resizing, as the pixels were always computed: PIL resamples one axis, then
         # the other, so resizing first would change a pixel here and there by one level (and descriptors

@@ -190,3 +190,28 @@ def test_16bit_png_decodes_exactly_without_a_float64_copy(tmp_path):
     assert small.shape == (200, 300, 3)
     ref = np.asarray(Image.fromarray(expected).resize((300, 200), Image.Resampling.BILINEAR, reducing_gap=2.0))
     np.testing.assert_array_equal(small[..., 0], ref)
+
+
+def test_probe_image_finds_what_load_image_refuses_without_decoding(tmp_path):
+    from retrieval.image_io import probe_image
+
+    good = tmp_path / "good.jpg"
+    Image.fromarray(_photo(400, 300)).save(good, quality=90)
+    assert probe_image(good) == (400, 300)
+    data = good.read_bytes()
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(data[: len(data) * 2 // 3])  # header intact: only the missing end-of-image marker tells
+    padded = tmp_path / "padded.jpg"
+    padded.write_bytes(data + b"\x00" * 100)  # trailing padding after the marker is fine
+    assert probe_image(padded) == (400, 300)
+    png = tmp_path / "cut.png"
+    Image.fromarray(_photo(400, 300)).save(png)
+    png.write_bytes(png.read_bytes()[:-200])
+    strip = tmp_path / "strip.png"
+    Image.fromarray(_photo(600, 20)).save(strip)
+    for path, match in [(cut, "truncated"), (png, "truncated|corrupt"), (tmp_path / "nope.jpg", "not found"),
+                        (strip, "aspect ratio")]:
+        with pytest.raises(ImageError, match=match):
+            probe_image(path)
+        with pytest.raises(ImageError):
+            load_image(path)  # the probe never refuses what loading accepts, nor the reverse, on these

@@ -386,3 +386,32 @@ def test_plot_confidence_histogram(tmp_path):
     assert_png(plots.plot_confidence_histogram(preds, sol, tmp_path / "hist.png"))
     # degenerate input: no prediction at all
     assert_png(plots.plot_confidence_histogram({}, {"a": S({"L"})}, tmp_path / "empty.png"))
+
+
+# ----------------------------------------------------------------------------- retrieval mAP@100
+
+
+def test_map_at_100_hand_computed():
+    from eval.metrics import map_at_k
+
+    solution = {"a": {"x1", "x2", "x3"}, "b": {"y1"}, "c": set(), "d": {"z1", "z2"}}
+    predictions = {
+        "a": ["x1", "n1", "x2", "n2"],  # P(1) = 1, P(3) = 2/3; m = 3: (1 + 2/3) / 3 = 5/9
+        "b": ["n1", "n2", "y1"],  # P(3) = 1/3; m = 1: 1/3
+        "c": ["x1"],  # no relevant image: left out of the mean
+        "e": ["x1"],  # not in the solution: ignored
+    }  # d has no prediction: AP 0
+    assert map_at_k(predictions, solution) == pytest.approx((5 / 9 + 1 / 3 + 0) / 3)  # 8/27
+    assert map_at_k(dict(reversed(list(predictions.items()))), solution) == map_at_k(predictions, solution)
+
+
+def test_map_at_k_cut_off_duplicates_and_many_relevant():
+    from eval.metrics import average_precision_at_k, map_at_k
+
+    filler = [f"n{i}" for i in range(99)]
+    assert average_precision_at_k(filler + ["r"], {"r"}) == pytest.approx(1 / 100)  # rank 100 counts
+    assert average_precision_at_k(filler + ["n99", "r"], {"r"}) == 0.0  # rank 101 does not
+    assert average_precision_at_k(["x1", "x1", "x2"], {"x1", "x2"}) == 1.0  # a repeat is one image, one rank
+    assert average_precision_at_k(["a", "b"], {"a", "b", "c"}, k=2) == 1.0  # divided by min(m, k)
+    with pytest.raises(ValueError, match="no query of the solution has a relevant image"):
+        map_at_k({"a": ["x"]}, {"a": set()})

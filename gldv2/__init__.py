@@ -1,0 +1,6 @@
+"""Google Landmarks v2 as a dataset: fetching it (``download``), checking a copy (``verify``), landmark names.
+
+Kept apart from ``retrieval/`` (images to decisions) and ``eval/`` (metrics): this package is about the
+files a collection arrives as. It depends on ``retrieval`` only for the image checks and the image layout
+(``retrieval.data``), so what it reports is what ``build-index`` would meet.
+"""
