@@ -91,7 +91,7 @@ _RAY_WORKERS = typer.Option(None, "--ray-workers", min=1, help="--engine ray: ac
 
 def _ray_options(engine: str, address, gpus: float, ray_workers):
     """Validate --engine (one line naming the [ray] extra when Ray is missing) and build the Ray options."""
-    from retrieval.ray_engine import RayOptions, check_engine
+    from engines import RayOptions, check_engine
 
     check_engine(engine)
     if engine != "ray":
@@ -152,6 +152,7 @@ def build_index(
     """Extract descriptors of reference images and build (or resume, or extend) the index."""
 
     def body():
+        from engines import build_index
         from retrieval import extract
 
         ray_options = _ray_options(engine, ray_address, gpus_per_worker, ray_workers)
@@ -167,7 +168,7 @@ def build_index(
         # options not given (None) are the existing index's own configuration, so extending needs none of them
         gconf, lconf, lsets = extract.confs_for_index(index, conf, local_conf, weights=weights, image_size=image_size,
                                                       resize=resize)
-        stats = extract.main(
+        stats = build_index(
             references, index, gconf, lconf, device=device, batch_size=batch_size, num_workers=workers,
             factory=faiss_factory, nprobe=nprobe, rebuild=rebuild, engine=engine, ray_options=ray_options,
             local_sets=lsets,

@@ -161,7 +161,7 @@ def main(
 
     ``engine="ray"`` computes the evidence on Ray actors (see :func:`eval.runner.collect_evidence`).
     """
-    from retrieval.ray_engine import check_engine
+    from engines import check_engine
 
     check_engine(engine)
     start = time.perf_counter()

@@ -40,10 +40,10 @@ def main(
 ) -> dict[str, Any]:
     """Recognise every query id of ``queries_csv`` (column ``id``); write ``id,landmarks``.
 
-    ``engine="ray"`` recognises on Ray actors (``ray_options``: :class:`retrieval.ray_engine.RayOptions`);
+    ``engine="ray"`` recognises on Ray actors (``ray_options``: :class:`engines.RayOptions`);
     the evidence file and the submission are written here, as with the local engine.
     """
-    from retrieval.ray_engine import check_engine
+    from engines import check_engine
 
     check_engine(engine)
     table = read_table(queries_csv, required=("id",))

@@ -17,6 +17,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from engines.ray import RayActor, pack_results
 from retrieval.recognize import Evidence, Recognizer
 
 logger = logging.getLogger(__name__)
@@ -226,7 +227,7 @@ def collect_evidence(
     neither memory nor the time to resume grows with the records' size.
 
     ``engine="ray"``: the queries still to do are spread over Ray actors (``ray_options``: a
-    :class:`retrieval.ray_engine.RayOptions`), each with its own read-only ``Recognizer`` of the same
+    :class:`engines.RayOptions`), each with its own read-only ``Recognizer`` of the same
     index and settings (``device`` for the actors' models); this process writes the evidence file as
     with ``engine="local"``, in the same order.
     """
@@ -257,7 +258,7 @@ def collect_evidence(
     bar = tqdm(total=len(todo), desc="queries", unit="img", disable=not progress or bool(os.environ.get("TQDM_DISABLE")))
     todo_paths = [paths[i] for i in todo]
     if engine == "ray":
-        from retrieval.ray_engine import map_paths
+        from engines.ray import map_paths
 
         actor_kwargs = {"index_dir": str(Path(rec.db.path).resolve()), "conf": dict(rec.conf), "match_conf": dict(rec.match_conf),
                         "device": device, "verify": verify, "early_exit": early_exit}
@@ -295,28 +296,25 @@ def evidence_records(
                         "timings": {k: round(v, 5) for k, v in {**res.timings, **timings}.items()}}
 
 
-class EvidenceActor:
+class EvidenceActor(RayActor):
     """Ray actor (``--engine ray``): one read-only Recognizer of the index; per batch, evidence records.
 
-    Runs :func:`evidence_records`, the local engine's code, with the driver's resolved settings.
+    Runs :func:`evidence_records`, the local engine's code, with the driver's resolved settings (checked
+    against the driver's versions at start; warnings sent back, see :class:`engines.ray.RayActor`).
     """
 
     def __init__(self, index_dir: str, conf: Mapping[str, Any], match_conf: Mapping[str, Any], device: str | None,
-                 verify: bool, early_exit: bool, threads: int = 1):
-        import torch
-
-        torch.set_num_threads(max(1, int(threads)))
+                 verify: bool, early_exit: bool, versions: Mapping[str, str], threads: int = 1):
+        super().__init__(versions, threads)
         self.rec = Recognizer.from_index(index_dir, device=device, match_conf=dict(match_conf), **dict(conf))
         self.verify, self.early_exit = verify, early_exit
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from retrieval.ray_engine import pack_results
-
         paths = [str(p) for p in batch["path"]]
         out: list[Any] = [None] * len(paths)
         for i, record in evidence_records(self.rec, paths, self.verify, self.early_exit, num_workers=0):
             out[i] = record
-        return pack_results(batch["pos"], out)
+        return pack_results(batch["pos"], out, self.take_warnings(), self.where)
 
 
 def timing_summary(records: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:

@@ -45,7 +45,7 @@ same calls again):
    and write it under a new name ``faiss-<random>.index``;
 4. replace ``manifest.json`` naming the new segment list and faiss file: the
    commit point. Readers see the old or the new state, never a mix;
-5. delete the merged shards, the previous faiss file and skipped duplicates.
+5. delete the merged shards and skipped duplicates; the previous faiss file is retired (below).
 
 A kill before 4 leaves unreferenced files, deleted by the next writer; a kill
 after 4 leaves shards whose ids are all committed (dropped by the next commit).
@@ -57,6 +57,21 @@ IndexLockedError naming the holder, or waits ``lock_timeout`` seconds).
 Readers take no lock: they read the manifest and then the files it names; a
 file removed by a concurrent commit/compaction in between makes them re-read
 the manifest and retry.
+
+Retired files: a file that a commit or compaction replaces (merged segments, merged local-set parts, the
+previous faiss file) is not deleted when the new manifest is published: the same manifest lists it under
+``retired`` with the time, and it stays on disk, so readers that opened it before (memory-mapped, possibly on
+another node of a shared filesystem, where deleting a file under an open handle gives stale-handle errors or
+SIGBUS instead of the retry above) keep answering. A later writer (any commit, compaction or write open)
+deletes retired files once they are ``RETIRE_GRACE_S`` seconds old (environment ``LANDMARKS_RETIRE_GRACE_S``;
+0: delete at once, right after the commit point, as before): first a manifest without them, then the files.
+A reader that lives longer than the grace period must reopen the index (the service does on ``POST /reload``
+or SIGHUP) before a writer removes what it holds.
+
+Worker shards: :func:`write_worker_shard` lets processes other than the writer (e.g. Ray actors of
+``build-index --engine ray``) write shards straight into ``shards/`` while the writer holds the lock, each at a
+sequence number the writer assigned, so a retried task finds its shard already there instead of publishing
+it twice. The writer then commits them like its own.
 """
 
 from __future__ import annotations
@@ -150,7 +165,8 @@ from .store import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IndexDatabase", "IndexFormatError", "ConfigMismatchError", "IndexLockedError", "RETRAIN_GROWTH"]
+__all__ = ["IndexDatabase", "IndexFormatError", "ConfigMismatchError", "IndexLockedError", "RETRAIN_GROWTH",
+           "write_worker_shard"]
 
 # An automatically chosen IVF-PQ index is retrained from the stored descriptors when the collection has
 # grown to RETRAIN_GROWTH x the size it was trained on. nlist grows with sqrt(n), so at 4x the right
@@ -159,6 +175,11 @@ __all__ = ["IndexDatabase", "IndexFormatError", "ConfigMismatchError", "IndexLoc
 # most 1/3 of a final build in total (geometric series 1/4 + 1/16 + ...).
 RETRAIN_GROWTH = 4.0
 OPEN_RETRIES = 5  # re-reads of the manifest when a concurrent commit removed a file a reader was opening
+# Replaced files stay on disk this long for readers that still hold them (module docstring, "Retired files").
+# An hour covers a predict/evaluate run or a service between reloads; override per process with the variable.
+RETIRE_GRACE_S = 3600.0
+RETIRE_GRACE_ENV = "LANDMARKS_RETIRE_GRACE_S"
+RETIRED_KEY = "retired"
 COLUMNS = ("id", "landmark_id", "path")
 _SEG_RE = re.compile(r"^seg-(\d{6,})-")
 
@@ -171,6 +192,33 @@ def _l2_normalise(x: np.ndarray) -> np.ndarray:
     """Row-wise L2 normalisation (float32); zero rows stay zero instead of becoming NaN."""
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return (x / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+
+
+def retire_grace_s() -> float:
+    """Seconds a replaced file is kept for readers: ``$LANDMARKS_RETIRE_GRACE_S``, else ``RETIRE_GRACE_S``."""
+    raw = os.environ.get(RETIRE_GRACE_ENV)
+    if raw is None or raw == "":
+        return RETIRE_GRACE_S
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{RETIRE_GRACE_ENV}={raw!r} is not a number of seconds") from None
+    if not value >= 0:
+        raise ValueError(f"{RETIRE_GRACE_ENV}={raw!r} must be >= 0")
+    return value
+
+
+def _retire(manifest: dict, files: Sequence[str]) -> list[str]:
+    """Record ``files`` (replaced in ``manifest``, about to be published) as retired; returns those to delete now.
+
+    With a grace period of 0 nothing is kept: the caller deletes them after the commit point.
+    """
+    files = [f for f in files if f]
+    if retire_grace_s() <= 0:
+        return files
+    now = time.time()
+    manifest[RETIRED_KEY] = list(manifest.get(RETIRED_KEY, [])) + [{"file": f, "since": now} for f in files]
+    return []
 
 
 def _as_str(value: Any, what: str) -> str:
@@ -605,55 +653,18 @@ class IndexDatabase:
             ValueError: lengths, shapes, dim or local layout inconsistent (the message names it).
         """
         n = len(ids)
-        if len(landmark_ids) != n or len(paths) != n:
-            raise ValueError(f"{n} ids but {len(landmark_ids)} landmark_ids and {len(paths)} paths")
-        ids = [_as_str(v, "id") for v in ids]
-        if any(not v for v in ids):
-            raise ValueError("ids must be non-empty strings")
-        landmark_ids = [_as_str(v, "landmark_id") for v in landmark_ids]
-        paths = [_as_str(v, "path") for v in paths]
-        xb = np.asarray(xb, dtype=np.float32)
-        if xb.ndim != 2 or xb.shape != (n, self.dim):
-            raise ValueError(f"xb must have shape ({n}, {self.dim}) (n ids x index dim), got {xb.shape}")
-        if not np.all(np.isfinite(xb)):
-            raise ValueError("xb contains NaN or infinite values")
-        local = self._pack_local(n, local_keypoints, local_descriptors)
-        if local_sizes is not None:
-            local_sizes = np.asarray(local_sizes)
-            if local is None or local_sizes.shape != (n, 2):
-                raise ValueError(f"local_sizes must be ({n}, 2) [width, height] and come with local features, "
-                                 f"got {local_sizes.shape}")
-            local_sizes = local_sizes.astype(np.int32)
-        desc16 = _l2_normalise(xb).astype(np.float16)
-        path = write_shard_file(self._shards_dir, ids, landmark_ids, paths, desc16, local, local_sizes)
+        args = _shard_arrays(self.dim, ids, landmark_ids, paths, xb, local_sizes)
+        local = _pack_local(n, local_keypoints, local_descriptors, *self._expected_local())
+        if args[-1] is not None and local is None:
+            raise ValueError(f"local_sizes must be ({n}, 2) [width, height] and come with local features, "
+                             "got no local features")
+        path = write_shard_file(self._shards_dir, *args[:4], local, args[4])
         if n:
             self._local_expect = (local is not None, None if local is None else local[1].shape[1])
         self.flush_skipped()
         logger.debug("wrote %s (%d images%s)", path.name, n,
                      "" if local is None else f", {len(local[0])} local features")
         return path
-
-    def _pack_local(
-        self, n: int, keypoints: list[np.ndarray] | None, descriptors: list[np.ndarray] | None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        """Validate per-image local arrays and concatenate them into CSR form."""
-        if (keypoints is None) != (descriptors is None):
-            raise ValueError("give both local_keypoints and local_descriptors, or neither")
-        expect_local, expect_dim = self._expected_local()
-        if keypoints is None:
-            if n and expect_local:
-                raise ValueError("this index stores local features: local_keypoints/local_descriptors are required")
-            return None
-        if n and expect_local is False:
-            raise ValueError("this index has no local features (earlier batches had none): cannot add them now")
-        kp, ld, offsets, d = _concat_local(n, keypoints, descriptors)
-        if d is None or d < 1:
-            if n:
-                raise ValueError("local descriptors must have dim >= 1")
-            return None
-        if expect_dim is not None and d != expect_dim:
-            raise ValueError(f"local descriptor dim {d} differs from this index's local dim {expect_dim}")
-        return kp, ld, offsets
 
     def _expected_local(self) -> tuple[bool | None, int | None]:
         """(has local, local dim) fixed by committed rows or earlier shards; (None, None) if not yet fixed."""
@@ -752,6 +763,7 @@ class IndexDatabase:
                         params["file"] = f"faiss-{uuid.uuid4().hex[:12]}.index"
                         fi.write_index(index, self.path / params["file"])  # step 3
                 manifest["faiss"] = params
+                drop_now = _retire(manifest, [old_file] if old_file and old_file != params.get("file") else [])
                 manifest["segments"] = entries
                 manifest["local_dim"] = local_dim if has_local else None
                 manifest["counts"] = self._counts(segments, entries)
@@ -770,9 +782,9 @@ class IndexDatabase:
             self._set_segments(segments)
             if index is not None:
                 self._set_faiss(index)
-            # step 5: garbage of the previous state
-            if old_file and old_file != params.get("file"):
-                (self.path / old_file).unlink(missing_ok=True)
+            # step 5: garbage of the previous state (the old faiss file is retired, unless the grace is 0)
+            for f in drop_now:
+                (self.path / f).unlink(missing_ok=True)
             for shard in shards:
                 shard.unlink(missing_ok=True)
             if shards:
@@ -894,8 +906,9 @@ class IndexDatabase:
         """Merge all segments into one, and back-to-back parts of each secondary local set into one (crash-safe);
         row numbers, faiss index and content are unchanged.
 
-        Writes merged files under new names, publishes them in the manifest (the commit point), then
-        deletes the old files; a kill at any point leaves either the old or the new state.
+        Writes merged files under new names, publishes them in the manifest (the commit point) with the old
+        files listed as retired (deleted by a later writer after the grace period, see the module docstring,
+        so readers that opened them keep answering); a kill at any point leaves either the old or the new state.
 
         Returns:
             {"segments_before", "segments_after", "local_set_parts_before", "local_set_parts_after", "rows",
@@ -941,6 +954,7 @@ class IndexDatabase:
         manifest = copy.deepcopy(self.manifest)
         old_files = [e["file"] for e in manifest["segments"]]
         manifest["segments"] = [entry]
+        drop_now = _retire(manifest, old_files)  # kept for readers that still map them
         try:
             write_manifest(self.path / MANIFEST_NAME, manifest)  # the commit point
         except BaseException:
@@ -951,7 +965,7 @@ class IndexDatabase:
         self.manifest = manifest
         self._disk_manifest = copy.deepcopy(manifest)
         self._set_segments([merged])
-        for f in old_files:
+        for f in drop_now:
             (self.path / f).unlink(missing_ok=True)
         fsync_dir(self.path / SEGMENTS_DIR)
 
@@ -1332,11 +1346,12 @@ class IndexDatabase:
                 merged_parts.append(self._merge_run(name, entry, run))
                 old_files += [p["file"] for p in run]
             entry["parts"] = merged_parts
+        drop_now = _retire(manifest, old_files)
         write_manifest(self.path / MANIFEST_NAME, manifest)  # the commit point
         self.manifest = manifest
         self._disk_manifest = copy.deepcopy(manifest)
         self._parts.close()
-        for f in old_files:
+        for f in drop_now:
             (self.path / f).unlink(missing_ok=True)
         after = sum(len(e["parts"]) for e in manifest[LOCAL_SETS_KEY].values())
         return before, after
@@ -1425,22 +1440,26 @@ class IndexDatabase:
         """Delete what interrupted writers left (the caller holds the writer lock).
 
         Segment and faiss files the manifest does not name, temp files, files of format 1 after an
-        upgrade; shard temp files only when the process that was writing them is gone.
+        upgrade; shard temp files only when the process that was writing them is gone; retired files
+        past the grace period (:meth:`_expire_retired`).
         """
-        referenced = {e["file"] for e in self.manifest["segments"]}
+        self._expire_retired()
+        retired = {r["file"] for r in self.manifest.get(RETIRED_KEY, [])}
+        referenced = {e["file"] for e in self.manifest["segments"]} | retired
         faiss_file = (self.manifest.get("faiss") or {}).get("file")
         stale: list[Path] = []
         seg_dir = self.path / SEGMENTS_DIR
         if seg_dir.is_dir():
             stale += [p for p in seg_dir.iterdir() if f"{SEGMENTS_DIR}/{p.name}" not in referenced]
         for p in self.path.iterdir():
-            if p.name.endswith(TMP_SUFFIX) or (p.name.startswith("faiss-") and p.name != faiss_file):
+            if p.name.endswith(TMP_SUFFIX) or (p.name.startswith("faiss-") and p.name != faiss_file
+                                               and p.name not in retired):
                 stale.append(p)
             elif p.name in (GLOBAL_NAME, LOCAL_NAME, METADATA_NAME, FAISS_NAME):
                 stale.append(p)  # format 1 files left by an interrupted upgrade
         if (self.path / AUX_DIR).is_dir():
             stale += [p for p in (self.path / AUX_DIR).glob(f"*{TMP_SUFFIX}")]
-        parts = {p["file"] for e in self.manifest[LOCAL_SETS_KEY].values() for p in e["parts"]}
+        parts = {p["file"] for e in self.manifest[LOCAL_SETS_KEY].values() for p in e["parts"]} | retired
         if (self.path / LOCAL_SETS_DIR).is_dir():  # parts (and their temp files) no manifest names
             stale += [p for p in (self.path / LOCAL_SETS_DIR).glob("*/*")
                       if f"{LOCAL_SETS_DIR}/{p.parent.name}/{p.name}" not in parts and p.is_file()]
@@ -1453,6 +1472,28 @@ class IndexDatabase:
                 removed += 1
         if removed:
             logger.warning("removed %d files left by an interrupted writer in %s", removed, self.path)
+
+    def _expire_retired(self) -> None:
+        """Delete retired files older than the grace period (the caller holds the writer lock).
+
+        The manifest without them is published first, so a kill in between leaves unreferenced files
+        (deleted as garbage by the next writer), never a manifest naming a missing file.
+        """
+        retired = self.manifest.get(RETIRED_KEY, [])
+        if not retired:
+            return
+        cutoff = time.time() - retire_grace_s()
+        expired = [r for r in retired if float(r.get("since", 0)) <= cutoff]
+        if not expired:
+            return
+        manifest = copy.deepcopy(self.manifest)
+        manifest[RETIRED_KEY] = [r for r in retired if float(r.get("since", 0)) > cutoff]
+        write_manifest(self.path / MANIFEST_NAME, manifest)
+        self.manifest = manifest
+        self._disk_manifest = copy.deepcopy(manifest)
+        for r in expired:
+            (self.path / r["file"]).unlink(missing_ok=True)
+        logger.info("removed %d retired files of %s (older than %g s)", len(expired), self.path, retire_grace_s())
 
     def _close_stores(self) -> None:
         self._parts.close()
@@ -1479,6 +1520,85 @@ class IndexDatabase:
         return (f"IndexDatabase({str(self.path)!r}, images={self.size}, segments={len(self._segments)}, "
                 f"dim={self.dim}, faiss={(self.manifest.get('faiss') or {}).get('factory')!r}, "
                 f"local={self.has_local()})")
+
+
+def write_worker_shard(
+    index_dir: str | os.PathLike,
+    dim: int,
+    seq: int,
+    ids: list[str],
+    landmark_ids: list[str],
+    paths: list[str],
+    xb: np.ndarray,
+    local_keypoints: list[np.ndarray] | None = None,
+    local_descriptors: list[np.ndarray] | None = None,
+    local_sizes: np.ndarray | None = None,
+) -> Path:
+    """Write one batch as shard ``seq`` of the index at ``index_dir`` from a process that is not the writer.
+
+    For workers (Ray actors) of a writer that holds the lock and assigned ``seq``: the arrays are checked
+    and stored exactly as :meth:`IndexDatabase.write_shard` stores them (temp name, fsync, atomic link), and
+    the writer's :meth:`IndexDatabase.commit` publishes them. Opens nothing else of the index.
+
+    Raises:
+        FileExistsError: shard ``seq`` exists already (a retried task published it: it is not written twice).
+        ValueError: inconsistent arrays, as :meth:`IndexDatabase.write_shard`.
+    """
+    args = _shard_arrays(int(dim), ids, landmark_ids, paths, xb, local_sizes)
+    n = len(ids)
+    local = _pack_local(n, local_keypoints, local_descriptors, None, None)
+    if args[-1] is not None and local is None:
+        raise ValueError(f"local_sizes must be ({n}, 2) [width, height] and come with local features, "
+                         "got no local features")
+    return write_shard_file(Path(index_dir) / SHARDS_DIR, *args[:4], local, args[4], seq=int(seq))
+
+
+def _shard_arrays(dim: int, ids: Sequence[Any], landmark_ids: Sequence[Any], paths: Sequence[Any], xb: np.ndarray,
+                  local_sizes: np.ndarray | None) -> tuple[list[str], list[str], list[str], np.ndarray, np.ndarray | None]:
+    """Validated (ids, landmark_ids, paths, float16 L2-normalised descriptors, int32 local sizes) of one shard."""
+    n = len(ids)
+    if len(landmark_ids) != n or len(paths) != n:
+        raise ValueError(f"{n} ids but {len(landmark_ids)} landmark_ids and {len(paths)} paths")
+    ids = [_as_str(v, "id") for v in ids]
+    if any(not v for v in ids):
+        raise ValueError("ids must be non-empty strings")
+    landmark_ids = [_as_str(v, "landmark_id") for v in landmark_ids]
+    paths = [_as_str(v, "path") for v in paths]
+    xb = np.asarray(xb, dtype=np.float32)
+    if xb.ndim != 2 or xb.shape != (n, dim):
+        raise ValueError(f"xb must have shape ({n}, {dim}) (n ids x index dim), got {xb.shape}")
+    if not np.all(np.isfinite(xb)):
+        raise ValueError("xb contains NaN or infinite values")
+    if local_sizes is not None:
+        local_sizes = np.asarray(local_sizes)
+        if local_sizes.shape != (n, 2):
+            raise ValueError(f"local_sizes must be ({n}, 2) [width, height] and come with local features, "
+                             f"got {local_sizes.shape}")
+        local_sizes = local_sizes.astype(np.int32)
+    return ids, landmark_ids, paths, _l2_normalise(xb).astype(np.float16), local_sizes
+
+
+def _pack_local(
+    n: int, keypoints: list[np.ndarray] | None, descriptors: list[np.ndarray] | None,
+    expect_local: bool | None, expect_dim: int | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Validate per-image local arrays against what the index expects and concatenate them into CSR form."""
+    if (keypoints is None) != (descriptors is None):
+        raise ValueError("give both local_keypoints and local_descriptors, or neither")
+    if keypoints is None:
+        if n and expect_local:
+            raise ValueError("this index stores local features: local_keypoints/local_descriptors are required")
+        return None
+    if n and expect_local is False:
+        raise ValueError("this index has no local features (earlier batches had none): cannot add them now")
+    kp, ld, offsets, d = _concat_local(n, keypoints, descriptors)
+    if d is None or d < 1:
+        if n:
+            raise ValueError("local descriptors must have dim >= 1")
+        return None
+    if expect_dim is not None and d != expect_dim:
+        raise ValueError(f"local descriptor dim {d} differs from this index's local dim {expect_dim}")
+    return kp, ld, offsets
 
 
 def _check_empty(path: Path) -> None:

@@ -326,6 +326,7 @@ def write_shard_file(
     desc16: np.ndarray,
     local: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
     local_sizes: np.ndarray | None = None,
+    seq: int | None = None,
 ) -> Path:
     """Write one batch as the next ``shard-XXXXXX.h5``; atomic and never overwriting another shard.
 
@@ -333,7 +334,9 @@ def write_shard_file(
     the first free sequence number (``os.link`` fails if the name exists, so
     concurrent writers, e.g. Ray workers, cannot clobber each other), and the
     temp name removed. ``local`` is (keypoints (M, 4) float32, descriptors
-    (M, d) float16, offsets (n+1,) int64).
+    (M, d) float16, offsets (n+1,) int64). ``seq``: exactly this sequence number
+    (FileExistsError naming the shard when it is taken: e.g. a retried task
+    already published it).
     """
     shards_dir.mkdir(parents=True, exist_ok=True)
     tmp = shards_dir / f"shard-000000.h5.{os.getpid()}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}"
@@ -353,17 +356,23 @@ def write_shard_file(
                 if local_sizes is not None:
                     f.create_dataset("local_sizes", data=np.asarray(local_sizes, dtype=np.int32))
         fsync_file(tmp)
-        existing = [n for n in (shard_number(p) for p in shards_dir.iterdir()) if n is not None]
-        seq = max(existing, default=-1) + 1
+        fixed = seq is not None
+        if not fixed:
+            existing = [n for n in (shard_number(p) for p in shards_dir.iterdir()) if n is not None]
+            seq = max(existing, default=-1) + 1
         while True:
             final = shards_dir / f"shard-{seq:06d}.h5"
             try:
                 os.link(tmp, final)
                 break
             except FileExistsError:
+                if fixed:
+                    raise FileExistsError(f"{final} already exists") from None
                 seq += 1
             except OSError:  # filesystem without hard links: plain rename (single writer assumed)
                 if final.exists():
+                    if fixed:
+                        raise FileExistsError(f"{final} already exists") from None
                     seq += 1
                     continue
                 os.replace(tmp, final)

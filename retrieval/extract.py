@@ -11,7 +11,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -358,8 +358,7 @@ def main(
     nprobe: int | None = None,
     progress: bool = True,
     rebuild: bool = False,
-    engine: str = "local",
-    ray_options: Any = None,
+    write_shards: ShardWriter | None = None,
     extractor: FeatureExtractor | None = None,
     local_sets: Sequence[str] = (),
 ) -> dict[str, Any]:
@@ -372,19 +371,18 @@ def main(
     stored descriptors even when it could be extended. Holds the index's writer lock for the whole run
     (a second writer gets IndexLockedError naming this process). Returns build statistics.
 
-    ``engine="ray"`` extracts on Ray (``ray_options``: a :class:`retrieval.ray_engine.RayOptions`) with this
-    module's FeatureExtractor in each actor; this process writes the shards and commits exactly as with
-    ``engine="local"``, so resuming, skipping and labels behave the same. ``extractor``: an already built
-    FeatureExtractor to use instead of ``global_conf``/``local_conf``/``device`` (benchmarks: no model load).
+    ``write_shards``: what extracts the images still to do and writes them as shards of the index (a
+    :data:`ShardWriter`); None: :func:`write_shards_here`, in this process. Another engine plugs in here
+    (:func:`engines.build_index` with ``engine="ray"``: Ray actors write the shards); everything around it
+    (labels, resume, PCA, commit) is this function's, so resuming, skipping and labels behave the same.
+    ``extractor``: an already built FeatureExtractor to use instead of ``global_conf``/``local_conf``/``device``
+    (benchmarks: no model load).
 
     ``local_sets``: secondary local feature sets (:data:`~retrieval.local_features.local_confs` names) to store
     beside the primary ``local_conf``; after the build they are extracted by :func:`add_local_sets` for every
     row that lacks them, together with the sets the index already holds (so new rows get every set). Stats of
     that pass under ``"local_sets"``.
     """
-    from .ray_engine import check_engine
-
-    check_engine(engine)
     check_secondary_sets(local_sets)
     start = time.perf_counter()
     index_dir = Path(index_dir)
@@ -404,13 +402,13 @@ def main(
     # One writer at a time: hold the index's writer lock for the whole run, so that a second build-index
     # (or tune-threshold) on this index is refused at once, naming this process. Queries keep working.
     with db.writer_lock(what="build-index"):
-        stats = _build(db, fx, references, index_dir, batch_size, num_workers, shard_size, shard_seconds,
-                       factory, nprobe, rebuild, progress, engine, ray_options, device)
+        job = ShardJob(batch_size, num_workers, shard_size, shard_seconds, progress)
+        stats = _build(db, fx, references, index_dir, job, factory, nprobe, rebuild, write_shards or write_shards_here)
     db.close()
     if set_extractors:
-        if engine == "ray":
-            logger.info("local set(s) %s: extracted on this machine (--engine ray ran the primary build)",
-                        ", ".join(set_extractors))
+        if write_shards is not None:
+            logger.info("local set(s) %s: extracted in this process (the %s engine ran the primary build)",
+                        ", ".join(set_extractors), getattr(write_shards, "name", "other"))
         stats["local_sets"] = add_local_sets(index_dir, list(set_extractors), batch_size=batch_size,
                                              num_workers=num_workers, progress=progress, extractors=set_extractors)
     stats["seconds_total"] = round(time.perf_counter() - start, 2)
@@ -535,10 +533,77 @@ def _add_local_set(db: IndexDatabase, name: str, lex: LocalExtractor, batch_size
     return stats
 
 
+@dataclass
+class ShardJob:
+    """How the images still to do are extracted and cut into shards (the build's options)."""
+
+    batch_size: int = 16
+    num_workers: int | None = None  # decoding worker processes (None: default_workers for the device)
+    shard_size: int = 256  # images per shard (at most)
+    shard_seconds: float = 60.0  # a shard at least this often (in-process writer)
+    progress: bool = True
+
+
+# A shard writer extracts the rows of ``todo`` (id, landmark_id, path; positions 0..n-1) with ``fx`` and writes
+# them as shards of ``db`` (``db.write_shard``, or workers' ``index.database.write_worker_shard``), recording
+# unreadable images with ``db.record_skipped``. Called under the writer lock; returns at least
+# {"extracted": n, "skipped": n}, plus statistics of its own.
+ShardWriter = Callable[[IndexDatabase, FeatureExtractor, pd.DataFrame, ShardJob], dict]
+
+
+def shard_columns(results: Sequence[Features], with_local: bool) -> dict[str, Any]:
+    """The arrays one shard stores for ``results`` (``IndexDatabase.write_shard`` keyword arguments but ids)."""
+    out: dict[str, Any] = {"xb": np.stack([r.global_desc for r in results])}
+    if with_local:
+        packed = [r.local.pack() for r in results]
+        out["local_keypoints"] = [kp for kp, _ in packed]
+        out["local_descriptors"] = [desc for _, desc in packed]
+        # the detection image's (w, h): LightGlue normalises keypoints by it, show-matches draws with it
+        out["local_sizes"] = np.asarray([r.local.image_size or (0, 0) for r in results], np.int32).reshape(-1, 2)
+    return out
+
+
+def write_shards_here(db: IndexDatabase, fx: FeatureExtractor, todo: pd.DataFrame, job: ShardJob) -> dict[str, Any]:
+    """The local engine's :data:`ShardWriter`: extract in this process, a shard every ``shard_size`` images
+    or ``shard_seconds`` seconds, whichever comes first (a kill loses at most that much work)."""
+    buffer: dict[str, list] = {"ids": [], "landmarks": [], "paths": [], "results": []}
+    n_skipped = n_done = 0
+    last_flush = [time.perf_counter()]
+
+    def flush() -> None:
+        last_flush[0] = time.perf_counter()
+        if not buffer["ids"]:
+            return
+        db.write_shard(buffer["ids"], buffer["landmarks"], buffer["paths"],
+                       **shard_columns(buffer["results"], fx.local_extractor is not None))
+        for v in buffer.values():
+            v.clear()
+
+    bar = tqdm(total=len(todo), desc="extract", unit="img",
+               disable=not job.progress or bool(os.environ.get("TQDM_DISABLE")))
+    for pos, result in fx.iter_paths(list(todo["path"]), job.batch_size, job.num_workers):
+        row = todo.iloc[pos]
+        bar.update(1)
+        if isinstance(result, str):
+            n_skipped += 1
+            logger.warning("skipped %s: %s", row["id"], result)
+            db.record_skipped(row["id"], row["path"], result)
+            continue
+        buffer["ids"].append(row["id"])
+        buffer["landmarks"].append(row["landmark_id"])
+        buffer["paths"].append(row["path"])
+        buffer["results"].append(result)
+        n_done += 1
+        if len(buffer["ids"]) >= job.shard_size or time.perf_counter() - last_flush[0] >= job.shard_seconds:
+            flush()
+    flush()
+    bar.close()
+    return {"extracted": n_done, "skipped": n_skipped}
+
+
 def _build(
-    db: IndexDatabase, fx: FeatureExtractor, references: pd.DataFrame, index_dir: Path, batch_size: int,
-    num_workers: int | None, shard_size: int, shard_seconds: float, factory: str | None, nprobe: int | None,
-    rebuild: bool, progress: bool, engine: str = "local", ray_options: Any = None, device: str | None = None,
+    db: IndexDatabase, fx: FeatureExtractor, references: pd.DataFrame, index_dir: Path, job: ShardJob,
+    factory: str | None, nprobe: int | None, rebuild: bool, write_shards: ShardWriter,
 ) -> dict[str, Any]:
     """The body of :func:`main`, run under the index's writer lock."""
     # Labels of stored images (committed or in shards of an interrupted run) cannot change by a rerun:
@@ -559,64 +624,17 @@ def _build(
         index_dir, len(references), len(references) - len(todo), len(todo),
         fx.global_conf.get("name", fx.global_conf["model"]), (fx.local_conf or {}).get("output") or (fx.local_conf or {}).get("extractor", "none"),
     )
-    fx.prepare_local_pca(db, references, num_workers)
-
-    buffer: dict[str, list] = {k: [] for k in ("ids", "landmarks", "paths", "xb", "kp", "desc", "sizes")}
-    n_skipped = n_done = 0
-
-    last_flush = [time.perf_counter()]
-
-    def flush() -> None:
-        last_flush[0] = time.perf_counter()
-        if not buffer["ids"]:
-            return
-        db.write_shard(
-            buffer["ids"], buffer["landmarks"], buffer["paths"], np.stack(buffer["xb"]),
-            buffer["kp"] if fx.local_extractor else None, buffer["desc"] if fx.local_extractor else None,
-            # the detection image's (w, h): LightGlue normalises keypoints by it, show-matches draws with it
-            np.asarray(buffer["sizes"], np.int32).reshape(-1, 2) if fx.local_extractor else None,
-        )
-        for v in buffer.values():
-            v.clear()
-
-    bar = tqdm(total=len(todo), desc="extract", unit="img", disable=not progress or bool(os.environ.get("TQDM_DISABLE")))
-    if engine == "ray":
-        from .ray_engine import iter_features
-
-        results = iter_features(fx, list(todo["path"]), db.read_aux(PCA_AUX), device, ray_options, batch_size)
-    else:
-        results = fx.iter_paths(list(todo["path"]), batch_size, num_workers)
-    for pos, result in results:
-        row = todo.iloc[pos]
-        bar.update(1)
-        if isinstance(result, str):
-            n_skipped += 1
-            logger.warning("skipped %s: %s", row["id"], result)
-            db.record_skipped(row["id"], row["path"], result)
-            continue
-        buffer["ids"].append(row["id"])
-        buffer["landmarks"].append(row["landmark_id"])
-        buffer["paths"].append(row["path"])
-        buffer["xb"].append(result.global_desc)
-        if result.local is not None:
-            kp, desc = result.local.pack()
-            buffer["kp"].append(kp)
-            buffer["desc"].append(desc)
-            buffer["sizes"].append(result.local.image_size or (0, 0))
-        n_done += 1
-        if len(buffer["ids"]) >= shard_size or time.perf_counter() - last_flush[0] >= shard_seconds:
-            flush()
-    flush()
-    bar.close()
+    fx.prepare_local_pca(db, references, job.num_workers)
+    report = write_shards(db, fx, todo, job) if len(todo) else {"extracted": 0, "skipped": 0}
+    n_done, n_skipped = report["extracted"], report["skipped"]
     if not n_done and stored.empty and db.size == 0:
         db.flush_skipped()
         raise ValueError(
             f"no image could be indexed ({n_skipped} of {len(references)} skipped); reasons in {index_dir / 'skipped.csv'}"
         )
     stats = db.commit(factory=factory, nprobe=nprobe, rebuild=rebuild)
-    stats.update(
-        extracted=n_done, skipped=n_skipped, already_stored=len(references) - len(todo), index=str(index_dir),
-    )
+    stats.update(report)
+    stats.update(already_stored=len(references) - len(todo), index=str(index_dir))
     if n_skipped:
         logger.warning("%d images could not be used; see %s", n_skipped, index_dir / "skipped.csv")
     return stats

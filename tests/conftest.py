@@ -22,6 +22,21 @@ def pytest_configure(config):
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def retire_grace_zero():
+    """Replaced index files are deleted at once in tests (LANDMARKS_RETIRE_GRACE_S=0), so tests that count an
+    index's files see no retired ones; tests of retirement set their own grace period."""
+    from index.database import RETIRE_GRACE_ENV
+
+    old = os.environ.get(RETIRE_GRACE_ENV)
+    os.environ[RETIRE_GRACE_ENV] = "0"
+    yield
+    if old is None:
+        os.environ.pop(RETIRE_GRACE_ENV, None)
+    else:
+        os.environ[RETIRE_GRACE_ENV] = old
+
+
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory):
     """A generated GLDv2-style collection: 8 landmarks (some one-shot), distractors, holdout queries."""
