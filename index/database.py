@@ -79,6 +79,7 @@ import numpy as np
 import pandas as pd
 
 from . import faiss_index as fi
+from .choices import check_name
 from .lock import HOLDER_NAME, LOCK_NAME, IndexLockedError, WriterLock
 from .manifest import (
     FORMAT_VERSION,
@@ -90,14 +91,12 @@ from .manifest import (
     check_config,
     config_diff,
     fsync_dir,
-    fsync_file,
     merge_manifest_fields,
     new_manifest,
     normalise_config,
     package_version,
     read_manifest,
     tmp_owner_alive,
-    tmp_path,
     write_manifest,
 )
 from .local_sets import (
@@ -115,16 +114,16 @@ from .local_sets import (
     write_part_file,
 )
 from .segment import (
-    COPY_CHUNK,
     SEGMENTS_DIR,
     Segment,
     SegmentedArray,
-    SegmentWriter,
     encode_strings,
     hash_ids,
+    write_segment,
 )
 from .store import (
     AUX_DIR,
+    COPY_CHUNK,
     FAISS_NAME,
     GLOBAL_NAME,
     LOCAL_NAME,
@@ -147,6 +146,7 @@ from .store import (
     write_shard_file,
     write_skipped,
 )
+from .vectors import l2_normalize
 
 logger = logging.getLogger(__name__)
 
@@ -167,12 +167,6 @@ class _Republished(Exception):
     """A file named by the manifest vanished because a newer manifest was published meanwhile."""
 
 
-def _l2_normalise(x: np.ndarray) -> np.ndarray:
-    """Row-wise L2 normalisation (float32); zero rows stay zero instead of becoming NaN."""
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
-
-
 def _as_str(value: Any, what: str) -> str:
     if value is None:
         return ""
@@ -189,8 +183,7 @@ class LazyColumn:
     """
 
     def __init__(self, db: IndexDatabase, name: str):
-        if name not in COLUMNS:
-            raise ValueError(f"unknown column {name!r}; choose one of {COLUMNS}")
+        check_name(name, COLUMNS, "column")
         self._db, self.name = db, name
 
     def __len__(self) -> int:
@@ -504,8 +497,7 @@ class IndexDatabase:
         return self._segments[i].value(name, row - self._starts[i])
 
     def _column(self, name: str, rows: np.ndarray, checked: bool = False) -> np.ndarray:
-        if name not in COLUMNS:
-            raise ValueError(f"unknown column {name!r}; choose one of {COLUMNS}")
+        check_name(name, COLUMNS, "column")
         if not checked:
             rows = self._check_rows(rows)
         out = np.empty(len(rows), dtype=object)
@@ -624,7 +616,7 @@ class IndexDatabase:
                 raise ValueError(f"local_sizes must be ({n}, 2) [width, height] and come with local features, "
                                  f"got {local_sizes.shape}")
             local_sizes = local_sizes.astype(np.int32)
-        desc16 = _l2_normalise(xb).astype(np.float16)
+        desc16 = l2_normalize(xb).astype(np.float16)
         path = write_shard_file(self._shards_dir, ids, landmark_ids, paths, desc16, local, local_sizes)
         if n:
             self._local_expect = (local is not None, None if local is None else local[1].shape[1])
@@ -851,17 +843,13 @@ class IndexDatabase:
         seg_dir.mkdir(exist_ok=True)
         return seg_dir / f"seg-{max(seqs, default=-1) + 1:06d}-{uuid.uuid4().hex[:8]}.h5"
 
-    def _segment_file(self, n: int, local_dim: int | None, n_features: int, with_sizes: bool):
-        """:func:`_segment_file` at the next segment name of this index."""
-        return _segment_file(self._new_segment_path(), self.dim, n, local_dim, n_features, with_sizes)
-
     def _write_segment(self, plans: list[tuple[ShardReader, np.ndarray]],
                        local_dim: int | None) -> tuple[dict[str, Any], Segment]:
         """Step 2: the new rows as one segment file (temp name, fsync, rename); returns (manifest entry, segment)."""
         n_new = sum(int(keep.sum()) for _, keep in plans)
         m_new = sum(int(np.diff(r.local_offsets)[keep].sum()) for r, keep in plans) if local_dim else 0
         with_sizes = bool(local_dim) and any(r.has_sizes for r, _ in plans)
-        with self._segment_file(n_new, local_dim, m_new, with_sizes) as (writer, out):
+        with write_segment(self._new_segment_path(), self.dim, n_new, local_dim, m_new, with_sizes) as (writer, out):
             for r, keep in plans:
                 arrays = r.read(keep)
                 ids = [str(x) for x in arrays["ids"]]
@@ -921,7 +909,8 @@ class IndexDatabase:
         local_dim = self._local_dim
         n_features = sum(s.n_features for s in self._segments)
         with_sizes = bool(local_dim) and any(s.has_sizes for s in self._segments)
-        with self._segment_file(self.size, local_dim, n_features, with_sizes) as (writer, out):
+        with write_segment(self._new_segment_path(), self.dim, self.size, local_dim, n_features,
+                           with_sizes) as (writer, out):
             for seg in self._segments:
                 values = seg.landmark_values()
                 sorted_hash, hash_rows = seg.hashes()
@@ -1126,7 +1115,7 @@ class IndexDatabase:
         nq, n = xq.shape[0], self.size
         if nq == 0 or n == 0:
             return fi.finalize_results(np.zeros((nq, 0), np.float32), np.zeros((nq, 0), np.int64), k)
-        xq = _l2_normalise(xq)
+        xq = l2_normalize(xq)
         index = self._ready_index()
         if self._exact or not rescore:
             D, I = index.search(xq, min(k, n))
@@ -1528,29 +1517,6 @@ def _legacy_message(path: Path, manifest: dict) -> str:
             f"`landmarks compact --index {path}` (any build-index run on it also upgrades it)")
 
 
-@contextlib.contextmanager
-def _segment_file(final: Path, dim: int, n: int, local_dim: int | None, n_features: int,
-                  with_sizes: bool = False) -> Iterator[tuple[SegmentWriter, dict[str, Any]]]:
-    """A new segment ``final`` written under a temporary name, fsynced and renamed when the block ends without
-    error (the writer is aborted and the temporary file removed otherwise). Yields ``(writer, out)``; after
-    the block ``out`` holds ``entry`` (the manifest entry) and ``segment`` (the opened segment)."""
-    tmp = tmp_path(final)
-    writer = SegmentWriter(tmp, n, dim, local_dim, n_features, with_sizes)
-    out: dict[str, Any] = {}
-    try:
-        yield writer, out
-        entry = writer.close()
-        fsync_file(tmp)
-        os.replace(tmp, final)
-    except BaseException:
-        writer.abort()
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(final.parent)
-    entry["file"] = f"{SEGMENTS_DIR}/{final.name}"
-    out.update(entry=entry, segment=Segment(final, dim))
-
-
 def _upgrade_legacy(path: Path, manifest: dict) -> dict:
     """Convert a format-1 index into one segment + a format-2 manifest (caller holds the writer lock).
 
@@ -1580,7 +1546,7 @@ def _upgrade_legacy(path: Path, manifest: dict) -> dict:
                 seg_dir = path / SEGMENTS_DIR
                 seg_dir.mkdir(exist_ok=True)
                 final = seg_dir / f"seg-000000-{uuid.uuid4().hex[:8]}.h5"
-                with _segment_file(final, dim, n, local.dim if local else None,
+                with write_segment(final, dim, n, local.dim if local else None,
                                    local.n_features if local else 0) as (writer, out):
                     for a in range(0, n, COPY_CHUNK):
                         b = min(n, a + COPY_CHUNK)

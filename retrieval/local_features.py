@@ -41,6 +41,8 @@ import numpy as np
 import timm
 import torch
 
+from index.vectors import l2_normalize  # noqa: F401 (re-exported: the index normalises the same way)
+
 from .models import create_backbone, select_device
 
 logger = logging.getLogger(__name__)
@@ -141,12 +143,6 @@ class LocalFeatures:
 # --------------------------------------------------------------------------------------------
 # Pure functions (the math, testable without a model)
 # --------------------------------------------------------------------------------------------
-def l2_normalize(x: np.ndarray, eps: float = _EPS) -> np.ndarray:
-    """Rows of ``x`` scaled to unit L2 norm (all-zero rows stay zero). float32."""
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
-
-
 def rootsift(descriptors: np.ndarray, eps: float = _EPS) -> np.ndarray:
     """RootSIFT (Arandjelovic & Zisserman 2012): L1-normalise, element-wise sqrt, L2-normalise.
 
