@@ -297,6 +297,17 @@ class IndexDatabase:
                         path, db.size, len(db._segments), len(list_shards(db._shards_dir)))
         return db
 
+    @staticmethod
+    def exists(path: str | os.PathLike) -> bool:
+        """Whether ``path`` is an index directory (it has a manifest), without opening it."""
+        return (Path(path) / MANIFEST_NAME).is_file()
+
+    @staticmethod
+    def read_manifest(path: str | os.PathLike) -> dict:
+        """The validated manifest of the index directory ``path`` (counts, configuration, thresholds), without
+        opening its segments or faiss file. FileNotFoundError / IndexFormatError as :meth:`open`."""
+        return read_manifest(Path(path) / MANIFEST_NAME)
+
     @classmethod
     def open(cls, path: str | os.PathLike, *, gpu: str = "auto", lock_timeout: float = 0.0) -> IndexDatabase:
         """Open an existing index directory for reading (takes no lock; reads no rows until asked).

@@ -22,6 +22,8 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from index.choices import check_name
+
 logger = logging.getLogger(__name__)
 
 ENGINES = ("local", "ray")
@@ -47,8 +49,7 @@ class RayOptions:
 
 def check_engine(engine: str) -> None:
     """Validate an --engine name; for "ray", fail early (one line naming the extra) when Ray is missing."""
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
+    check_name(engine, ENGINES, "engine")
     if engine == "ray":
         _import_ray()
 

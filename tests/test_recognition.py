@@ -324,7 +324,7 @@ def test_evaluate_and_tune_threshold(index_copy, demo_data, tmp_path):
     assert "vote weight" in result.output and (out / "gap_vs_vote_weight.png").is_file()
     assert json.loads((index_copy / "manifest.json").read_text())["thresholds"] == manifest["thresholds"]
     result = invoke("tune-threshold", "--index", index_copy, "--queries", demo_data.holdout_csv, "--out", out, "--param", "k")
-    assert result.exit_code == 2 and "tunable parameters" in result.output
+    assert result.exit_code == 2 and "unknown tunable parameter" in result.output
     # evidence belongs to one index: another build (same data, same second even) never reuses it
     other = tmp_path / "other"
     result = invoke("build-index", "--train", demo_data.train_csv, "--images", demo_data.images_dir, "--index", other,
