@@ -19,9 +19,11 @@ _EXPORTS = {
     "IndexLockedError": "lock",
     "ConfigMismatchError": "manifest",
     "IndexFormatError": "manifest",
+    "ShardBatch": "store",
 }
 
-__all__ = ["IndexDatabase", "IndexFormatError", "ConfigMismatchError", "IndexLockedError", "choose_params", "build_faiss"]
+__all__ = ["IndexDatabase", "IndexFormatError", "ConfigMismatchError", "IndexLockedError", "ShardBatch", "choose_params",
+           "build_faiss"]
 
 
 def __getattr__(name: str) -> Any:

@@ -134,6 +134,7 @@ from .store import (
     SKIPPED_NAME,
     GlobalStore,
     LocalStore,
+    ShardBatch,
     ShardReader,
     append_skipped,
     check_aux_name,
@@ -150,7 +151,8 @@ from .vectors import l2_normalize
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IndexDatabase", "IndexFormatError", "ConfigMismatchError", "IndexLockedError", "RETRAIN_GROWTH"]
+__all__ = ["IndexDatabase", "IndexFormatError", "ConfigMismatchError", "IndexLockedError", "RETRAIN_GROWTH",
+           "ShardBatch"]
 
 # An automatically chosen IVF-PQ index is retrained from the stored descriptors when the collection has
 # grown to RETRAIN_GROWTH x the size it was trained on. nlist grows with sqrt(n), so at 4x the right
@@ -581,25 +583,8 @@ class IndexDatabase:
                     labels.setdefault(str(i), str(lm))
         return labels
 
-    def write_shard(
-        self,
-        ids: list[str],
-        landmark_ids: list[str],
-        paths: list[str],
-        xb: np.ndarray,
-        local_keypoints: list[np.ndarray] | None = None,
-        local_descriptors: list[np.ndarray] | None = None,
-        local_sizes: np.ndarray | None = None,
-    ) -> Path:
+    def write_shard(self, batch: ShardBatch) -> Path:
         """Store one extraction batch as a shard (atomic); :meth:`commit` merges shards into the index.
-
-        Args:
-            ids, landmark_ids, paths: n strings each; ids non-empty, landmark_id "" = non-landmark.
-            xb: (n, dim) float32 global descriptors; L2-normalised here and stored as float16.
-            local_keypoints: per image (k_i, 4) float32 [x, y, scale, score], or None.
-            local_descriptors: per image (k_i, d) float32/float16, or None; d fixed per index.
-            local_sizes: optional (n, 2) int [width, height] of the image the local features were
-                detected on (returned by :meth:`local_image_size`).
 
         Returns:
             The shard's path.
@@ -607,20 +592,21 @@ class IndexDatabase:
         Raises:
             ValueError: lengths, shapes, dim or local layout inconsistent (the message names it).
         """
-        n = len(ids)
-        if len(landmark_ids) != n or len(paths) != n:
-            raise ValueError(f"{n} ids but {len(landmark_ids)} landmark_ids and {len(paths)} paths")
-        ids = [_as_str(v, "id") for v in ids]
+        n = len(batch.ids)
+        if len(batch.landmark_ids) != n or len(batch.paths) != n:
+            raise ValueError(f"{n} ids but {len(batch.landmark_ids)} landmark_ids and {len(batch.paths)} paths")
+        ids = [_as_str(v, "id") for v in batch.ids]
         if any(not v for v in ids):
             raise ValueError("ids must be non-empty strings")
-        landmark_ids = [_as_str(v, "landmark_id") for v in landmark_ids]
-        paths = [_as_str(v, "path") for v in paths]
-        xb = np.asarray(xb, dtype=np.float32)
+        landmark_ids = [_as_str(v, "landmark_id") for v in batch.landmark_ids]
+        paths = [_as_str(v, "path") for v in batch.paths]
+        xb = np.asarray(batch.xb, dtype=np.float32)
         if xb.ndim != 2 or xb.shape != (n, self.dim):
             raise ValueError(f"xb must have shape ({n}, {self.dim}) (n ids x index dim), got {xb.shape}")
         if not np.all(np.isfinite(xb)):
             raise ValueError("xb contains NaN or infinite values")
-        local = self._pack_local(n, local_keypoints, local_descriptors)
+        local = self._pack_local(n, batch.local_keypoints, batch.local_descriptors)
+        local_sizes = batch.local_sizes
         if local_sizes is not None:
             local_sizes = np.asarray(local_sizes)
             if local is None or local_sizes.shape != (n, 2):

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from index.database import IndexDatabase
+from index.database import IndexDatabase, ShardBatch
 
 from .global_model import DEFAULT_GLOBAL, GlobalExtractor, resolve_global_conf, target_size
 from .image_io import ImageError, ImageTooLarge, load_image
@@ -570,12 +570,12 @@ def _build(
         last_flush[0] = time.perf_counter()
         if not buffer["ids"]:
             return
-        db.write_shard(
+        db.write_shard(ShardBatch(
             buffer["ids"], buffer["landmarks"], buffer["paths"], np.stack(buffer["xb"]),
             buffer["kp"] if fx.local_extractor else None, buffer["desc"] if fx.local_extractor else None,
             # the detection image's (w, h): LightGlue normalises keypoints by it, show-matches draws with it
             np.asarray(buffer["sizes"], np.int32).reshape(-1, 2) if fx.local_extractor else None,
-        )
+        ))
         for v in buffer.values():
             v.clear()
 

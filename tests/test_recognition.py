@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from eval.queries import read_submission
-from index.database import IndexDatabase
+from index.database import IndexDatabase, ShardBatch
 from retrieval.recognize import Candidate, Evidence, Recognizer, decide, resolve_recognition_conf, vote
 from tests.conftest import read_csv
 
@@ -48,7 +48,7 @@ def _vector_index(path, rows, dim=16):
     """An index of hand-made unit vectors: rows = [(id, landmark_id, vector)]."""
     db = IndexDatabase.create_or_open(path, {"global": {"name": "test-vectors"}, "local": None}, dim)
     xb = np.stack([v / np.linalg.norm(v) for _, _, v in rows]).astype(np.float32)
-    db.write_shard([r[0] for r in rows], [r[1] for r in rows], [f"/nonexistent/{r[0]}.jpg" for r in rows], xb)
+    db.write_shard(ShardBatch([r[0] for r in rows], [r[1] for r in rows], [f"/nonexistent/{r[0]}.jpg" for r in rows], xb))
     db.commit()
     return IndexDatabase.open(path)
 
