@@ -1,6 +1,6 @@
 """Extraction throughput: global descriptors (images/s) and local features (ms/image), in one run.
 
-Measures on generated photos (synthetic.photos): the global model with the
+Measures on generated photos (the synthetic package): the global model with the
 image decoding in the main process (baseline) vs in DataLoader workers, and
 the per-image cost of each local configuration. Ratios are against the
 baseline measured in the same run.

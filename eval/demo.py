@@ -3,7 +3,7 @@
 By default the demo runs on the 37 real, permissively licensed photos that ship with the package
 (``eval/demo_photos``: 7 landmarks, 16 references, 21 queries; licences in its LICENSES.md), so a newcomer's
 first figures come from real buildings. ``synthetic=True`` generates landmark photos of any size instead
-(``synthetic.photos``). Everything runs offline: the default models' weights come from pip packages.
+(the ``synthetic`` package). Everything runs offline: the default models' weights come from pip packages.
 """
 from __future__ import annotations
 

@@ -46,7 +46,7 @@ DEFAULT_RECOGNITION_CONF: dict[str, Any] = {
     # unresolved. "auto": the index's secondary local set (build-index --local-conf rootsift+xfeat), if any;
     # "none"; or a local conf name (reference features then extracted on demand: slow, for experiments).
     "cascade": "auto",
-    "cascade_pairs": 5,  # budget: second-matcher pairs per query (first image of the first candidates)
+    "cascade_pairs": 5,  # budget: second-matcher pairs per query (one image of each of the first candidates)
     "cascade_threshold": 40,  # the second matcher's inlier threshold (its scale; see retrieval.registry, as_second)
     # The primary matcher resolves a query (no second stage) when its best candidate has this many inliers and
     # this many times the runner-up's: RootSIFT's wrong pairs of real photos stay at <= 10 inliers.

@@ -274,8 +274,8 @@ class Recognizer:
 
         Verification is a cascade: the primary matcher verifies each candidate's best ``refs_per_candidate``
         images; when it leaves the query unresolved (:func:`resolved`) and the recognizer has a second
-        matcher, that one verifies the first image of the first ``cascade_pairs`` candidates, in candidate
-        order. ``early_exit=False`` ignores ``confirm_inliers`` (show-matches draws every pair); evaluate and
+        matcher, that one verifies one image of each of the first ``cascade_pairs`` candidates, in candidate
+        order (the image the primary matcher found the most inliers with, else the most similar). ``early_exit=False`` ignores ``confirm_inliers`` (show-matches draws every pair); evaluate and
         predict both keep it, so that they decide on the same evidence.
         """
         c = self.conf
@@ -324,14 +324,25 @@ class Recognizer:
             self._second_stage(features, cands, per_cand, id_of, timings)
         return evidence, timings
 
+    @staticmethod
+    def _second_reference(cand: Candidate, rows: Sequence[int], id_of: Mapping[int, str]) -> int:
+        """The image of a candidate the second matcher verifies: the one the primary matcher found the most
+        inliers with (it saw some of the same structure), else the most similar one."""
+        if cand.inliers > 0 and cand.best_match_id is not None:
+            for row in rows:
+                if id_of[row] == cand.best_match_id:
+                    return row
+        return rows[0]
+
     def _second_stage(self, features: Features, cands: list[Candidate], per_cand: Mapping[str, list[int]],
                       id_of: Mapping[int, str], timings: dict[str, float]) -> None:
-        """The cascade's learned matcher on the first image of the first ``cascade_pairs`` candidates."""
+        """The cascade's learned matcher on one image of each of the first ``cascade_pairs`` candidates."""
         assert self.second is not None
         start = time.perf_counter()
         query2 = self.second.extract(features.local_image)
         timings["local2"] = time.perf_counter() - start
-        pairs = [(cand, per_cand[cand.landmark_id][0]) for cand in cands[: int(self.conf["cascade_pairs"])]]
+        pairs = [(cand, self._second_reference(cand, per_cand[cand.landmark_id], id_of))
+                 for cand in cands[: int(self.conf["cascade_pairs"])]]
         start = time.perf_counter()
         results = verify_many(query2, [lambda row=row: self._reference_local(row, second=True) for _, row in pairs],
                               self.second_match_conf)

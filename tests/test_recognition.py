@@ -222,7 +222,7 @@ def test_on_demand_local_features(demo_data, tmp_path, holdout):
     rec = Recognizer.from_index(index)
     pred = rec.recognize(demo_data.images_dir / f"{seen['id']}.jpg")
     assert pred.landmark_id == seen["landmark_id"] and pred.inliers >= 20
-    assert len(rec._cache.data) >= 1
+    assert len(rec._cache) >= 1
 
 
 def test_predict_submission_bad_image_and_resume(built_index, demo_data, tmp_path, holdout):
