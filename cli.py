@@ -12,7 +12,9 @@ from typing import List, Optional
 import typer
 
 from gldv2.download import DEFAULT_BASE_URL as GLDV2_BASE_URL
-from retrieval.defaults import EXTRACTOR_DEFAULTS, DEFAULT_GLOBAL, DEFAULT_LOCAL, DEFAULT_RECOGNITION_CONF
+from index.choices import check_name
+from retrieval.defaults import DEFAULT_GLOBAL, DEFAULT_LOCAL, DEFAULT_RECOGNITION_CONF
+from retrieval.registry import local_conf_sets, local_registry
 
 app = typer.Typer(
     add_completion=False,
@@ -153,6 +155,7 @@ def build_index(
 
     def body():
         from engines import build_index
+        from index.database import IndexDatabase
         from retrieval import extract
 
         ray_options = _ray_options(engine, ray_address, gpus_per_worker, ray_workers)
@@ -181,7 +184,7 @@ def build_index(
             typer.echo(f"FAISS index (re)trained: {stats['rebuild_reason']}")
         if names:
             typer.echo(f"landmark names: {names_mod.store_names(index, names)} stored with the index")
-        manifest = json.loads((index / "manifest.json").read_text())
+        manifest = IndexDatabase.read_manifest(index)
         if lconf:
             per_image = manifest.get("local_bytes_per_image") or 0
             typer.echo(f"local features ({extract.conf_label(lconf)}): {manifest['counts'].get('local_features', 0)} keypoints, "
@@ -217,8 +220,7 @@ def download(
     def body():
         from gldv2 import download as dl
 
-        if dataset != "gldv2":
-            raise CliError(f"unknown dataset {dataset!r}; available: gldv2")
+        check_name(dataset, ["gldv2"], "dataset")
         res = dl.main(split, out, shards=shards, metadata_only=metadata_only, base_url=base_url, jobs=jobs, retries=retries)
         for line in res.errors:
             typer.secho(f"error: {line}", err=True, fg=typer.colors.RED)
@@ -333,12 +335,11 @@ def query(
 
 # ----------------------------------------------------------------------------- recognition
 
-_D = DEFAULT_RECOGNITION_CONF
-_K = typer.Option(None, "--k", help=f"Neighbours from the global search (default {_D['k']}).")
-_C = typer.Option(None, "--candidates", help=f"Candidate landmarks verified per query (default {_D['num_candidates']}; per local features in `landmarks confs`).")
-_R = typer.Option(None, "--refs-per-candidate", help=f"Images verified per candidate (default {_D['refs_per_candidate']}; at most {_D['max_verifications']} pairs per query in all; per local features in `landmarks confs`).")
-_THR = typer.Option(None, "--inlier-threshold", help="Inliers needed to accept a landmark (default: the index manifest's tuned value, else the value calibrated on real photos for its local features: "
-                    + ", ".join(f"{k} {v['inlier_threshold']}" for k, v in EXTRACTOR_DEFAULTS.items() if "inlier_threshold" in v) + ").")
+_NEIGHBOURS = typer.Option(None, "--k", help=f"Neighbours from the global search (default {DEFAULT_RECOGNITION_CONF['k']}).")
+_CANDIDATES = typer.Option(None, "--candidates", help=f"Candidate landmarks verified per query (default {DEFAULT_RECOGNITION_CONF['num_candidates']}; per local features in `landmarks confs`).")
+_REFS_PER_CANDIDATE = typer.Option(None, "--refs-per-candidate", help=f"Images verified per candidate (default {DEFAULT_RECOGNITION_CONF['refs_per_candidate']}; at most {DEFAULT_RECOGNITION_CONF['max_verifications']} pairs per query in all; per local features in `landmarks confs`).")
+_INLIER_THRESHOLD = typer.Option(None, "--inlier-threshold", help="Inliers needed to accept a landmark (default: the index manifest's tuned value, else the value calibrated on real photos for its local features: "
+                                 + ", ".join(f"{name} {e.decision['inlier_threshold']}" for name, e in local_registry.items() if "inlier_threshold" in e.decision) + ").")
 
 
 _CASCADE = typer.Option(None, "--cascade", help="The matcher cascade's second, learned matcher: auto (the index's "
@@ -364,7 +365,8 @@ def recognize(
     index: Path = typer.Option(..., "--index", help="Index directory."),
     recursive: bool = _RECURSIVE,
     as_json: bool = typer.Option(False, "--json", help="One JSON object per image (JSON lines)."),
-    k: Optional[int] = _K, candidates: Optional[int] = _C, refs: Optional[int] = _R, threshold: Optional[int] = _THR, cascade: Optional[str] = _CASCADE,
+    k: Optional[int] = _NEIGHBOURS, candidates: Optional[int] = _CANDIDATES, refs: Optional[int] = _REFS_PER_CANDIDATE,
+    threshold: Optional[int] = _INLIER_THRESHOLD, cascade: Optional[str] = _CASCADE,
     max_pixels: Optional[int] = _MAX_PIXELS,
     device: Optional[str] = typer.Option(None, "--device"),
 ) -> None:
@@ -412,7 +414,8 @@ def predict(
     images: Path = typer.Option(..., "--images", help="Folder of the query images (<id>.jpg or GLDv2 nested)."),
     out: Path = typer.Option(..., "--out", help="Submission CSV to write (id,landmarks)."),
     no_guesses: bool = typer.Option(False, "--no-guesses", help="Leave unverified queries empty instead of a low-confidence guess ranked below every verified answer."),
-    k: Optional[int] = _K, candidates: Optional[int] = _C, refs: Optional[int] = _R, threshold: Optional[int] = _THR, cascade: Optional[str] = _CASCADE,
+    k: Optional[int] = _NEIGHBOURS, candidates: Optional[int] = _CANDIDATES, refs: Optional[int] = _REFS_PER_CANDIDATE,
+    threshold: Optional[int] = _INLIER_THRESHOLD, cascade: Optional[str] = _CASCADE,
     max_pixels: Optional[int] = _MAX_PIXELS,
     device: Optional[str] = typer.Option(None, "--device"),
     workers: Optional[int] = typer.Option(None, "--workers", min=0),
@@ -511,7 +514,8 @@ def evaluate(
     queries: Path = typer.Option(..., "--queries", help="Labelled queries: id,landmark_id (empty = no landmark) or Kaggle id,landmarks."),
     images: Path = typer.Option(..., "--images", help="Folder of the query images."),
     out: Path = typer.Option(..., "--out", help="Report folder (report.json, predictions.csv, evidence.jsonl, plots)."),
-    k: Optional[int] = _K, candidates: Optional[int] = _C, refs: Optional[int] = _R, threshold: Optional[int] = _THR, cascade: Optional[str] = _CASCADE,
+    k: Optional[int] = _NEIGHBOURS, candidates: Optional[int] = _CANDIDATES, refs: Optional[int] = _REFS_PER_CANDIDATE,
+    threshold: Optional[int] = _INLIER_THRESHOLD, cascade: Optional[str] = _CASCADE,
     n_boot: int = typer.Option(1000, "--bootstrap", min=10, help="Bootstrap resamples for the GAP interval."),
     max_pixels: Optional[int] = _MAX_PIXELS,
     device: Optional[str] = typer.Option(None, "--device"),
@@ -529,8 +533,7 @@ def evaluate(
     def body():
         from eval import evaluate as evaluate_mod
 
-        if task not in ("recognition", "retrieval"):
-            raise CliError(f"--task must be recognition or retrieval, got {task!r}")
+        check_name(task, ("recognition", "retrieval"), "--task")
         if task == "retrieval":
             if engine != "local" or k is not None or candidates is not None or refs is not None:
                 raise CliError("--engine, --k, --candidates and --refs-per-candidate apply to --task recognition")
@@ -626,23 +629,27 @@ def compact(
 def confs() -> None:
     """List the named global and local configurations."""
     from retrieval.global_model import global_confs
-    from retrieval.local_features import local_conf_set_help, local_conf_sets, local_confs
 
     mark = lambda name, default: " (default)" if name == default else ""  # noqa: E731
     typer.echo("global configurations (--conf):")
     for name, c in global_confs.items():
         typer.echo(f"  {name + mark(name, DEFAULT_GLOBAL):26s} {json.dumps(c)}")
-    typer.echo("local configurations (--local-conf):")
+    typer.echo("local configurations (--local-conf; each verified with its matcher):")
     typer.echo(f"  {'none':26s} no stored local features (extracted on demand when verifying)")
-    for name, c in local_confs.items():
-        typer.echo(f"  {name + mark(name, DEFAULT_LOCAL):26s} {json.dumps(c, default=str)}")
+    for name, entry in local_registry.items():
+        typer.echo(f"  {name + mark(name, DEFAULT_LOCAL):26s} {json.dumps(entry.extractor, default=str)} "
+                   f"matcher {entry.matcher}")
     typer.echo("several local sets (--local-conf A+B: A stored as above, B beside it; A verifies first):")
-    for name in local_conf_sets:
-        typer.echo(f"  {name:26s} {local_conf_set_help[name]}")
+    for name, local_set in local_conf_sets.items():
+        typer.echo(f"  {name:26s} {local_set.help}")
     typer.echo("recognition defaults (override with --k, --candidates, --refs-per-candidate, --inlier-threshold):")
     typer.echo(f"  {'all':26s} {json.dumps(DEFAULT_RECOGNITION_CONF)}")
-    for name, c in EXTRACTOR_DEFAULTS.items():
-        typer.echo(f"  {'with ' + name:26s} {json.dumps(c)}")
+    for name, entry in local_registry.items():
+        if entry.decision:
+            typer.echo(f"  {'with ' + name:26s} {json.dumps(entry.decision)}")
+    for name, entry in local_registry.items():
+        if entry.as_second:
+            typer.echo(f"  {name + ' as second matcher':26s} {json.dumps(entry.as_second)}")
 
 
 # ----------------------------------------------------------------------------- serve
@@ -657,7 +664,8 @@ def serve(
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.1, help="Largest request body (all images of a request)."),
     timeout: float = typer.Option(60.0, "--timeout", min=1, help="Seconds before a request is answered 504."),
     max_pixels: int = typer.Option(40_000_000, "--max-pixels", min=1, help="Pixel budget of an upload: larger images are answered 413 from their header, before decoding."),
-    k: Optional[int] = _K, candidates: Optional[int] = _C, refs: Optional[int] = _R, threshold: Optional[int] = _THR, cascade: Optional[str] = _CASCADE,
+    k: Optional[int] = _NEIGHBOURS, candidates: Optional[int] = _CANDIDATES, refs: Optional[int] = _REFS_PER_CANDIDATE,
+    threshold: Optional[int] = _INLIER_THRESHOLD, cascade: Optional[str] = _CASCADE,
     device: Optional[str] = typer.Option(None, "--device"),
 ) -> None:
     """HTTP service and web page: recognise uploaded photos with the index and models loaded once."""
@@ -693,8 +701,10 @@ def demo(
     def body():
         from eval import demo as demo_mod
 
+        from index.database import IndexDatabase
+
         index = work_dir / "index"
-        if not (serve_after and (index / "manifest.json").exists()):
+        if not (serve_after and IndexDatabase.exists(index)):
             summary = demo_mod.main(work_dir, synthetic=synthetic, n_landmarks=n_landmarks, seed=seed, conf=conf,
                                     local_conf=local_conf, device=device)
             typer.echo(demo_mod.format_summary(summary))

@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from index.database import IndexDatabase  # noqa: E402
+from index.database import IndexDatabase, ShardBatch  # noqa: E402
 
 CHUNK = 65_536
 LATENT = 64
@@ -90,9 +90,9 @@ def write_rows(db: IndexDatabase, coll: Collection, start: int, stop: int, id_of
         x = coll.chunk(c)
         a, b = max(start, c * CHUNK), min(stop, c * CHUNK + len(x))
         ids = [f"{i + id_offset:09d}" for i in range(a, b)]
-        db.write_shard(ids, [str((i + id_offset) % 20011) for i in range(a, b)],
-                       [f"/images/{i % 997}/{i + id_offset:09d}.jpg" for i in range(a, b)],
-                       x[a - c * CHUNK : b - c * CHUNK])
+        db.write_shard(ShardBatch(ids, [str((i + id_offset) % 20011) for i in range(a, b)],
+                                  [f"/images/{i % 997}/{i + id_offset:09d}.jpg" for i in range(a, b)],
+                                  x[a - c * CHUNK : b - c * CHUNK]))
 
 
 def child_build(args) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from eval import evaluate
-from index.database import IndexDatabase
+from index.database import IndexDatabase, ShardBatch
 from retrieval.recognize import Candidate, DECISION_KEYS, decide, resolve_recognition_conf, submission_answer
 
 
@@ -30,7 +30,7 @@ def write_evidence(work: Path, n: int, seed: int = 0) -> tuple[Path, Path, Path]
     rng = np.random.default_rng(seed)
     db = IndexDatabase.create_or_open(work / "index", {"global": {"name": "bench-vectors"}, "local": None}, 8)
     xb = rng.standard_normal((64, 8)).astype(np.float32)
-    db.write_shard([f"r{i}" for i in range(64)], [str(i % 40) for i in range(64)], [f"/r{i}.jpg" for i in range(64)], xb)
+    db.write_shard(ShardBatch([f"r{i}" for i in range(64)], [str(i % 40) for i in range(64)], [f"/r{i}.jpg" for i in range(64)], xb))
     db.commit()
     db = IndexDatabase.open(work / "index")
     header = {"evidence_version": 2, "index": str(db.path), "index_id": db.manifest.get("index_id"),

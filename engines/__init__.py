@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from index.choices import check_name
+
 ENGINES = ("local", "ray")
 
 
@@ -36,8 +38,7 @@ class RayOptions:
 
 def check_engine(engine: str) -> None:
     """Validate an --engine name; for "ray", fail early (one line naming the extra) when Ray is missing."""
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
+    check_name(engine, ENGINES, "engine")
     if engine == "ray":
         from .ray import import_ray
 

@@ -19,6 +19,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from index.choices import check_name
 from index.database import IndexDatabase
 from index.manifest import atomic_write_text
 from retrieval.data import resolve_image_path
@@ -330,10 +331,8 @@ def tune(
     "vote_weight" (the share of similarity vs inliers in a verified confidence; 0, 0.1, ..., 1) or
     "min_margin" (the best candidate's inliers over the runner-up's; 1 ... 4).
     """
-    if param not in TUNABLE:
-        raise ValueError(f"cannot tune {param!r}; tunable parameters: {', '.join(TUNABLE)}")
-    if confidence not in CONFIDENCE_CHOICES:
-        raise ValueError(f"confidence must be one of {', '.join(CONFIDENCE_CHOICES)}, got {confidence!r}")
+    check_name(param, TUNABLE, "tunable parameter")
+    check_name(confidence, CONFIDENCE_CHOICES, "confidence")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sol_df = read_solution(queries_csv)

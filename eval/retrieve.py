@@ -36,6 +36,7 @@ from retrieval.recognize import Recognizer
 
 from . import metrics
 from .evaluate import query_paths
+from .jsonl import read_jsonl
 from .queries import read_solution, read_table, solution_dict
 
 logger = logging.getLogger(__name__)
@@ -117,18 +118,8 @@ def _read_partial(path: Path, header: Mapping[str, Any]) -> dict[str, dict[str, 
     if not path.is_file():
         return {}
     records: dict[str, dict[str, Any]] = {}
-    lines = path.read_text(encoding="utf-8").split("\n")
     old = None
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            if n >= len(lines) - 1:  # the last line, cut by an interruption
-                logger.warning("%s: ignoring a truncated last line (%d)", path, n)
-                continue
-            raise ValueError(f"{path}, line {n}: not valid JSON") from None
+    for obj in read_jsonl(path):
         if old is None:
             old = obj
             diff = [k for k in header if k != "index" and obj.get(k) != header[k]]

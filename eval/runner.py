@@ -20,6 +20,8 @@ from tqdm import tqdm
 from engines.ray import RayActor, pack_results
 from retrieval.recognize import Evidence, Recognizer
 
+from .jsonl import read_jsonl
+
 logger = logging.getLogger(__name__)
 
 EVIDENCE_VERSION = 3  # 3: the cascade's second matcher (inliers2), early exit the same for evaluate and predict
@@ -55,18 +57,7 @@ def read_evidence(path: str | Path) -> tuple[dict[str, Any] | None, dict[str, di
         return None, {}
     header = None
     records: dict[str, dict[str, Any]] = {}
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            if n >= len(lines) - 1:  # the last line, cut by an interruption
-                logger.warning("%s: ignoring a truncated last line (%d)", path, n)
-                continue
-            raise ValueError(f"{path}, line {n}: not valid JSON") from None
+    for obj in read_jsonl(path):
         if header is None:
             if "evidence_version" not in obj:
                 raise ValueError(f"{path}: not an evidence file (no header line)")

@@ -38,6 +38,8 @@ from typing import Callable, Sequence
 from tqdm import tqdm
 from zlib import error as zlib_error
 
+from index.choices import lookup
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://s3.amazonaws.com/google-landmark"
@@ -69,9 +71,7 @@ class DownloadResult:
 
 def parse_shards(spec: str | None, split: str) -> list[int]:
     """``"0-9"``, ``"3"``, ``"0,5,10-12"`` (None: every shard of the split) -> sorted shard numbers."""
-    if split not in SHARDS:
-        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SHARDS)}")
-    n = SHARDS[split]
+    n = lookup(SHARDS, split, "split")
     if spec is None:
         return list(range(n))
     out: set[int] = set()

@@ -3,11 +3,32 @@ features), a FAISS index, a manifest, one writer at a time.
 
 ``index/`` knows nothing about images or CNNs; it stores vectors, local-feature
 arrays and rows. Entry point: :class:`IndexDatabase`.
+
+The names below are imported on first use (PEP 562), so that the small modules every package shares
+(``index.choices``, ``index.vectors``) load without faiss, h5py and pandas (the CLI's ``--help`` stays fast).
 """
+from __future__ import annotations
 
-from .database import IndexDatabase
-from .faiss_index import build_faiss, choose_params
-from .lock import IndexLockedError
-from .manifest import ConfigMismatchError, IndexFormatError
+import importlib
+from typing import Any
 
-__all__ = ["IndexDatabase", "IndexFormatError", "ConfigMismatchError", "IndexLockedError", "choose_params", "build_faiss"]
+_EXPORTS = {
+    "IndexDatabase": "database",
+    "build_faiss": "faiss_index",
+    "choose_params": "faiss_index",
+    "IndexLockedError": "lock",
+    "ConfigMismatchError": "manifest",
+    "IndexFormatError": "manifest",
+    "ShardBatch": "store",
+}
+
+__all__ = ["IndexDatabase", "IndexFormatError", "ConfigMismatchError", "IndexLockedError", "ShardBatch", "choose_params",
+           "build_faiss"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'index' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value

@@ -94,6 +94,7 @@ import numpy as np
 import pandas as pd
 
 from . import faiss_index as fi
+from .choices import check_name
 from .lock import HOLDER_NAME, LOCK_NAME, IndexLockedError, WriterLock
 from .manifest import (
     FORMAT_VERSION,
@@ -105,14 +106,12 @@ from .manifest import (
     check_config,
     config_diff,
     fsync_dir,
-    fsync_file,
     merge_manifest_fields,
     new_manifest,
     normalise_config,
     package_version,
     read_manifest,
     tmp_owner_alive,
-    tmp_path,
     write_manifest,
 )
 from .local_sets import (
@@ -130,16 +129,16 @@ from .local_sets import (
     write_part_file,
 )
 from .segment import (
-    COPY_CHUNK,
     SEGMENTS_DIR,
     Segment,
     SegmentedArray,
-    SegmentWriter,
     encode_strings,
     hash_ids,
+    write_segment,
 )
 from .store import (
     AUX_DIR,
+    COPY_CHUNK,
     FAISS_NAME,
     GLOBAL_NAME,
     LOCAL_NAME,
@@ -150,6 +149,7 @@ from .store import (
     SKIPPED_NAME,
     GlobalStore,
     LocalStore,
+    ShardBatch,
     ShardReader,
     append_skipped,
     check_aux_name,
@@ -162,11 +162,12 @@ from .store import (
     write_shard_file,
     write_skipped,
 )
+from .vectors import l2_normalize
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["IndexDatabase", "IndexFormatError", "ConfigMismatchError", "IndexLockedError", "RETRAIN_GROWTH",
-           "write_worker_shard"]
+           "ShardBatch", "write_worker_shard"]
 
 # An automatically chosen IVF-PQ index is retrained from the stored descriptors when the collection has
 # grown to RETRAIN_GROWTH x the size it was trained on. nlist grows with sqrt(n), so at 4x the right
@@ -186,12 +187,6 @@ _SEG_RE = re.compile(r"^seg-(\d{6,})-")
 
 class _Republished(Exception):
     """A file named by the manifest vanished because a newer manifest was published meanwhile."""
-
-
-def _l2_normalise(x: np.ndarray) -> np.ndarray:
-    """Row-wise L2 normalisation (float32); zero rows stay zero instead of becoming NaN."""
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
 
 
 def retire_grace_s() -> float:
@@ -237,8 +232,7 @@ class LazyColumn:
     """
 
     def __init__(self, db: IndexDatabase, name: str):
-        if name not in COLUMNS:
-            raise ValueError(f"unknown column {name!r}; choose one of {COLUMNS}")
+        check_name(name, COLUMNS, "column")
         self._db, self.name = db, name
 
     def __len__(self) -> int:
@@ -351,6 +345,17 @@ class IndexDatabase:
             logger.info("opened index %s for writing: %d images in %d segments, %d shards pending",
                         path, db.size, len(db._segments), len(list_shards(db._shards_dir)))
         return db
+
+    @staticmethod
+    def exists(path: str | os.PathLike) -> bool:
+        """Whether ``path`` is an index directory (it has a manifest), without opening it."""
+        return (Path(path) / MANIFEST_NAME).is_file()
+
+    @staticmethod
+    def read_manifest(path: str | os.PathLike) -> dict:
+        """The validated manifest of the index directory ``path`` (counts, configuration, thresholds), without
+        opening its segments or faiss file. FileNotFoundError / IndexFormatError as :meth:`open`."""
+        return read_manifest(Path(path) / MANIFEST_NAME)
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, gpu: str = "auto", lock_timeout: float = 0.0) -> IndexDatabase:
@@ -552,8 +557,7 @@ class IndexDatabase:
         return self._segments[i].value(name, row - self._starts[i])
 
     def _column(self, name: str, rows: np.ndarray, checked: bool = False) -> np.ndarray:
-        if name not in COLUMNS:
-            raise ValueError(f"unknown column {name!r}; choose one of {COLUMNS}")
+        check_name(name, COLUMNS, "column")
         if not checked:
             rows = self._check_rows(rows)
         out = np.empty(len(rows), dtype=object)
@@ -626,25 +630,8 @@ class IndexDatabase:
                     labels.setdefault(str(i), str(lm))
         return labels
 
-    def write_shard(
-        self,
-        ids: list[str],
-        landmark_ids: list[str],
-        paths: list[str],
-        xb: np.ndarray,
-        local_keypoints: list[np.ndarray] | None = None,
-        local_descriptors: list[np.ndarray] | None = None,
-        local_sizes: np.ndarray | None = None,
-    ) -> Path:
+    def write_shard(self, batch: ShardBatch) -> Path:
         """Store one extraction batch as a shard (atomic); :meth:`commit` merges shards into the index.
-
-        Args:
-            ids, landmark_ids, paths: n strings each; ids non-empty, landmark_id "" = non-landmark.
-            xb: (n, dim) float32 global descriptors; L2-normalised here and stored as float16.
-            local_keypoints: per image (k_i, 4) float32 [x, y, scale, score], or None.
-            local_descriptors: per image (k_i, d) float32/float16, or None; d fixed per index.
-            local_sizes: optional (n, 2) int [width, height] of the image the local features were
-                detected on (returned by :meth:`local_image_size`).
 
         Returns:
             The shard's path.
@@ -652,9 +639,9 @@ class IndexDatabase:
         Raises:
             ValueError: lengths, shapes, dim or local layout inconsistent (the message names it).
         """
-        n = len(ids)
-        args = _shard_arrays(self.dim, ids, landmark_ids, paths, xb, local_sizes)
-        local = _pack_local(n, local_keypoints, local_descriptors, *self._expected_local())
+        n = len(batch.ids)
+        args = _shard_arrays(self.dim, batch.ids, batch.landmark_ids, batch.paths, batch.xb, batch.local_sizes)
+        local = _pack_local(n, batch.local_keypoints, batch.local_descriptors, *self._expected_local())
         if args[-1] is not None and local is None:
             raise ValueError(f"local_sizes must be ({n}, 2) [width, height] and come with local features, "
                              "got no local features")
@@ -863,17 +850,13 @@ class IndexDatabase:
         seg_dir.mkdir(exist_ok=True)
         return seg_dir / f"seg-{max(seqs, default=-1) + 1:06d}-{uuid.uuid4().hex[:8]}.h5"
 
-    def _segment_file(self, n: int, local_dim: int | None, n_features: int, with_sizes: bool):
-        """:func:`_segment_file` at the next segment name of this index."""
-        return _segment_file(self._new_segment_path(), self.dim, n, local_dim, n_features, with_sizes)
-
     def _write_segment(self, plans: list[tuple[ShardReader, np.ndarray]],
                        local_dim: int | None) -> tuple[dict[str, Any], Segment]:
         """Step 2: the new rows as one segment file (temp name, fsync, rename); returns (manifest entry, segment)."""
         n_new = sum(int(keep.sum()) for _, keep in plans)
         m_new = sum(int(np.diff(r.local_offsets)[keep].sum()) for r, keep in plans) if local_dim else 0
         with_sizes = bool(local_dim) and any(r.has_sizes for r, _ in plans)
-        with self._segment_file(n_new, local_dim, m_new, with_sizes) as (writer, out):
+        with write_segment(self._new_segment_path(), self.dim, n_new, local_dim, m_new, with_sizes) as (writer, out):
             for r, keep in plans:
                 arrays = r.read(keep)
                 ids = [str(x) for x in arrays["ids"]]
@@ -934,7 +917,8 @@ class IndexDatabase:
         local_dim = self._local_dim
         n_features = sum(s.n_features for s in self._segments)
         with_sizes = bool(local_dim) and any(s.has_sizes for s in self._segments)
-        with self._segment_file(self.size, local_dim, n_features, with_sizes) as (writer, out):
+        with write_segment(self._new_segment_path(), self.dim, self.size, local_dim, n_features,
+                           with_sizes) as (writer, out):
             for seg in self._segments:
                 values = seg.landmark_values()
                 sorted_hash, hash_rows = seg.hashes()
@@ -1140,7 +1124,7 @@ class IndexDatabase:
         nq, n = xq.shape[0], self.size
         if nq == 0 or n == 0:
             return fi.finalize_results(np.zeros((nq, 0), np.float32), np.zeros((nq, 0), np.int64), k)
-        xq = _l2_normalise(xq)
+        xq = l2_normalize(xq)
         index = self._ready_index()
         if self._exact or not rescore:
             D, I = index.search(xq, min(k, n))
@@ -1575,7 +1559,7 @@ def _shard_arrays(dim: int, ids: Sequence[Any], landmark_ids: Sequence[Any], pat
             raise ValueError(f"local_sizes must be ({n}, 2) [width, height] and come with local features, "
                              f"got {local_sizes.shape}")
         local_sizes = local_sizes.astype(np.int32)
-    return ids, landmark_ids, paths, _l2_normalise(xb).astype(np.float16), local_sizes
+    return ids, landmark_ids, paths, l2_normalize(xb).astype(np.float16), local_sizes
 
 
 def _pack_local(
@@ -1648,29 +1632,6 @@ def _legacy_message(path: Path, manifest: dict) -> str:
             f"`landmarks compact --index {path}` (any build-index run on it also upgrades it)")
 
 
-@contextlib.contextmanager
-def _segment_file(final: Path, dim: int, n: int, local_dim: int | None, n_features: int,
-                  with_sizes: bool = False) -> Iterator[tuple[SegmentWriter, dict[str, Any]]]:
-    """A new segment ``final`` written under a temporary name, fsynced and renamed when the block ends without
-    error (the writer is aborted and the temporary file removed otherwise). Yields ``(writer, out)``; after
-    the block ``out`` holds ``entry`` (the manifest entry) and ``segment`` (the opened segment)."""
-    tmp = tmp_path(final)
-    writer = SegmentWriter(tmp, n, dim, local_dim, n_features, with_sizes)
-    out: dict[str, Any] = {}
-    try:
-        yield writer, out
-        entry = writer.close()
-        fsync_file(tmp)
-        os.replace(tmp, final)
-    except BaseException:
-        writer.abort()
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(final.parent)
-    entry["file"] = f"{SEGMENTS_DIR}/{final.name}"
-    out.update(entry=entry, segment=Segment(final, dim))
-
-
 def _upgrade_legacy(path: Path, manifest: dict) -> dict:
     """Convert a format-1 index into one segment + a format-2 manifest (caller holds the writer lock).
 
@@ -1700,7 +1661,7 @@ def _upgrade_legacy(path: Path, manifest: dict) -> dict:
                 seg_dir = path / SEGMENTS_DIR
                 seg_dir.mkdir(exist_ok=True)
                 final = seg_dir / f"seg-000000-{uuid.uuid4().hex[:8]}.h5"
-                with _segment_file(final, dim, n, local.dim if local else None,
+                with write_segment(final, dim, n, local.dim if local else None,
                                    local.n_features if local else 0) as (writer, out):
                     for a in range(0, n, COPY_CHUNK):
                         b = min(n, a + COPY_CHUNK)

@@ -56,6 +56,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from .choices import check_name
 from .manifest import IndexFormatError, atomic_output
 
 logger = logging.getLogger(__name__)
@@ -293,8 +294,7 @@ def choose_params(
 
 def use_gpu(gpu: str) -> bool:
     """Whether to run FAISS on GPU: "auto" (when faiss sees one), "cpu" (never), "gpu" (required)."""
-    if gpu not in GPU_MODES:
-        raise ValueError(f"gpu must be one of {GPU_MODES}, got {gpu!r}")
+    check_name(gpu, GPU_MODES, "gpu mode")
     if gpu == "cpu":
         return False
     n_gpus = getattr(faiss, "get_num_gpus", lambda: 0)()

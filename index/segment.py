@@ -25,24 +25,22 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
-from .manifest import IndexFormatError
-from .store import _dataset, _row_view, _take_rows, open_h5
+from .manifest import IndexFormatError, fsync_dir, fsync_file, tmp_path
+from .store import _STR, _dataset, _row_view, _take_rows, open_h5
 
 SEGMENTS_DIR = "segments"
 SEGMENT_FORMAT = 2
 ID_HASH = "blake2b-64"
-COPY_CHUNK = 65_536  # rows per chunk when streaming between files
 BYTES_CHUNK = 1 << 24  # bytes per chunk when copying string blobs
-
-_STR = h5py.string_dtype("utf-8")
 
 
 def hash_ids(ids: Sequence[str]) -> np.ndarray:
@@ -193,6 +191,29 @@ class SegmentWriter:
                 spool.close()
         with contextlib.suppress(Exception):
             self._f.close()
+
+
+@contextlib.contextmanager
+def write_segment(final: Path, dim: int, n: int, local_dim: int | None, n_features: int,
+                  with_sizes: bool = False) -> Iterator[tuple[SegmentWriter, dict[str, Any]]]:
+    """A new segment ``final`` written under a temporary name, fsynced and renamed when the block ends without
+    error (the writer is aborted and the temporary file removed otherwise). Yields ``(writer, out)``; after
+    the block ``out`` holds ``entry`` (the manifest entry) and ``segment`` (the opened segment)."""
+    tmp = tmp_path(final)
+    writer = SegmentWriter(tmp, n, dim, local_dim, n_features, with_sizes)
+    out: dict[str, Any] = {}
+    try:
+        yield writer, out
+        entry = writer.close()
+        fsync_file(tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        writer.abort()
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(final.parent)
+    entry["file"] = f"{SEGMENTS_DIR}/{final.name}"
+    out.update(entry=entry, segment=Segment(final, dim))
 
 
 class Segment:

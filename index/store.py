@@ -24,6 +24,8 @@ import os
 import re
 import uuid
 import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -316,6 +318,32 @@ def list_shards(shards_dir: Path) -> list[Path]:
         return []
     found = [p for p in shards_dir.iterdir() if _SHARD_RE.match(p.name)]
     return sorted(found, key=lambda p: int(_SHARD_RE.match(p.name).group(1)))
+
+
+@dataclass
+class ShardBatch:
+    """One extraction batch for :meth:`~index.database.IndexDatabase.write_shard`: image ``i`` is row ``i`` of
+    every field (checked there, with the index's dimensions).
+
+    Attributes:
+        ids, landmark_ids, paths: n strings each; ids non-empty, landmark_id "" = non-landmark.
+        xb: ``(n, dim)`` float32 global descriptors (L2-normalised by write_shard and stored as float16).
+        local_keypoints: per image ``(k_i, 4)`` float32 ``[x, y, scale, score]``, or None (no local features).
+        local_descriptors: per image ``(k_i, d)`` float32/float16, or None; ``d`` fixed per index.
+        local_sizes: optional ``(n, 2)`` int ``[width, height]`` of the image the local features were detected on
+            (what ``local_image_size`` returns).
+    """
+
+    ids: Sequence[str]
+    landmark_ids: Sequence[str]
+    paths: Sequence[str]
+    xb: np.ndarray
+    local_keypoints: Sequence[np.ndarray] | None = None
+    local_descriptors: Sequence[np.ndarray] | None = None
+    local_sizes: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
 def write_shard_file(

@@ -1,14 +1,16 @@
 """The shipped defaults, in one place and importable without torch (the CLI shows them in ``--help``).
 
 Recognition defaults were chosen on real photos with ``benchmarks/bench_real.py`` and
-``benchmarks/bench_local.py`` (README, "Measured figures"), not on generated ones.
+``benchmarks/bench_local.py`` (README, "Measured figures"), not on generated ones. The defaults calibrated for
+each kind of local features (each matcher has its own inlier scale and cost per pair) are part of that local
+configuration's entry in :mod:`retrieval.registry`; they apply over :data:`DEFAULT_RECOGNITION_CONF`.
 """
 from __future__ import annotations
 
 from typing import Any
 
 DEFAULT_GLOBAL = "lite2-gem"  # global configuration of build-index (retrieval.global_model.global_confs)
-DEFAULT_LOCAL = "rootsift"  # local features build-index stores (retrieval.local_features.local_confs)
+DEFAULT_LOCAL = "rootsift"  # local features build-index stores (a name in retrieval.registry.local_registry)
 
 DEFAULT_RECOGNITION_CONF: dict[str, Any] = {
     "k": 50,  # neighbours taken from the (exactly re-scored) global search
@@ -45,7 +47,7 @@ DEFAULT_RECOGNITION_CONF: dict[str, Any] = {
     # "none"; or a local conf name (reference features then extracted on demand: slow, for experiments).
     "cascade": "auto",
     "cascade_pairs": 5,  # budget: second-matcher pairs per query (one image of each of the first candidates)
-    "cascade_threshold": 40,  # the second matcher's inlier threshold (its scale; see CASCADE_DEFAULTS)
+    "cascade_threshold": 40,  # the second matcher's inlier threshold (its scale; see retrieval.registry, as_second)
     # The primary matcher resolves a query (no second stage) when its best candidate has this many inliers and
     # this many times the runner-up's: RootSIFT's wrong pairs of real photos stay at <= 10 inliers.
     "cascade_resolve_inliers": 20,
@@ -54,28 +56,3 @@ DEFAULT_RECOGNITION_CONF: dict[str, Any] = {
     "confidence_model": None,
 }
 
-
-# Recognition defaults per local extractor, calibrated on real photos (README, "Measured figures"): each matcher
-# has its own inlier scale and its own cost per pair. They apply over DEFAULT_RECOGNITION_CONF and under the
-# index manifest's tuned values (tune-threshold) and the user's overrides.
-EXTRACTOR_DEFAULTS: dict[str, dict[str, Any]] = {
-    # RootSIFT, MNN + ratio 0.9, MAGSAC 8 px: wrong pairs of real photos stay at <= 10 inliers; ~4 ms a pair.
-    "rootsift": {"inlier_threshold": 12},
-    # XFeat (1024 keypoints) + LighterGlue: wrong pairs of real photos reach 32 inliers (devset-large, 429 wrong
-    # pairs), 21 of 31 true ones have >= 40; a repetitive facade of another landmark can have more, but fewer
-    # than the true landmark (margin). ~130 ms a pair on 2 CPU cores, so 5 candidates, 1 image each.
-    "xfeat": {"inlier_threshold": 40, "min_margin": 1.5, "num_candidates": 5, "refs_per_candidate": 1,
-              "max_verifications": 5},
-    # ALIKED + LightGlue: the strongest verification (night/day, strong viewpoint change), ~1 s per image and
-    # 0.25-0.9 s a pair on 2 CPU cores (LightGlue grows with the keypoints): the best-quality route, 10 candidates,
-    # 1 image each.
-    "aliked": {"inlier_threshold": 30, "min_margin": 1.5, "num_candidates": 10, "refs_per_candidate": 1,
-               "max_verifications": 10},
-}
-
-# Decision defaults when an extractor is the cascade's second matcher (over EXTRACTOR_DEFAULTS of the primary):
-# its own inlier threshold (the scale its counts are divided by) and the margin that learned matchers need.
-CASCADE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "xfeat": {"cascade_threshold": 40, "cascade_pairs": 5, "min_margin": 1.5},
-    "aliked": {"cascade_threshold": 30, "cascade_pairs": 5, "min_margin": 1.5},
-}

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from index.database import IndexDatabase
+from index.database import IndexDatabase, ShardBatch
 
 from .global_model import DEFAULT_GLOBAL, GlobalExtractor, resolve_global_conf, target_size
 from .image_io import ImageError, ImageTooLarge, load_image
@@ -574,8 +574,8 @@ def write_shards_here(db: IndexDatabase, fx: FeatureExtractor, todo: pd.DataFram
         last_flush[0] = time.perf_counter()
         if not buffer["ids"]:
             return
-        db.write_shard(buffer["ids"], buffer["landmarks"], buffer["paths"],
-                       **shard_columns(buffer["results"], fx.local_extractor is not None))
+        db.write_shard(ShardBatch(buffer["ids"], buffer["landmarks"], buffer["paths"],
+                                  **shard_columns(buffer["results"], fx.local_extractor is not None)))
         for v in buffer.values():
             v.clear()
 

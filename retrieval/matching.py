@@ -13,7 +13,7 @@ Following DELF's ``image_reranking``: too few matches, a failed or degenerate fi
 Keypoints are in detection-image pixels (:mod:`retrieval.local_features`), so
 ``reproj_threshold`` is in detection pixels of the reference image: the same pair of
 photos gives the same inlier count whatever resolution the files were stored at.
-Each local configuration has a default matcher (:func:`default_match_conf_for`).
+Each local configuration names its default matcher in :mod:`retrieval.registry` (:func:`default_match_conf_for`).
 """
 from __future__ import annotations
 
@@ -29,7 +29,10 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import cv2
 import numpy as np
 
-from .local_features import LocalFeatures, extractors, local_confs
+from index.choices import check_name, lookup, unknown_name
+
+from .local_features import LocalFeatures
+from .registry import entry_for
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +65,8 @@ default_match_conf: dict[str, Any] = {
     "min_matches": None,  # fewer putative matches -> 0 inliers; None: the model's minimal sample (4 or 3)
 }
 
-# Named configurations, keyed like local_features.local_confs so a caller can use the
-# conf of the extractor it verifies: match_confs.get(local_conf_name, match_confs["default"]).
+# Named configurations; each local configuration names the one it is verified with by default
+# (retrieval.registry, the entry's ``matcher``).
 match_confs: dict[str, dict[str, Any]] = {
     "default": dict(default_match_conf),
     "rootsift": dict(default_match_conf),
@@ -80,22 +83,16 @@ match_confs: dict[str, dict[str, Any]] = {
 def default_match_conf_for(local_conf: Mapping[str, Any] | str | None) -> dict[str, Any]:
     """The match configuration a local configuration is verified with by default.
 
-    ``local_conf`` is a name in :data:`~retrieval.local_features.local_confs` or a (resolved) conf
+    ``local_conf`` is a name in :data:`~retrieval.registry.local_registry` or a (resolved) conf
     dict with an ``"extractor"`` key; None gives :data:`default_match_conf`. The choice is the
-    extractor's ``default_matcher``: aliked -> "lightglue", xfeat -> "lighterglue",
+    registry entry's ``matcher``: aliked -> "lightglue", xfeat -> "lighterglue",
     rootsift -> "rootsift" (mnn+ratio), delf -> "delf". Pass a name of :data:`match_confs` to
     ``Recognizer(match_conf=...)`` / :func:`verify_pair` to use another matcher.
     """
     if local_conf is None:
         return dict(default_match_conf)
-    if isinstance(local_conf, str):
-        if local_conf not in local_confs:
-            raise ValueError(f"unknown local feature configuration {local_conf!r}; valid names: {sorted(local_confs)}")
-        local_conf = local_confs[local_conf]
-    extractor = extractors.get(str(local_conf.get("extractor")))
-    if extractor is None:
-        raise ValueError(f"unknown local extractor {local_conf.get('extractor')!r}; valid: {sorted(extractors)}")
-    return dict(match_confs[extractor.default_matcher])
+    return resolve_match_conf(entry_for(local_conf).matcher)
+
 
 _MIN_SAMPLE = {"homography": 4, "affine": 3}
 _RANSAC_FLAGS = {"usac_magsac": cv2.USAC_MAGSAC, "ransac": cv2.RANSAC}
@@ -106,19 +103,13 @@ def resolve_match_conf(conf: Mapping[str, Any] | str | None) -> dict[str, Any]:
     if conf is None:
         return dict(default_match_conf)
     if isinstance(conf, str):
-        if conf not in match_confs:
-            raise ValueError(f"unknown match configuration {conf!r}; valid names: {sorted(match_confs)}")
-        return dict(match_confs[conf])
-    unknown = sorted(set(conf) - set(default_match_conf))
-    if unknown:
-        raise ValueError(f"unknown match setting(s) {unknown}; valid: {sorted(default_match_conf)}")
+        return dict(lookup(match_confs, conf, "match configuration"))
+    for key in conf:
+        check_name(key, default_match_conf, "match setting")
     merged = {**default_match_conf, **conf}
-    if merged["method"] not in MATCH_METHODS:
-        raise ValueError(f"unknown match method {merged['method']!r}; valid: {list(MATCH_METHODS)}")
-    if merged["ransac"] not in _RANSAC_FLAGS:
-        raise ValueError(f"unknown ransac {merged['ransac']!r}; valid: {sorted(_RANSAC_FLAGS)}")
-    if merged["model"] not in _MIN_SAMPLE:
-        raise ValueError(f"unknown geometric model {merged['model']!r}; valid: {sorted(_MIN_SAMPLE)}")
+    check_name(merged["method"], MATCH_METHODS, "match method")
+    check_name(merged["ransac"], _RANSAC_FLAGS, "ransac")
+    check_name(merged["model"], _MIN_SAMPLE, "geometric model")
     return merged
 
 
@@ -199,10 +190,9 @@ def match_descriptors(
         ValueError: different descriptor dimensions, or an unknown method.
     """
     if method not in DESCRIPTOR_METHODS:
-        raise ValueError(
-            f"unknown match method {method!r} for descriptor matching; valid: {list(DESCRIPTOR_METHODS)} "
-            f"(learned matchers {list(LEARNED_METHODS)} run through verify_pair)"
-        )
+        raise unknown_name("match method", method, DESCRIPTOR_METHODS,
+                           f" (descriptor matching; the learned matchers {', '.join(LEARNED_METHODS)} run through "
+                           "verify_pair)")
     desc1 = np.asarray(desc1, dtype=np.float32)
     desc2 = np.asarray(desc2, dtype=np.float32)
     _check_dims(desc1, desc2)

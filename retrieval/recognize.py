@@ -28,11 +28,12 @@ from .decision import (  # noqa: F401 (re-exported: the decision's public names,
     DECISION_KEYS, GUESS_SCALE, VERIFIED_BASE, Candidate, CandidateArrays, ConfidenceModel, Evidence, Prediction,
     decide, decide_many, global_only, submission_answer, threshold_sweep, verified_confidence,
 )
-from .defaults import CASCADE_DEFAULTS, DEFAULT_RECOGNITION_CONF, EXTRACTOR_DEFAULTS
+from .defaults import DEFAULT_RECOGNITION_CONF
 from .extract import DEFAULT_LOCAL_IMAGE_SIZE, FeatureExtractor, Features
 from .image_io import ImageError, load_image
 from .local_features import LocalExtractor, LocalFeatures, extractors, local_confs, make_local_extractor
 from .matching import default_match_conf_for, resolve_match_conf, verify_many
+from .registry import decision_defaults
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def resolve_recognition_conf(overrides: Mapping[str, Any] | None = None, base: M
     """Defaults <- the decisions calibrated for the local ``extractor`` <- those of the cascade's ``second``
     extractor <- ``base`` (e.g. the index manifest's tuned thresholds) <- non-None ``overrides``; validated."""
     conf = copy.deepcopy(DEFAULT_RECOGNITION_CONF)
-    for source in (EXTRACTOR_DEFAULTS.get(extractor or "", {}), CASCADE_DEFAULTS.get(second or "", {}), base or {},
+    for source in (decision_defaults(extractor), decision_defaults(second, as_second=True), base or {},
                    overrides or {}):
         for key, value in source.items():
             if value is None:

@@ -29,7 +29,7 @@ def test_target_size_keeps_aspect():
 def test_unknown_conf_lists_choices():
     with pytest.raises(ValueError, match="lite0-gem"):
         resolve_global_conf("nope")
-    with pytest.raises(ValueError, match="valid keys"):
+    with pytest.raises(ValueError, match="unknown global configuration key 'colour'; choose one of"):
         resolve_global_conf("lite0-gem", colour="red")
 
 

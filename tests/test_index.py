@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from index import faiss_index as fi
-from index.database import IndexDatabase
+from index.database import IndexDatabase, ShardBatch
 from index.faiss_index import FLAT_MAX_N, choose_params
 
 CONFIG = {"global": {"model": "synthetic", "dim": 64}, "local": None}
@@ -34,8 +34,8 @@ def build_db(path, xb: np.ndarray, shard: int = 5000, **commit_kw) -> IndexDatab
     db = IndexDatabase.create_or_open(path, CONFIG, xb.shape[1])
     for a in range(0, len(xb), shard):
         b = min(len(xb), a + shard)
-        db.write_shard([f"im{i}" for i in range(a, b)], [str(i % 50) for i in range(a, b)],
-                       [f"/img/{i}.jpg" for i in range(a, b)], xb[a:b])
+        db.write_shard(ShardBatch([f"im{i}" for i in range(a, b)], [str(i % 50) for i in range(a, b)],
+                                  [f"/img/{i}.jpg" for i in range(a, b)], xb[a:b]))
     db.commit(gpu="cpu", **commit_kw)
     return db
 
@@ -190,7 +190,7 @@ def test_incremental_add_does_not_retrain(tmp_path, monkeypatch, caplog):
     assert len(db.done_ids()) == 3000
     # a batch overlapping stored ids: the stored ones are skipped, not duplicated
     ids = [f"im{i}" for i in range(2900, 4000)]
-    db.write_shard(ids, ["new"] * len(ids), [f"/new/{i}.jpg" for i in range(2900, 4000)], x[2900:4000])
+    db.write_shard(ShardBatch(ids, ["new"] * len(ids), [f"/new/{i}.jpg" for i in range(2900, 4000)], x[2900:4000]))
     with caplog.at_level(logging.INFO, logger="index.database"):
         stats = db.commit(gpu="cpu")  # no factory: keep the trained index
     assert not calls and not stats["rebuilt"]
@@ -214,8 +214,8 @@ def test_exact_index_outgrown_becomes_ivfpq(tmp_path, caplog):
     path = tmp_path / "idx"
     db = build_db(path, x[:2000], shard=2000)
     assert db.manifest["faiss"]["factory"] == "Flat"
-    db.write_shard([f"im{i}" for i in range(2000, len(x))], [""] * (len(x) - 2000),
-                   [""] * (len(x) - 2000), x[2000:])
+    db.write_shard(ShardBatch([f"im{i}" for i in range(2000, len(x))], [""] * (len(x) - 2000),
+                              [""] * (len(x) - 2000), x[2000:]))
     with caplog.at_level(logging.INFO):
         stats = db.commit(gpu="cpu")
     assert stats["rebuilt"] and stats["faiss"]["factory"].startswith("IVF")
@@ -240,7 +240,7 @@ def test_factory_change_rebuilds_and_nprobe_change_does_not(tmp_path):
 def test_untrainable_factory_is_refused_before_writing(tmp_path):
     path = tmp_path / "idx"
     db = IndexDatabase.create_or_open(path, CONFIG, 16)
-    db.write_shard(["a", "b"], ["1", "2"], ["", ""], np.eye(2, 16, dtype=np.float32))
+    db.write_shard(ShardBatch(["a", "b"], ["1", "2"], ["", ""], np.eye(2, 16, dtype=np.float32)))
     with pytest.raises(ValueError, match="needs at least 64 training vectors.*nothing was committed"):
         db.commit(factory="IVF64,Flat", gpu="cpu")
     assert IndexDatabase.open(path).size == 0 and len(list((path / "shards").glob("*.h5"))) == 1

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from index import faiss_index as fi
-from index.database import RETRAIN_GROWTH, IndexDatabase, IndexFormatError, IndexLockedError
+from index.database import RETRAIN_GROWTH, IndexDatabase, IndexFormatError, IndexLockedError, ShardBatch
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = {"global": {"model": "synthetic"}, "local": None}
@@ -36,8 +36,8 @@ def add_rows(db: IndexDatabase, start: int, xb: np.ndarray, batch: int = 50_000)
     for a in range(0, len(xb), batch):
         b = min(len(xb), a + batch)
         ids = [f"im{i:07d}" for i in range(start + a, start + b)]
-        db.write_shard(ids, [str(i % 97) if i % 10 else "" for i in range(start + a, start + b)],
-                       [f"/photos/{i % 13}/im{i:07d}.jpg" for i in range(start + a, start + b)], xb[a:b])
+        db.write_shard(ShardBatch(ids, [str(i % 97) if i % 10 else "" for i in range(start + a, start + b)],
+                                  [f"/photos/{i % 13}/im{i:07d}.jpg" for i in range(start + a, start + b)], xb[a:b]))
 
 
 # ----------------------------------------------------------------------------- one writer at a time
@@ -46,13 +46,13 @@ WRITER_SCRIPT = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     import numpy as np
-    from index.database import IndexDatabase
+    from index.database import IndexDatabase, ShardBatch
     path, go = Path(sys.argv[1]), Path(sys.argv[2])
     db = IndexDatabase.create_or_open(path, {config!r}, {dim})
     with db.writer_lock(what="test writer A"):  # what build-index does for its whole run
         print("locked", flush=True)
         x = np.random.default_rng(1).standard_normal((50, {dim})).astype(np.float32)
-        db.write_shard([f"a{{i}}" for i in range(50)], ["A"] * 50, [""] * 50, x)
+        db.write_shard(ShardBatch([f"a{{i}}" for i in range(50)], ["A"] * 50, [""] * 50, x))
         deadline = time.time() + 60
         while not go.exists() and time.time() < deadline:
             time.sleep(0.05)
@@ -76,7 +76,7 @@ def test_second_writer_is_refused_then_serialised(tmp_path):
         with pytest.raises(IndexLockedError, match=str(proc.pid)):
             stale.update_thresholds(inlier_threshold=12)  # tune-threshold's manifest write
         x = np.random.default_rng(2).standard_normal((70, DIM)).astype(np.float32)
-        stale.write_shard([f"b{i}" for i in range(70)], ["B"] * 70, [""] * 70, x)  # shards need no lock
+        stale.write_shard(ShardBatch([f"b{i}" for i in range(70)], ["B"] * 70, [""] * 70, x))  # shards need no lock
         assert IndexDatabase.open(path).size == 0
         go.touch()
         # B waits for the lock, re-reads the manifest A published, and commits on top of it
@@ -100,10 +100,10 @@ def test_stale_writer_objects_lose_nothing(tmp_path):
     path = tmp_path / "idx"
     a = IndexDatabase.create_or_open(path, CONFIG, DIM)
     b = IndexDatabase.create_or_open(path, CONFIG, DIM)
-    a.write_shard([f"a{i}" for i in range(50)], ["A"] * 50, [""] * 50, vectors(50, 1))
+    a.write_shard(ShardBatch([f"a{i}" for i in range(50)], ["A"] * 50, [""] * 50, vectors(50, 1)))
     a.commit(gpu="cpu")
     b.update_manifest(thresholds={"vote_weight": 0.5})  # from b's stale view: a's segment is kept
-    b.write_shard([f"b{i}" for i in range(70)], ["B"] * 70, [""] * 70, vectors(70, 2))
+    b.write_shard(ShardBatch([f"b{i}" for i in range(70)], ["B"] * 70, [""] * 70, vectors(70, 2)))
     b.commit(gpu="cpu")
     db = IndexDatabase.open(path)
     assert db.size == 120 and len(db.manifest["segments"]) == 2
@@ -198,8 +198,8 @@ def test_metadata_lookups_stay_under_a_memory_bound(tmp_path):
     add_rows_dim = rng.standard_normal((n, 4)).astype(np.float32)
     for a in range(0, n, 100_000):  # two commits: two segments
         b = a + 100_000
-        db.write_shard([f"im{i:07d}" for i in range(a, b)], [str(i % 5000) for i in range(a, b)],
-                       [f"/photos/{i % 13}/im{i:07d}.jpg" for i in range(a, b)], add_rows_dim[a:b])
+        db.write_shard(ShardBatch([f"im{i:07d}" for i in range(a, b)], [str(i % 5000) for i in range(a, b)],
+                                  [f"/photos/{i % 13}/im{i:07d}.jpg" for i in range(a, b)], add_rows_dim[a:b]))
         if b in (100_000, n):
             db.commit(factory="Flat", gpu="cpu")
     db.close()
@@ -230,15 +230,15 @@ def test_local_image_sizes_round_trip(tmp_path):
     db = IndexDatabase.create_or_open(tmp_path / "idx", CONFIG, DIM)
     kp = [np.zeros((2, 4), np.float32), np.zeros((1, 4), np.float32)]
     desc = [np.ones((2, 8), np.float32), np.ones((1, 8), np.float32)]
-    db.write_shard(["a", "b"], ["1", "2"], ["pa", "pb"], vectors(2, 6), kp, desc,
-                   local_sizes=np.array([[640, 480], [1024, 768]]))
-    db.write_shard(["c"], ["1"], ["pc"], vectors(1, 7), kp[:1], desc[:1])  # a batch without sizes
+    db.write_shard(ShardBatch(["a", "b"], ["1", "2"], ["pa", "pb"], vectors(2, 6), kp, desc,
+                              local_sizes=np.array([[640, 480], [1024, 768]])))
+    db.write_shard(ShardBatch(["c"], ["1"], ["pc"], vectors(1, 7), kp[:1], desc[:1]))  # a batch without sizes
     db.commit(gpu="cpu")
     db = IndexDatabase.open(tmp_path / "idx")
     assert db.local_image_size(0) == (640, 480) and db.local_image_size(1) == (1024, 768)
     assert db.local_image_size(2) is None
     with pytest.raises(ValueError, match="local_sizes"):
-        db.write_shard(["d"], ["1"], ["pd"], vectors(1, 8), kp[:1], desc[:1], local_sizes=np.zeros((2, 2)))
+        db.write_shard(ShardBatch(["d"], ["1"], ["pd"], vectors(1, 8), kp[:1], desc[:1], local_sizes=np.zeros((2, 2))))
 
 
 # ----------------------------------------------------------------------------- skipped list, old format
@@ -259,7 +259,7 @@ def test_skipped_list_is_append_only_until_commit(tmp_path):
     db.record_skipped("d", "/d.jpg", "too small")
     db.flush_skipped()
     assert db.skipped()["id"].tolist() == ["a", "b", "c", "d"]
-    db.write_shard(["b"], ["1"], ["/b.jpg"], vectors(1, 9))
+    db.write_shard(ShardBatch(["b"], ["1"], ["/b.jpg"], vectors(1, 9)))
     db.commit(gpu="cpu")  # deduplicated at commit: one line per id, indexed ids removed
     df = pd.read_csv(spath, dtype=str, keep_default_na=False)
     assert df.to_dict("records") == [

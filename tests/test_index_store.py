@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from index import faiss_index as fi
-from index.database import ConfigMismatchError, IndexDatabase, IndexFormatError
+from index.database import ConfigMismatchError, IndexDatabase, IndexFormatError, ShardBatch
 from index.store import write_shard_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,9 +50,9 @@ def run_build(path: Path, batches: list[dict], factory: str | None = FACTORY) ->
     for b in batches:
         keep = [i for i, id_ in enumerate(b["ids"]) if id_ not in done]
         if keep:
-            db.write_shard([b["ids"][i] for i in keep], [b["landmark_ids"][i] for i in keep],
-                           [b["paths"][i] for i in keep], b["xb"][keep],
-                           [b["local_keypoints"][i] for i in keep], [b["local_descriptors"][i] for i in keep])
+            db.write_shard(ShardBatch([b["ids"][i] for i in keep], [b["landmark_ids"][i] for i in keep],
+                                      [b["paths"][i] for i in keep], b["xb"][keep],
+                                      [b["local_keypoints"][i] for i in keep], [b["local_descriptors"][i] for i in keep]))
     db.commit(factory=factory, gpu="cpu")
     return db
 
@@ -154,15 +154,15 @@ def test_round_trip(tmp_path, batches, reference, caplog):
 
 def test_no_local_features(tmp_path):
     db = IndexDatabase.create_or_open(tmp_path / "idx", CONFIG, DIM)
-    db.write_shard(["a", "b"], ["1", ""], ["pa", "pb"], np.eye(2, DIM, dtype=np.float32))
+    db.write_shard(ShardBatch(["a", "b"], ["1", ""], ["pa", "pb"], np.eye(2, DIM, dtype=np.float32)))
     db.commit(gpu="cpu")
     db = IndexDatabase.open(tmp_path / "idx")
     assert not db.has_local() and db.local_features(0) is None
     assert not (tmp_path / "idx" / "local.h5").exists()
     assert db.manifest["counts"] == {"images": 2, "landmarks": 1, "nonlandmarks": 1, "local_features": 0}
     with pytest.raises(ValueError, match="no local features"):
-        db.write_shard(["c"], ["1"], ["pc"], np.ones((1, DIM), np.float32),
-                       [np.zeros((1, 4), np.float32)], [np.zeros((1, LOCAL_DIM), np.float32)])
+        db.write_shard(ShardBatch(["c"], ["1"], ["pc"], np.ones((1, DIM), np.float32),
+                                  [np.zeros((1, 4), np.float32)], [np.zeros((1, LOCAL_DIM), np.float32)]))
 
 
 # ----------------------------------------------------------------------------- resume
@@ -173,8 +173,8 @@ def test_resume_after_extraction_crash(tmp_path, batches, reference):
     run_build(path, batches[:3])
     db = IndexDatabase.create_or_open(path, CONFIG, DIM)
     b = batches[3]
-    db.write_shard(b["ids"][:100], b["landmark_ids"][:100], b["paths"][:100], b["xb"][:100],
-                   b["local_keypoints"][:100], b["local_descriptors"][:100])
+    db.write_shard(ShardBatch(b["ids"][:100], b["landmark_ids"][:100], b["paths"][:100], b["xb"][:100],
+                              b["local_keypoints"][:100], b["local_descriptors"][:100]))
     stray = path / "shards" / "shard-000000.h5.999999999.abcd1234.tmp"  # a batch killed while being written
     stray.write_bytes(b"partial")
     (path / "segments" / "seg-000001-0badc0de.h5.999999999.abcd1234.tmp").write_bytes(b"partial")
@@ -242,8 +242,8 @@ def test_kill_during_commit_then_rerun(tmp_path, batches, reference, run, when, 
     done = db.done_ids()
     for b in todo:
         if b["ids"][0] not in done:
-            db.write_shard(b["ids"], b["landmark_ids"], b["paths"], b["xb"], b["local_keypoints"],
-                           b["local_descriptors"])
+            db.write_shard(ShardBatch(b["ids"], b["landmark_ids"], b["paths"], b["xb"], b["local_keypoints"],
+                                      b["local_descriptors"]))
     db.close()
     crash(path, "commit", when, target)
     committed = (when, target) in (("after", "manifest.json"), ("unlink", "shard-"))  # the manifest is the commit point
@@ -290,7 +290,7 @@ def test_commit_fails_before_publishing_changes_nothing(tmp_path, batches, refer
     run_build(path, batches[:3])
     db = IndexDatabase.create_or_open(path, CONFIG, DIM)
     b = batches[3]
-    db.write_shard(b["ids"], b["landmark_ids"], b["paths"], b["xb"], b["local_keypoints"], b["local_descriptors"])
+    db.write_shard(ShardBatch(b["ids"], b["landmark_ids"], b["paths"], b["xb"], b["local_keypoints"], b["local_descriptors"]))
 
     def boom(*args, **kwargs):
         raise RuntimeError("simulated crash")
@@ -366,25 +366,25 @@ def test_write_shard_validation(tmp_path):
     kp = [np.zeros((3, 4), np.float32), np.zeros((0, 4), np.float32)]
     ld = [np.zeros((3, LOCAL_DIM), np.float32), np.zeros((0, LOCAL_DIM), np.float32)]
     with pytest.raises(ValueError, match=rf"\(2, {DIM}\)"):
-        db.write_shard(["a", "b"], ["", ""], ["", ""], np.ones((2, DIM + 1), np.float32))
+        db.write_shard(ShardBatch(["a", "b"], ["", ""], ["", ""], np.ones((2, DIM + 1), np.float32)))
     with pytest.raises(ValueError, match="landmark_ids"):
-        db.write_shard(["a", "b"], [""], ["", ""], x)
+        db.write_shard(ShardBatch(["a", "b"], [""], ["", ""], x))
     with pytest.raises(ValueError, match="non-empty"):
-        db.write_shard(["a", ""], ["", ""], ["", ""], x)
+        db.write_shard(ShardBatch(["a", ""], ["", ""], ["", ""], x))
     with pytest.raises(ValueError, match="NaN"):
-        db.write_shard(["a", "b"], ["", ""], ["", ""], x * np.nan)
+        db.write_shard(ShardBatch(["a", "b"], ["", ""], ["", ""], x * np.nan))
     with pytest.raises(ValueError, match="both"):
-        db.write_shard(["a", "b"], ["", ""], ["", ""], x, kp, None)
+        db.write_shard(ShardBatch(["a", "b"], ["", ""], ["", ""], x, kp, None))
     with pytest.raises(ValueError, match=r"local_keypoints\[0\]"):
-        db.write_shard(["a", "b"], ["", ""], ["", ""], x, [np.zeros((3, 2), np.float32), kp[1]], ld)
+        db.write_shard(ShardBatch(["a", "b"], ["", ""], ["", ""], x, [np.zeros((3, 2), np.float32), kp[1]], ld))
     with pytest.raises(ValueError, match=r"local_descriptors\[1\] has dim"):
-        db.write_shard(["a", "b"], ["", ""], ["", ""], x, kp, [ld[0], np.zeros((0, 5), np.float32)])
+        db.write_shard(ShardBatch(["a", "b"], ["", ""], ["", ""], x, kp, [ld[0], np.zeros((0, 5), np.float32)]))
     assert not list((tmp_path / "idx").rglob("shard-*"))
-    db.write_shard(["a", "b"], ["", ""], ["", ""], x, kp, ld)
+    db.write_shard(ShardBatch(["a", "b"], ["", ""], ["", ""], x, kp, ld))
     with pytest.raises(ValueError, match="local descriptor dim 5"):  # inconsistent with the first shard
-        db.write_shard(["c"], [""], [""], x[:1], kp[:1], [np.zeros((3, 5), np.float32)])
+        db.write_shard(ShardBatch(["c"], [""], [""], x[:1], kp[:1], [np.zeros((3, 5), np.float32)]))
     with pytest.raises(ValueError, match="required"):
-        db.write_shard(["c"], [""], [""], x[:1])
+        db.write_shard(ShardBatch(["c"], [""], [""], x[:1]))
     # a shard written by another process with another local dim is refused at commit, naming the dims
     write_shard_file(tmp_path / "idx" / "shards", ["c"], [""], [""], np.ones((1, DIM), np.float16),
                      (np.zeros((3, 4), np.float32), np.zeros((3, 5), np.float16), np.array([0, 3])))
@@ -413,8 +413,8 @@ def test_skipped_round_trip(tmp_path):
         {"id": "c", "path": "/x/c.jpg", "reason": "too small"},
     ]
     # an image indexed by a later run is no longer "skipped"
-    db2.write_shard(["b"], ["1"], ["/x/b.jpg"], np.ones((1, DIM), np.float32),
-                    [np.zeros((0, 4), np.float32)], [np.zeros((0, LOCAL_DIM), np.float32)])
+    db2.write_shard(ShardBatch(["b"], ["1"], ["/x/b.jpg"], np.ones((1, DIM), np.float32),
+                               [np.zeros((0, 4), np.float32)], [np.zeros((0, LOCAL_DIM), np.float32)]))
     db2.commit(gpu="cpu")
     assert IndexDatabase.open(tmp_path / "idx").skipped()["id"].tolist() == ["a", "c"]
 

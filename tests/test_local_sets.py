@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cli import app
-from index.database import ConfigMismatchError, IndexDatabase
+from index.database import ConfigMismatchError, IndexDatabase, ShardBatch
 from retrieval import extract
 from retrieval.local_features import (
     XFeatExtractor,
@@ -211,9 +211,9 @@ def test_compact_keeps_secondary_features_by_row(index_copy):
     n0 = db.size
     rng = np.random.default_rng(0)
     kp = [np.c_[rng.uniform(0, 100, (5, 2)), np.ones((5, 2))].astype(np.float32) for _ in range(3)]
-    db.write_shard([f"new{i}" for i in range(3)], ["x"] * 3, [str(db.column("path")[i]) for i in range(3)],
-                   rng.normal(size=(3, db.dim)), kp, [rng.normal(size=(5, 128)) for _ in range(3)],
-                   np.full((3, 2), 100))
+    db.write_shard(ShardBatch([f"new{i}" for i in range(3)], ["x"] * 3, [str(db.column("path")[i]) for i in range(3)],
+                              rng.normal(size=(3, db.dim)), kp, [rng.normal(size=(5, 128)) for _ in range(3)],
+                              np.full((3, 2), 100)))
     db.commit()
     assert len(db.manifest["segments"]) == 2
     extract.add_local_sets(index_copy, ["xfeat"], part_size=5, progress=False, extractors={"xfeat": small_xfeat()})

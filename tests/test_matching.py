@@ -114,7 +114,7 @@ def test_resolve_match_conf():
     assert resolve_match_conf(None) == default_match_conf
     assert resolve_match_conf("delf")["reproj_threshold"] == 16.0
     assert resolve_match_conf({"ratio": 0.8})["method"] == "mnn+ratio"
-    with pytest.raises(ValueError, match="valid names"):
+    with pytest.raises(ValueError, match="unknown match configuration 'magic'; choose one of: default, rootsift"):
         resolve_match_conf("magic")
     with pytest.raises(ValueError, match="unknown match setting"):
         resolve_match_conf({"ratoi": 0.8})

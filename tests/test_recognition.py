@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from eval.queries import read_submission
-from index.database import IndexDatabase
+from index.database import IndexDatabase, ShardBatch
 from retrieval.recognize import Candidate, Evidence, Recognizer, decide, resolve_recognition_conf, vote
 from tests.conftest import read_csv
 
@@ -48,7 +48,7 @@ def _vector_index(path, rows, dim=16):
     """An index of hand-made unit vectors: rows = [(id, landmark_id, vector)]."""
     db = IndexDatabase.create_or_open(path, {"global": {"name": "test-vectors"}, "local": None}, dim)
     xb = np.stack([v / np.linalg.norm(v) for _, _, v in rows]).astype(np.float32)
-    db.write_shard([r[0] for r in rows], [r[1] for r in rows], [f"/nonexistent/{r[0]}.jpg" for r in rows], xb)
+    db.write_shard(ShardBatch([r[0] for r in rows], [r[1] for r in rows], [f"/nonexistent/{r[0]}.jpg" for r in rows], xb))
     db.commit()
     return IndexDatabase.open(path)
 
@@ -324,7 +324,7 @@ def test_evaluate_and_tune_threshold(index_copy, demo_data, tmp_path):
     assert "vote weight" in result.output and (out / "gap_vs_vote_weight.png").is_file()
     assert json.loads((index_copy / "manifest.json").read_text())["thresholds"] == manifest["thresholds"]
     result = invoke("tune-threshold", "--index", index_copy, "--queries", demo_data.holdout_csv, "--out", out, "--param", "k")
-    assert result.exit_code == 2 and "tunable parameters" in result.output
+    assert result.exit_code == 2 and "unknown tunable parameter" in result.output
     # evidence belongs to one index: another build (same data, same second even) never reuses it
     other = tmp_path / "other"
     result = invoke("build-index", "--train", demo_data.train_csv, "--images", demo_data.images_dir, "--index", other,
