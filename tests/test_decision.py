@@ -179,3 +179,21 @@ def test_answer_features_increase_with_the_evidence():
     passes, score = arrays.scores(12, 40)
     x = answer_features(arrays, score, np.array([0]))
     assert x[0] == pytest.approx([np.log1p(2.0), np.log1p(2.0) - np.log1p(0.5), 0.7])
+
+
+def test_cascade_resolution_and_the_second_matchers_reference():
+    """The second matcher runs only on a query the primary one left unresolved, and verifies the candidate image
+    the primary matcher found the most inliers with (else the most similar one)."""
+    from retrieval.recognize import Recognizer, resolved
+
+    conf = {"cascade_resolve_inliers": 20, "cascade_resolve_margin": 2.0}
+    clear = [Candidate("a", 0.9, 0.9, inliers=45, verified_refs=1), Candidate("b", 0.8, 0.8, inliers=9, verified_refs=1)]
+    assert resolved(clear, conf)
+    close = [Candidate("a", 0.9, 0.9, inliers=45, verified_refs=1), Candidate("b", 0.8, 0.8, inliers=30, verified_refs=1)]
+    assert not resolved(close, conf)  # 45 < 2 x 30: ambiguous, the learned matcher decides
+    assert not resolved([Candidate("a", 0.9, 0.9, inliers=15, verified_refs=1)], conf)  # too few to be sure
+    assert not resolved([Candidate("a", 0.9, 0.9)], conf)  # nothing verified (a photo of no landmark)
+    id_of = {10: "r10", 11: "r11"}
+    seen = Candidate("a", 0.9, 0.9, inliers=7, verified_refs=2, best_match_id="r11")
+    assert Recognizer._second_reference(seen, [10, 11], id_of) == 11
+    assert Recognizer._second_reference(Candidate("a", 0.9, 0.9, verified_refs=2), [10, 11], id_of) == 10
