@@ -151,7 +151,8 @@ def test_setup_commands_are_the_ones_ci_runs():
 def report_table(text: str) -> dict[str, set[str]]:
     """The README's ``report.json`` table: its rows' first cells -> the backticked keys of their second."""
     lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("|") and "`report.json`" in line.split("|")[1])
+    start = next((i for i, line in enumerate(lines) if line.startswith("|") and "`report.json`" in line.split("|")[1]), None)
+    assert start is not None, "no table headed `report.json` (its keys) in the README"
     rows = {}
     for line in lines[start + 2:]:
         if not line.startswith("|"):
@@ -210,6 +211,12 @@ def _number(cell: str) -> float | None:
     return float(m.group(1).replace(",", "")) if m else None
 
 
+def _equal(cell: str, value) -> bool:
+    """A documented number against the code's value (None, e.g. early exit off, equals no number)."""
+    number = _number(cell)
+    return number is not None and isinstance(value, (int, float)) and number == float(value)
+
+
 def tables(text: str) -> list[list[list[str]]]:
     """Every markdown table outside code blocks: a list of rows (the header first), each a list of cells."""
     out, current = [], []
@@ -238,7 +245,7 @@ def default_table_problems(text: str, where: str) -> list[str]:
                 conf = (resolve_recognition_conf(extractor=DEFAULT_LOCAL, second=name) if second
                         else resolve_recognition_conf(extractor=name))
                 for key, cell in zip(keys[1:], row[1:]):
-                    if key in DEFAULT_RECOGNITION_CONF and _number(cell) != float(conf[key]):
+                    if key in DEFAULT_RECOGNITION_CONF and not _equal(cell, conf[key]):
                         problems.append(f"{where}: {name} {key} documented {cell}, code {conf[key]}")
         m = re.fullmatch(r"`landmarks ([\w-]+)` option", header[0])
         if m and "default" in header:
@@ -272,7 +279,7 @@ def prose_default_problems(text: str, where: str) -> list[str]:
     problems = []
     body = prose(text)
     for key, value in re.findall(r"`(\w+)`\s*(?:=\s*|\()([0-9][0-9.,]*)", body):
-        if key in _COMMON and float(value.rstrip(".,")) != float(DEFAULT_RECOGNITION_CONF[key]):
+        if key in _COMMON and not _equal(value.rstrip(".,"), DEFAULT_RECOGNITION_CONF[key]):
             problems.append(f"{where}: `{key}` documented {value}, code {DEFAULT_RECOGNITION_CONF[key]}")
     base = resolve_recognition_conf(extractor=DEFAULT_LOCAL)
     for letter, value in re.findall(r"(?<![\w`])([kCR]) = ([0-9]+)", body):
@@ -305,6 +312,8 @@ def test_default_checks_catch_a_wrong_value():
                                                  "b: --port of serve documented default 8080, code 8000"]
     bad = good.replace("`k` = 50", "`k` = 30").replace("C = 10", "C = 12").replace("40,000,000", "180,000,000")
     assert len(prose_default_problems(bad.replace("40 MP", "180 MP"), "b")) == 4
+    # early exit is off (None): a documented number for it is wrong
+    assert prose_default_problems("stop at `confirm_inliers` (60)", "b") == ["b: `confirm_inliers` documented 60, code None"]
 
 
 # ----------------------------------------------------------------------------- links
