@@ -136,7 +136,7 @@ def build_index(
     train: Optional[Path] = typer.Option(None, "--train", help="Reference CSV with columns id,landmark_id (empty landmark_id = non-landmark). Omit to read a folder per landmark."),
     distractors: Optional[Path] = typer.Option(None, "--distractors", help="CSV of non-landmark image ids (column id) to index as distractors."),
     conf: Optional[str] = typer.Option(None, "--conf", help=f"Global configuration name (see `landmarks confs`; default: an existing index's, else {DEFAULT_GLOBAL})."),
-    local_conf: Optional[str] = typer.Option(None, "--local-conf", help=f"Local features to store for verification (see `landmarks confs`): rootsift (no weights), aliked (best quality, slower), xfeat, delf, or none (extracted on demand at query time; nothing stored). Several sets: rootsift+xfeat or rootsift+aliked (the first verifies first, the second what it leaves unresolved; also adds the second set to an existing rootsift index). Default: an existing index's, else {DEFAULT_LOCAL}."),
+    local_conf: Optional[str] = typer.Option(None, "--local-conf", help=f"Local features to store for verification (see `landmarks confs`): rootsift (no weights), aliked, xfeat, delf, or none (extracted on demand at query time; nothing stored). Several sets: rootsift+xfeat or rootsift+aliked (the first verifies first, the second what it leaves unresolved; also adds the second set to an existing rootsift index). Default: an existing index's, else {DEFAULT_LOCAL}."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Backbone weights: a checkpoint file, 'timm' (online), 'random', or 'auto' (default: an existing index's)."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Override the configuration's input size (pixels)."),
     resize: Optional[str] = typer.Option(None, "--resize", help="Which side gets --image-size: longer or shorter (aspect ratio is kept)."),
@@ -347,9 +347,14 @@ _CASCADE = typer.Option(None, "--cascade", help="The matcher cascade's second, l
                         "configuration name (its reference features are then extracted on demand: slow).")
 
 
-def _overrides(k, candidates, refs, threshold, cascade=None) -> dict:
+_CASCADE_PAIRS = typer.Option(None, "--cascade-pairs", min=0, help="Budget of the cascade's second matcher: candidates it "
+                              "verifies (one image each) on a query the primary matcher left unresolved (default: per "
+                              "second matcher, `landmarks confs`; more verifies more landmarks at ~0.15-0.3 s a pair).")
+
+
+def _overrides(k, candidates, refs, threshold, cascade=None, cascade_pairs=None) -> dict:
     return {"k": k, "num_candidates": candidates, "refs_per_candidate": refs, "inlier_threshold": threshold,
-            "cascade": cascade}
+            "cascade": cascade, "cascade_pairs": cascade_pairs}
 
 
 def _named(names: dict, landmark_id, sep: str = " ") -> str:
@@ -367,6 +372,7 @@ def recognize(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per image (JSON lines)."),
     k: Optional[int] = _NEIGHBOURS, candidates: Optional[int] = _CANDIDATES, refs: Optional[int] = _REFS_PER_CANDIDATE,
     threshold: Optional[int] = _INLIER_THRESHOLD, cascade: Optional[str] = _CASCADE,
+    cascade_pairs: Optional[int] = _CASCADE_PAIRS,
     max_pixels: Optional[int] = _MAX_PIXELS,
     device: Optional[str] = typer.Option(None, "--device"),
 ) -> None:
@@ -379,7 +385,7 @@ def recognize(
         from gldv2.names import load_names, with_names
 
         paths = _query_images(images, recursive)
-        rec = Recognizer.from_index(index, device=device, **_overrides(k, candidates, refs, threshold, cascade))
+        rec = Recognizer.from_index(index, device=device, **_overrides(k, candidates, refs, threshold, cascade, cascade_pairs))
         names = load_names(rec.db)
         failed = 0
         for image in paths:
@@ -416,6 +422,7 @@ def predict(
     no_guesses: bool = typer.Option(False, "--no-guesses", help="Leave unverified queries empty instead of a low-confidence guess ranked below every verified answer."),
     k: Optional[int] = _NEIGHBOURS, candidates: Optional[int] = _CANDIDATES, refs: Optional[int] = _REFS_PER_CANDIDATE,
     threshold: Optional[int] = _INLIER_THRESHOLD, cascade: Optional[str] = _CASCADE,
+    cascade_pairs: Optional[int] = _CASCADE_PAIRS,
     max_pixels: Optional[int] = _MAX_PIXELS,
     device: Optional[str] = typer.Option(None, "--device"),
     workers: Optional[int] = typer.Option(None, "--workers", min=0),
@@ -429,7 +436,7 @@ def predict(
 
         ray_options = _ray_options(engine, ray_address, gpus_per_worker, ray_workers)
         stats = predict_mod.main(index, queries, images, out, device=device, keep_guesses=not no_guesses,
-                                 overrides=_overrides(k, candidates, refs, threshold, cascade), num_workers=workers,
+                                 overrides=_overrides(k, candidates, refs, threshold, cascade, cascade_pairs), num_workers=workers,
                                  engine=engine, ray_options=ray_options)
         typer.echo(f"{out}: {stats['queries']} queries, {stats['verified']} verified landmarks, "
                    f"{stats['guesses']} low-confidence guesses, {stats['unreadable']} unreadable images")
@@ -516,6 +523,7 @@ def evaluate(
     out: Path = typer.Option(..., "--out", help="Report folder (report.json, predictions.csv, evidence.jsonl, plots)."),
     k: Optional[int] = _NEIGHBOURS, candidates: Optional[int] = _CANDIDATES, refs: Optional[int] = _REFS_PER_CANDIDATE,
     threshold: Optional[int] = _INLIER_THRESHOLD, cascade: Optional[str] = _CASCADE,
+    cascade_pairs: Optional[int] = _CASCADE_PAIRS,
     n_boot: int = typer.Option(1000, "--bootstrap", min=10, help="Bootstrap resamples for the GAP interval."),
     max_pixels: Optional[int] = _MAX_PIXELS,
     device: Optional[str] = typer.Option(None, "--device"),
@@ -552,7 +560,7 @@ def evaluate(
 
         ray_options = _ray_options(engine, ray_address, gpus_per_worker, ray_workers)
         report = evaluate_mod.main(index, queries, images, out, device=device, n_boot=n_boot,
-                                   overrides=_overrides(k, candidates, refs, threshold, cascade), num_workers=workers,
+                                   overrides=_overrides(k, candidates, refs, threshold, cascade, cascade_pairs), num_workers=workers,
                                    engine=engine, ray_options=ray_options)
         _print_report(report)
         typer.echo(f"report: {out / 'report.json'}")
@@ -641,8 +649,9 @@ def confs() -> None:
                    f"matcher {entry.matcher}")
     typer.echo("several local sets (--local-conf A+B: A stored as above, B beside it; A verifies first):")
     for name, local_set in local_conf_sets.items():
-        typer.echo(f"  {name:26s} {local_set.help}")
-    typer.echo("recognition defaults (override with --k, --candidates, --refs-per-candidate, --inlier-threshold):")
+        typer.echo(f"  {name + mark(name, DEFAULT_LOCAL):26s} {local_set.help}")
+    typer.echo("recognition defaults (override with --k, --candidates, --refs-per-candidate, --inlier-threshold, "
+               "--cascade, --cascade-pairs):")
     typer.echo(f"  {'all':26s} {json.dumps(DEFAULT_RECOGNITION_CONF)}")
     for name, entry in local_registry.items():
         if entry.decision:
@@ -666,6 +675,7 @@ def serve(
     max_pixels: int = typer.Option(40_000_000, "--max-pixels", min=1, help="Pixel budget of an upload: larger images are answered 413 from their header, before decoding."),
     k: Optional[int] = _NEIGHBOURS, candidates: Optional[int] = _CANDIDATES, refs: Optional[int] = _REFS_PER_CANDIDATE,
     threshold: Optional[int] = _INLIER_THRESHOLD, cascade: Optional[str] = _CASCADE,
+    cascade_pairs: Optional[int] = _CASCADE_PAIRS,
     device: Optional[str] = typer.Option(None, "--device"),
 ) -> None:
     """HTTP service and web page: recognise uploaded photos with the index and models loaded once."""
@@ -675,7 +685,7 @@ def serve(
 
         limits = Limits(workers=workers, max_upload_mb=max_upload_mb, request_timeout_s=timeout, max_pixels=max_pixels)
         serve_app(index, host=host, port=port, limits=limits, device=device,
-                  overrides=_overrides(k, candidates, refs, threshold, cascade))
+                  overrides=_overrides(k, candidates, refs, threshold, cascade, cascade_pairs))
 
     _guard(body)
 

@@ -20,7 +20,11 @@ import typer.main
 from typer.testing import CliRunner
 
 from cli import app
-from retrieval.defaults import CASCADE_DEFAULTS, DEFAULT_LOCAL, DEFAULT_RECOGNITION_CONF, EXTRACTOR_DEFAULTS
+from retrieval.defaults import DEFAULT_LOCAL, DEFAULT_RECOGNITION_CONF
+from retrieval.local_features import split_local_conf
+from retrieval.registry import local_registry
+
+DEFAULT_PRIMARY = split_local_conf(DEFAULT_LOCAL)[0]  # the default's first (primary) local features
 from retrieval.image_io import DEFAULT_MAX_PIXELS
 from retrieval.recognize import resolve_recognition_conf
 from tests.conftest import read_csv
@@ -242,7 +246,7 @@ def default_table_problems(text: str, where: str) -> list[str]:
             second = "second matcher" in header[0]
             for row in table[1:]:
                 name = re.findall(r"`([\w+]+)`", row[0])[0]
-                conf = (resolve_recognition_conf(extractor=DEFAULT_LOCAL, second=name) if second
+                conf = (resolve_recognition_conf(extractor=DEFAULT_PRIMARY, second=name) if second
                         else resolve_recognition_conf(extractor=name))
                 for key, cell in zip(keys[1:], row[1:]):
                     if key in DEFAULT_RECOGNITION_CONF and not _equal(cell, conf[key]):
@@ -269,7 +273,7 @@ def default_table_problems(text: str, where: str) -> list[str]:
 
 # Parameters whose default is the same for every local configuration: prose may quote them by name.
 _COMMON = {k for k in DEFAULT_RECOGNITION_CONF
-           if not any(k in d for d in (*EXTRACTOR_DEFAULTS.values(), *CASCADE_DEFAULTS.values()))}
+           if not any(k in e.decision or k in e.as_second for e in local_registry.values())}
 _LETTERS = {"k": "k", "C": "num_candidates", "R": "refs_per_candidate"}
 
 
@@ -281,7 +285,7 @@ def prose_default_problems(text: str, where: str) -> list[str]:
     for key, value in re.findall(r"`(\w+)`\s*(?:=\s*|\()([0-9][0-9.,]*)", body):
         if key in _COMMON and not _equal(value.rstrip(".,"), DEFAULT_RECOGNITION_CONF[key]):
             problems.append(f"{where}: `{key}` documented {value}, code {DEFAULT_RECOGNITION_CONF[key]}")
-    base = resolve_recognition_conf(extractor=DEFAULT_LOCAL)
+    base = resolve_recognition_conf(extractor=DEFAULT_PRIMARY)
     for letter, value in re.findall(r"(?<![\w`])([kCR]) = ([0-9]+)", body):
         if float(value) != float(base[_LETTERS[letter]]):
             problems.append(f"{where}: {letter} = {value} documented, code {base[_LETTERS[letter]]}")
