@@ -136,5 +136,5 @@ def format_summary(s: dict[str, Any]) -> str:
     if names:
         lines.insert(2, "landmarks: " + ", ".join(f"{k} {v}" for k, v in sorted(names.items(), key=lambda kv: (len(kv[0]), kv[0]))))
     if not s["synthetic"]:
-        lines.append("(37 photos: enough to see the product work, far too few to measure it; see the README's figures)")
+        lines.append("(37 photos: enough to see the product work, far too few to measure it; see docs/figures.md)")
     return "\n".join(lines)

@@ -23,10 +23,10 @@ A candidate *passes* when some matcher reached its threshold (score >= 1).
    "no landmark" (tested as a property over random evidence).
 3. Otherwise the answer is the unverified guess: the top-voted candidate, ranked below every verified answer.
 
-**Confidence bands** (documented in the README). A verified answer gets a confidence in [0.5, 1]:
+**Confidence bands** (documented in docs/recognition.md). A verified answer gets a confidence in [0.5, 1]:
 ``0.5 + 0.5 * ((1 - w) * min(score * inlier_threshold, cap) / cap + w * sim)`` (for a single matcher,
 ``score * inlier_threshold`` is just its inlier count); a guess gets ``0.49 * sim`` in [0, 0.49]. With a
-fitted :class:`ConfidenceModel` (``tune-threshold --fit-confidence``), ``p`` = its probability that the
+fitted :class:`ConfidenceModel` (``tune-threshold`` (``--confidence auto|fitted``)), ``p`` = its probability that the
 answer is right replaces the mix: ``0.5 + 0.5 * p`` and ``0.49 * p``. Either way verified answers rank above
 guesses, so a guess can only add correct predictions at the tail of the GAP ranking.
 """
@@ -274,7 +274,7 @@ def answer_features(arrays: CandidateArrays, score: np.ndarray, column: np.ndarr
 class ConfidenceModel:
     """A logistic model of "the answer is right" that is monotone in the evidence (no negative weight).
 
-    Fitted by ``tune-threshold --fit-confidence`` on the answers of a labelled holdout, stored in the index
+    Fitted by ``tune-threshold`` (``--confidence auto|fitted``) on the answers of a labelled holdout, stored in the index
     manifest (``thresholds.confidence_model``) and used by every command that decides.
     """
 

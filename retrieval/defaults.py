@@ -1,7 +1,7 @@
 """The shipped defaults, in one place and importable without torch (the CLI shows them in ``--help``).
 
 Recognition defaults were chosen on real photos with ``benchmarks/bench_real.py`` and
-``benchmarks/bench_local.py`` (README, "Measured figures"), not on generated ones. The defaults calibrated for
+``benchmarks/bench_local.py`` (docs/figures.md), not on generated ones. The defaults calibrated for
 each kind of local features (each matcher has its own inlier scale and cost per pair) are part of that local
 configuration's entry in :mod:`retrieval.registry`; they apply over :data:`DEFAULT_RECOGNITION_CONF`.
 """
@@ -40,7 +40,7 @@ DEFAULT_RECOGNITION_CONF: dict[str, Any] = {
     "vote_weight": 0.5,  # w: share of similarity (vs inliers) in a verified confidence
     # Subtract from every similarity the mean similarity of the query to its `distractor_k` nearest
     # non-landmark references (GLR 2020 winner's discount), searched among all of them, not only among the
-    # k neighbours (that made it jump when one moved from rank k+1 to k). Off by default: see README.
+    # k neighbours (that made it jump when one moved from rank k+1 to k). Off by default: see docs/recognition.md.
     "distractor_discount": False,
     "distractor_k": 3,
     "on_demand_local": "rootsift",  # local features extracted on demand when the index stores none
@@ -55,7 +55,7 @@ DEFAULT_RECOGNITION_CONF: dict[str, Any] = {
     # this many times the runner-up's: RootSIFT's wrong pairs of real photos stay at <= 10 inliers.
     "cascade_resolve_inliers": 20,
     "cascade_resolve_margin": 2.0,
-    # A fitted confidence (tune-threshold --fit-confidence writes one into the manifest); None: the bands.
+    # A fitted confidence (tune-threshold writes one into the manifest when it beats the bands in cross-validation); None: the bands.
     "confidence_model": None,
 }
 

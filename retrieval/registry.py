@@ -10,7 +10,7 @@ An entry holds everything the project knows about one kind of local features (co
 - ``matcher``: the name in :data:`retrieval.matching.match_confs` a pair of these features is verified with;
 - ``decision``: the recognition defaults calibrated on real photos for that matcher (its inlier scale, its cost
   per pair), applied over :data:`~retrieval.defaults.DEFAULT_RECOGNITION_CONF` when the set verifies first
-  and under an index's tuned thresholds and the user's overrides (README, "Measured figures");
+  and under an index's tuned thresholds and the user's overrides (docs/figures.md);
 - ``as_second``: the decision defaults when the set is the matcher cascade's second, learned matcher
   (applied over the primary set's ``decision``): its own inlier threshold (the scale its counts are divided
   by) and the margin learned matchers need.
