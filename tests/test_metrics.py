@@ -415,3 +415,21 @@ def test_map_at_k_cut_off_duplicates_and_many_relevant():
     assert average_precision_at_k(["a", "b"], {"a", "b", "c"}, k=2) == 1.0  # divided by min(m, k)
     with pytest.raises(ValueError, match="no query of the solution has a relevant image"):
         map_at_k({"a": ["x"]}, {"a": set()})
+
+
+def test_cluster_bootstrap_memory_does_not_grow_with_the_largest_cluster():
+    """One landmark with 2,000 queries among 20,000 others: the harmonic table is sized by the largest resample
+    drawn, not by clusters x the largest cluster (that was 40 million floats, 320 MB, here)."""
+    import tracemalloc
+
+    from eval.metrics import bootstrap_gap_ci, landmark_clusters
+
+    solution = {f"a{i:05d}": frozenset({"A"}) for i in range(2000)}
+    solution.update({f"n{i:05d}": frozenset() for i in range(20000)})
+    predictions = {q: ("A", 0.9 - 1e-6 * i) for i, q in enumerate(sorted(solution)) if i % 3}
+    tracemalloc.start()
+    lo, hi = bootstrap_gap_ci(predictions, solution, n_boot=20, seed=0, clusters=landmark_clusters(solution))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert 0 <= lo <= hi <= 1
+    assert peak < 150 * 2**20, peak / 2**20
