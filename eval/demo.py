@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from gldv2 import names as names_mod
 from retrieval import extract, visualize
 from retrieval.data import read_reference_csv, resolve_image_path
 from retrieval.recognize import VERIFIED_BASE
@@ -46,14 +47,19 @@ DEMO_PHOTOS = Path(__file__).resolve().parent / "demo_photos"
 
 
 def landmark_names(data_dir: Path) -> dict[str, str]:
-    """landmark_id -> name from a ``sources.csv`` beside the CSVs (empty when there is none)."""
+    """landmark_id -> name from a ``sources.csv`` beside the CSVs (empty when there is none).
+
+    The shipped names are folder-style slugs (``toronto_university_college``): shown with underscores as
+    spaces, as build-index names the landmarks of a folder-per-landmark layout.
+    """
     sources = data_dir / "sources.csv"
     if not sources.is_file():
         return {}
     df = pd.read_csv(sources, dtype=str, keep_default_na=False)
     if not {"landmark_id", "landmark_name"} <= set(df):
         return {}
-    return {lm: name for lm, name in zip(df["landmark_id"], df["landmark_name"]) if lm}
+    return {lm: names_mod.clean_name(name.replace("_", " "))
+            for lm, name in zip(df["landmark_id"], df["landmark_name"]) if lm and name.strip()}
 
 
 def main(
@@ -83,6 +89,9 @@ def main(
     gconf, lconf, lsets = extract.confs_for_index(index_dir, conf, local_conf, image_size=image_size)
     build = extract.main(refs, index_dir, gconf, lconf, local_sets=lsets, device=device,
                          num_workers=num_workers, progress=progress)
+    names = landmark_names(Path(data_dir))
+    if names:  # stored with the index, as build-index --landmark-names does: the match picture shows them
+        names_mod.store_names(index_dir, names)
     report = evaluate_mod.main(index_dir, holdout_csv, images_dir, report_dir, device=device,
                                progress=progress, num_workers=num_workers, n_boot=n_boot)
     solution = solution_dict(read_solution(holdout_csv))
@@ -97,7 +106,7 @@ def main(
         "work_dir": str(work_dir),
         "data": str(data_dir),
         "synthetic": synthetic,
-        "landmark_names": landmark_names(Path(data_dir)),
+        "landmark_names": names,
         "index": str(index_dir),
         "report": str(report_dir),
         "n_references": build["n_total"],
@@ -134,7 +143,7 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.insert(-1, f"match picture (show-matches): {s['matches_png']}")
     names = s.get("landmark_names") or {}
     if names:
-        lines.insert(2, "landmarks: " + ", ".join(f"{k} {v}" for k, v in sorted(names.items(), key=lambda kv: (len(kv[0]), kv[0]))))
+        lines.insert(2, "landmarks: " + ", ".join(f"{k} ({v})" for k, v in sorted(names.items(), key=lambda kv: (len(kv[0]), kv[0]))))
     if not s["synthetic"]:
         lines.append("(37 photos: enough to see the product work, far too few to measure it; see docs/figures.md)")
     return "\n".join(lines)

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import logging
+import unicodedata
 from pathlib import Path
+from typing import Mapping
 
 import cv2
 import numpy as np
@@ -18,6 +20,7 @@ logger = logging.getLogger(__name__)
 
 PANEL_SIDE = 480  # each image is drawn with its longer side at this many pixels
 HEADER = 56  # pixels of text above each pair
+NAME_CHARS = 60  # a landmark name in a caption is cut to this many characters
 
 
 def _fit(image: np.ndarray, side: int) -> tuple[np.ndarray, float]:
@@ -27,8 +30,29 @@ def _fit(image: np.ndarray, side: int) -> tuple[np.ndarray, float]:
     return out, scale
 
 
+def ascii_text(text: str) -> str:
+    """``text`` as OpenCV's Hershey fonts can draw it: printable ASCII only.
+
+    Accents are dropped (``Café`` -> ``Cafe``); any other character (CJK, emoji, controls) becomes ``?``.
+    """
+    plain = unicodedata.normalize("NFKD", text)
+    plain = "".join(ch for ch in plain if not unicodedata.combining(ch))
+    return "".join(ch if " " <= ch <= "~" else "?" for ch in plain)
+
+
+def landmark_label(landmark_id: str | None, names: Mapping[str, str] | None) -> str:
+    """``7`` or ``7 (Eiffel Tower)`` when the index names the landmark (cut to NAME_CHARS)."""
+    name = (names or {}).get(landmark_id) if landmark_id is not None else None
+    if not name:
+        return str(landmark_id)
+    if len(name) > NAME_CHARS:
+        name = name[: NAME_CHARS - 3] + "..."
+    return f"{landmark_id} ({name})"
+
+
 def _text(canvas: np.ndarray, text: str, org: tuple[int, int], color=(20, 20, 20), scale: float = 0.5) -> None:
-    cv2.putText(canvas, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1, cv2.LINE_AA)
+    # names and file names come from users' data: cv2.putText draws non-ASCII as '?'s or garbage
+    cv2.putText(canvas, ascii_text(text), org, cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1, cv2.LINE_AA)
 
 
 def draw_pair(
@@ -65,17 +89,18 @@ def draw_pair(
 
 
 def render(rec: Recognizer, name: str, query_arr: np.ndarray, features: Features, evidence: Evidence,
-           pred: Prediction, max_candidates: int = 3) -> np.ndarray:
+           pred: Prediction, max_candidates: int = 3, names: Mapping[str, str] | None = None) -> np.ndarray:
     """The match sheet (RGB) of a recognised query: one row per candidate, the answer first.
 
     ``query_arr`` is the decoded query at any size; ``features``, ``evidence`` and ``pred`` come from ``rec``
     (``describe_image``, ``evidence``, ``decide``). Keypoints are in detection pixels: they are drawn on the
     decoded arrays (the query's features carry their detection size; a stored reference's is derived from
-    the decoded size and the extractor's resize rule).
+    the decoded size and the extractor's resize rule). ``names``: landmark names to show beside the ids
+    (``gldv2.names.load_names``).
     """
-    decision = (f"landmark {pred.landmark_id} (confidence {pred.confidence:.3f}, {pred.inliers} inliers)"
+    decision = (f"landmark {landmark_label(pred.landmark_id, names)} (confidence {pred.confidence:.3f}, {pred.inliers} inliers)"
                 if pred.landmark_id is not None else
-                f"no landmark (best guess {pred.guess}, {pred.inliers} inliers < threshold {rec.conf['inlier_threshold']})")
+                f"no landmark (best guess {landmark_label(pred.guess, names)}, {pred.inliers} inliers < threshold {rec.conf['inlier_threshold']})")
     side = rec.local_image_size or 1024
     resize_max = rec.local.conf.get("resize_max")  # DELF has none: it detects on the decoded image itself
     q_size = (query_arr.shape[1], query_arr.shape[0])
@@ -98,7 +123,7 @@ def render(rec: Recognizer, name: str, query_arr: np.ndarray, features: Features
         ref_kp = scale_keypoints(ref_local, r_size, resize_max).keypoints
         header = [
             f"{name}: {decision}",
-            f"#{rank} by inliers: landmark {cand.landmark_id}  vote {cand.vote:.3f}  sim {cand.sim:.3f}  "
+            f"#{rank} by inliers: landmark {landmark_label(cand.landmark_id, names)}  vote {cand.vote:.3f}  sim {cand.sim:.3f}  "
             f"inliers {res.inliers} / {len(res.matches)} matches",
             f"reference {ref_id}",
         ]
@@ -120,7 +145,10 @@ def main(index_dir: str | Path, image: str | Path, out_png: str | Path, max_cand
     evidence, _ = rec.evidence(features, early_exit=False)
     pred = rec.decide(evidence)
     query_arr, _ = load_image(image, max_side=rec.local_image_size or 1024)
-    sheet = render(rec, Path(str(image)).name, query_arr, features, evidence, pred, max_candidates)
+    from gldv2.names import load_names  # here: gldv2 depends on retrieval, not the other way round at import
+
+    sheet = render(rec, Path(str(image)).name, query_arr, features, evidence, pred, max_candidates,
+                   names=load_names(rec.db))
     out_png = Path(out_png)
     with atomic_output(out_png, keep_suffix=True) as tmp:
         if not cv2.imwrite(str(tmp), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):

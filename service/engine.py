@@ -36,6 +36,7 @@ from typing import Any, Iterator, Mapping
 import cv2
 import numpy as np
 
+from gldv2.names import load_names, with_names
 from index.database import IndexDatabase
 from index.manifest import package_version
 from retrieval.cache import LRU
@@ -138,8 +139,10 @@ class Loaded:
     so memory and the disk space of segments removed by ``compact`` do not outlive a reload.
     """
 
-    def __init__(self, rec: Recognizer, index_dir: Path, generation: int, models_key: str):
+    def __init__(self, rec: Recognizer, index_dir: Path, generation: int, models_key: str,
+                 names: Mapping[str, str] | None = None):
         self.rec = rec
+        self.names = dict(names or {})  # landmark names stored with the index (gldv2.names); {} when none
         self.index_dir = index_dir
         self.generation = generation
         self.models_key = models_key  # answers drawn later need the same models (see Engine.matches_png)
@@ -203,6 +206,7 @@ class Answer:
     neighbours: list[dict[str, Any]]  # the nearest references as ``query --json`` rows (at most MAX_RESULT_K)
     query: np.ndarray  # the query downscaled to QUERY_KEEP_SIDE
     orig_size: tuple[int, int]
+    names: Mapping[str, str] = field(default_factory=dict)  # the snapshot's landmark names ({} when none)
     pngs: dict[int, bytes] = field(default_factory=dict)  # match pictures drawn, by number of candidates
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -280,7 +284,7 @@ class Engine:
         self._models = (key, fx)
         logger.info("loaded index %s (%d images, index_id %s) in %.1f s", self.index_dir, db.size,
                     db.manifest.get("index_id"), time.perf_counter() - start)
-        state = Loaded(rec, self.index_dir, generation, key)
+        state = Loaded(rec, self.index_dir, generation, key, names=load_names(db))
         self._snapshots.add(state)
         return state
 
@@ -414,8 +418,9 @@ class Engine:
             generation, models_key = state.generation, state.models_key
         rid = uuid.uuid4().hex[:16]
         keep = resize_max_side(item.local_image if item.local_image is not None else item.global_image, QUERY_KEEP_SIDE)
-        self.answers.put(rid, Answer(name, generation, models_key, features, evidence, pred, table, keep, item.orig_size))
-        return rid, pred.to_json(name)
+        self.answers.put(rid, Answer(name, generation, models_key, features, evidence, pred, table, keep, item.orig_size,
+                                     names=state.names))
+        return rid, _named(pred.to_json(name), state.names)
 
     def neighbours(self, data: bytes, name: str | None, k: int = 10) -> dict[str, Any]:
         """The JSON of ``query --json`` for one uploaded image. Raises BadImage."""
@@ -424,7 +429,7 @@ class Engine:
             db = state.rec.db
             _, features = self.features(state, data, name, local=False)
             D, I = db.search(features.global_desc[None].astype(np.float32), min(int(k), db.size))
-            return {"image": name, "neighbours": neighbours_table(db, D[0], I[0])}
+            return _named({"image": name, "neighbours": neighbours_table(db, D[0], I[0])}, state.names)
 
     def answer(self, rid: str) -> Answer:
         ans = self.answers.get(rid)
@@ -435,12 +440,12 @@ class Engine:
     def result(self, rid: str, k: int = 12) -> dict[str, Any]:
         """A recent recognize answer with its nearest references (as ``query --json`` rows)."""
         ans = self.answer(rid)
-        return {
+        return _named({
             "request_id": rid,
             "recognition": ans.pred.to_json(ans.name),
             "neighbours": ans.neighbours[:k],
             "matches": f"/matches/{rid}.png",
-        }
+        }, ans.names)
 
     def matches_png(self, rid: str, candidates: int = 3) -> bytes:
         """The match picture of a recent recognize answer: the rendering of ``show-matches``, drawn once.
@@ -459,7 +464,7 @@ class Engine:
                         raise UnknownResult(rid)
                     evidence = ans.evidence if state.generation == ans.generation else _still_indexed(state, ans.evidence)
                     sheet = visualize.render(state.rec, ans.name, ans.query, ans.features,
-                                             evidence, ans.pred, max_candidates=candidates)
+                                             evidence, ans.pred, max_candidates=candidates, names=state.names)
                 ok, buf = cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
                 if not ok:
                     raise RuntimeError("PNG encoding failed")
@@ -487,6 +492,11 @@ class Engine:
         if data is not None:
             self.thumbs.put(key, data)
         return data
+
+
+def _named(answer: dict[str, Any], names: Mapping[str, str]) -> dict[str, Any]:
+    """``answer`` with ``landmark_name`` beside every ``landmark_id`` when the index has names, as the CLI's JSON."""
+    return with_names(answer, names) if names else answer
 
 
 def _still_indexed(state: Loaded, evidence: Evidence) -> Evidence:

@@ -28,6 +28,8 @@ class _Open(BaseModel):
 
 class CandidateBody(_Open):
     landmark_id: str
+    landmark_name: Optional[str] = Field(None, description="The landmark's name when the index has names "
+                                                           "(build-index --landmark-names); absent otherwise")
     vote: float
     inliers: int
     best_match_id: Optional[str]
@@ -38,6 +40,8 @@ class Recognition(_Open):
 
     image: str = Field(..., description="The upload's file name (base name only)")
     landmark_id: Optional[str] = Field(..., description="The landmark, or null for 'no landmark'")
+    landmark_name: Optional[str] = Field(None, description="The landmark's name when the index has names "
+                                                           "(build-index --landmark-names); absent otherwise")
     confidence: float
     inliers: int
     candidates: list[CandidateBody]
@@ -54,6 +58,8 @@ class NeighbourRow(_Open):
     rank: int = Field(..., ge=1)
     id: str
     landmark_id: Optional[str] = Field(..., description="null for a non-landmark reference")
+    landmark_name: Optional[str] = Field(None, description="The landmark's name when the index has names "
+                                                           "(build-index --landmark-names); absent otherwise")
     score: float
     path: str
 

@@ -3,8 +3,13 @@ index, shown by recognize and query (JSON gains landmark_name beside landmark_id
 from __future__ import annotations
 
 import json
+import re
 import shutil
+from pathlib import Path
 
+import cv2
+import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from cli import app
@@ -80,3 +85,105 @@ def test_folder_layout_names_landmarks_by_folder(demo_data, tmp_path):
     photo = str(next((folders / "Tower_Bridge").iterdir()))
     result = runner.invoke(app, ["query", "--index", str(index), photo, "--k", "1", "--json"])
     assert json.loads(result.output.strip().splitlines()[-1])["neighbours"][0]["landmark_name"] == "Tower Bridge"
+
+
+# ----------------------------------------------------------------------------- the service, the page, the pictures
+
+EVIL = '<script>alert("x")</script> & Café 東京 ☃'  # markup, an accent, CJK and a symbol cv2 cannot draw
+
+
+def test_service_json_has_names_as_the_cli(demo_data, index_copy):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    from fastapi.testclient import TestClient
+
+    from gldv2.names import store_names
+    from service.app import create_app
+    from service.engine import Engine
+
+    landmarks = sorted(set(read_csv(demo_data.train_csv)["landmark_id"]) - {""})
+    names = {lm: f"{EVIL} {lm}" for lm in landmarks}
+    store_names(index_copy, names)
+    holdout = read_csv(demo_data.holdout_csv)
+    qid = holdout[holdout["landmark_id"] != ""]["id"].iloc[0]
+    photo = demo_data.images_dir / f"{qid}.jpg"
+    engine = Engine(index_copy, max_batch=1)
+    try:
+        with TestClient(create_app(engine=engine)) as client:
+            resp = client.post("/recognize", files={"image": (photo.name, photo.read_bytes(), "image/jpeg")})
+            assert resp.status_code == 200, resp.text
+            served = resp.json()
+            cli = runner.invoke(app, ["recognize", "--index", str(index_copy), str(photo), "--json"])
+            assert cli.exit_code == 0, cli.output
+            expected = json.loads(cli.stdout.strip().splitlines()[-1])
+            assert list(served) == list(expected) and served == {**expected, "image": photo.name}  # as the CLI
+            keys = list(served)
+            assert keys[keys.index("landmark_id") + 1] == "landmark_name"
+            assert served["candidates"] and all(c["landmark_name"] == names[c["landmark_id"]] for c in served["candidates"])
+            # the name is returned as data: the raw text, not escaped or stripped
+            assert all(c["landmark_name"].startswith('<script>alert("x")</script>') for c in served["candidates"])
+            rid = resp.headers["X-Request-Id"]
+
+            batch = client.post("/recognize/batch", files=[("image", (photo.name, photo.read_bytes()))]).json()
+            assert batch == [served]
+            res = client.get(f"/results/{rid}?k=4").json()
+            assert res["recognition"] == served
+            for rows in (res["neighbours"], client.post("/neighbours?k=4", files={"image": (photo.name, photo.read_bytes())}).json()["neighbours"]):
+                assert rows and all(list(n)[list(n).index("landmark_id") + 1] == "landmark_name" for n in rows)
+                assert all(n["landmark_name"] == (names[n["landmark_id"]] if n["landmark_id"] else None) for n in rows)
+            # the match picture draws the names (non-ASCII included) without error
+            png = client.get(f"/matches/{rid}.png")
+            assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+            assert cv2.imdecode(np.frombuffer(png.content, np.uint8), cv2.IMREAD_COLOR) is not None
+            spec = client.get("/openapi.json").json()["components"]["schemas"]
+            assert "landmark_name" in spec["Recognition"]["properties"] and "landmark_name" in spec["NeighbourRow"]["properties"]
+    finally:
+        engine.close()
+
+
+def test_page_sets_names_as_text_only():
+    """A static check of the page: names reach the DOM through textContent (label/fillText), never as HTML."""
+    page = (Path(__file__).resolve().parents[1] / "service" / "static" / "index.html").read_text()
+    script = page[page.index("<script>"):]
+    assert "landmark_name" in script
+    for line in script.splitlines():
+        if "landmark_name" in line or "label(" in line:
+            assert not re.search(r"innerHTML|insertAdjacentHTML|outerHTML|document\.write", line), line
+            if "${label(" in line:  # spliced into a template string: only one that is set as text
+                assert re.match(r"\s*[\w.$()\"', ]*\.textContent = `", line), line
+    # the results of label() go to text only
+    uses = re.findall(r"(\w+(?:\.\w+)*)\s*=\s*[^;\n]*label\(", script)
+    assert uses and all(u.endswith(("textContent", "title", "lms", "label")) for u in uses), uses
+
+
+def test_match_caption_is_ascii_safe():
+    from retrieval.visualize import _text, ascii_text, landmark_label
+
+    assert ascii_text("Café de Flore") == "Cafe de Flore"
+    assert ascii_text("東京 ☃\x1b") == "?? ??"
+    assert landmark_label("7", {"7": "Eiffel Tower"}) == "7 (Eiffel Tower)"
+    assert landmark_label("8", {"7": "Eiffel Tower"}) == "8" and landmark_label(None, {}) == "None"
+    assert len(landmark_label("7", {"7": "x" * 500})) < 80
+    canvas = np.full((40, 400, 3), 255, np.uint8)
+    _text(canvas, f"landmark {landmark_label('7', {'7': EVIL})}", (4, 20))
+    assert (canvas < 255).any()
+
+
+def test_demo_names_are_stored_and_printed(index_copy):
+    from eval import demo
+    from gldv2.names import load_names, store_names
+
+    names = demo.landmark_names(demo.DEMO_PHOTOS)
+    assert names and all("_" not in v for v in names.values())  # the shipped slugs, as words
+    store_names(index_copy, names)
+    assert load_names(index_copy) == names
+    lm, name = next(iter(sorted(names.items())))
+    summary = {"data": "d", "synthetic": False, "n_references": 1, "build_seconds": 1.0, "landmark_names": names,
+               "retrieval": {"precision@1": 1.0}, "index": "i", "report": "r", "seconds": 1.0,
+               "tuning": {"chosen_inlier_threshold": 10, "in_sample_gap": 1.0, "cv_gap": 1.0},
+               "evaluation": {"n_queries": 1, "n_landmark_queries": 1, "n_nonlandmark_queries": 0, "gap": 1.0,
+                              "gap_ci95": [1.0, 1.0], "thresholds": {"inlier_threshold": 10},
+                              "global_1nn": {"gap": 1.0, "gap_ci95": [1.0, 1.0]},
+                              "global_only": {"nonlandmark_prediction_rate": None},
+                              "strict": {"nonlandmark_prediction_rate": None}}}
+    assert f"{lm} ({name})" in demo.format_summary(summary)
