@@ -49,8 +49,7 @@ DEMO_PHOTOS = Path(__file__).resolve().parent / "demo_photos"
 def landmark_names(data_dir: Path) -> dict[str, str]:
     """landmark_id -> name from a ``sources.csv`` beside the CSVs (empty when there is none).
 
-    The shipped names are folder-style slugs (``toronto_university_college``): shown with underscores as
-    spaces, as build-index names the landmarks of a folder-per-landmark layout.
+    The names are shown as written there (the shipped ones are slugs: ``toronto_university_college``).
     """
     sources = data_dir / "sources.csv"
     if not sources.is_file():
@@ -58,7 +57,7 @@ def landmark_names(data_dir: Path) -> dict[str, str]:
     df = pd.read_csv(sources, dtype=str, keep_default_na=False)
     if not {"landmark_id", "landmark_name"} <= set(df):
         return {}
-    return {lm: names_mod.clean_name(name.replace("_", " "))
+    return {lm: names_mod.clean_name(name)
             for lm, name in zip(df["landmark_id"], df["landmark_name"]) if lm and name.strip()}
 
 
