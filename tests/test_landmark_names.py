@@ -92,7 +92,7 @@ def test_folder_layout_names_landmarks_by_folder(demo_data, tmp_path):
 EVIL = '<script>alert("x")</script> & Café 東京 ☃'  # markup, an accent, CJK and a symbol cv2 cannot draw
 
 
-def test_service_json_has_names_as_the_cli(demo_data, index_copy):
+def test_service_json_has_names_as_the_cli(demo_data, index_copy, monkeypatch):
     pytest.importorskip("fastapi")
     pytest.importorskip("httpx")
     from fastapi.testclient import TestClient
@@ -131,8 +131,15 @@ def test_service_json_has_names_as_the_cli(demo_data, index_copy):
             for rows in (res["neighbours"], client.post("/neighbours?k=4", files={"image": (photo.name, photo.read_bytes())}).json()["neighbours"]):
                 assert rows and all(list(n)[list(n).index("landmark_id") + 1] == "landmark_name" for n in rows)
                 assert all(n["landmark_name"] == (names[n["landmark_id"]] if n["landmark_id"] else None) for n in rows)
-            # the match picture draws the names (non-ASCII included) without error
+            # the match picture draws the names (non-ASCII included) without error, ASCII-safe
+            from retrieval import visualize
+
+            drawn: list[str] = []
+            monkeypatch.setattr(visualize.cv2, "putText", lambda img, text, *a, **k: drawn.append(text))
             png = client.get(f"/matches/{rid}.png")
+            c0 = served["candidates"][0]["landmark_id"]
+            assert any(f"landmark {c0} (<script>alert(\"x\")</script> & Cafe ?? ? {c0})" in t for t in drawn), drawn
+            assert all(t.isascii() for t in drawn)
             assert png.status_code == 200 and png.headers["content-type"] == "image/png"
             assert cv2.imdecode(np.frombuffer(png.content, np.uint8), cv2.IMREAD_COLOR) is not None
             spec = client.get("/openapi.json").json()["components"]["schemas"]
