@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from index import database
+from index import ShardBatch, database
 from index.database import RETIRE_GRACE_ENV, IndexDatabase
 
 CONFIG = {"global": {"model": "synthetic"}, "local": {"extractor": "synthetic"}}
@@ -18,9 +18,9 @@ DIM = 16
 def add_batch(db: IndexDatabase, start: int, n: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     kp = [np.c_[rng.uniform(0, 100, (4, 2)), np.ones((4, 2))].astype(np.float32) for _ in range(n)]
-    db.write_shard([f"im{start + i:04d}" for i in range(n)], [str((start + i) % 5) for i in range(n)],
-                   [f"/p/{start + i}.jpg" for i in range(n)], rng.normal(size=(n, DIM)), kp,
-                   [rng.normal(size=(4, 8)) for _ in range(n)], np.full((n, 2), 100))
+    db.write_shard(ShardBatch([f"im{start + i:04d}" for i in range(n)], [str((start + i) % 5) for i in range(n)],
+                              [f"/p/{start + i}.jpg" for i in range(n)], rng.normal(size=(n, DIM)), kp,
+                              [rng.normal(size=(4, 8)) for _ in range(n)], np.full((n, 2), 100)))
 
 
 def answers(db: IndexDatabase, xq: np.ndarray) -> tuple:

@@ -126,8 +126,17 @@ def test_build_index_ray_resumes_without_duplicates(ray_cluster, demo_data, buil
 def test_a_retried_task_publishes_its_shard_once(demo_data, tmp_path, monkeypatch):
     """The same block given to an actor twice (Ray retrying a task): one shard, the images extracted once."""
     pytest.importorskip("ray")
-    from engines.ray import ShardActor, runtime_versions
+    import logging
+
+    from engines.ray import PACKAGE_LOGGERS, ShardActor, runtime_versions
     from retrieval.data import read_references
+
+    # The actor runs in this process here (in Ray it has a worker process of its own), and it sends the package
+    # loggers' records to the driver instead of printing them: put them back afterwards.
+    for name in PACKAGE_LOGGERS:
+        log = logging.getLogger(name)
+        monkeypatch.setattr(log, "propagate", log.propagate)
+        monkeypatch.setattr(log, "handlers", list(log.handlers))
     from retrieval.defaults import DEFAULT_GLOBAL
     from retrieval.extract import FeatureExtractor
     from retrieval.global_model import resolve_global_conf
