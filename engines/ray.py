@@ -15,7 +15,7 @@ ids in committed segments or in shards on disk are never sent to Ray. Each run n
 fresh multiple of :data:`RUN_STRIDE`, so a shard that an actor of an interrupted run finishes late never takes
 the name of one of this run's.
 
-**predict / evaluate**: :func:`map_paths` maps query paths over actors (``eval.runner.EvidenceActor``), whose
+**predict / evaluate**: :func:`map_paths` maps query paths over actors (``eval.evidence.EvidenceActor``), whose
 pickled records the driver writes to the evidence file in input order (``preserve_order`` on that dataset's
 own context only).
 
@@ -469,7 +469,7 @@ def map_paths(
     """(position, result) for each path, in input order, from ``actor_cls(**actor_kwargs, versions, threads)(batch)``.
 
     ``actor_cls`` is a :class:`RayActor` taking a numpy batch ``{"pos", "path"}`` and returning
-    :func:`pack_results` (see ``eval.runner.EvidenceActor``). Every position is yielded exactly once (a row
+    :func:`pack_results` (see ``eval.evidence.EvidenceActor``). Every position is yielded exactly once (a row
     that a retried task delivers again is dropped). Order is preserved for this dataset only (its own
     DataContext), not for other Ray Data pipelines of the process.
     """
