@@ -62,7 +62,7 @@ def _guard(func, max_pixels: Optional[int] = None):
 
     ``max_pixels``: the command's --max-pixels (None: the loader's budget)."""
     from index.database import IndexFormatError
-    from retrieval.models import WeightsUnavailableError
+    from retrieval.backbones import WeightsUnavailableError
 
     try:
         with _pixel_budget(max_pixels):
@@ -309,13 +309,13 @@ def query(
             raise CliError("give query image files, or --queries/--images/--out for a retrieval submission")
         if qe or verify_top:
             raise CliError("--qe and --verify-top apply to --queries (the retrieval submission)")
-        from retrieval import query as query_mod
+        from retrieval import neighbours
 
         if k is not None and k < 1:
             raise CliError(f"--k must be >= 1, got {k}")
         from gldv2.names import load_names, with_names
 
-        results = query_mod.main(index, _query_images(images, recursive), k=k or 10, device=device)
+        results = neighbours.main(index, _query_images(images, recursive), k=k or 10, device=device)
         names = load_names(index)
         for res in results:
             if as_json:

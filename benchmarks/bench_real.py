@@ -33,8 +33,8 @@ import numpy as np
 
 from eval import evaluate, predict
 from eval.metrics import gap, nonlandmark_prediction_rate, top1_accuracy
-from eval.queries import read_solution, read_submission, solution_dict
-from eval.runner import read_evidence
+from eval.csv_io import read_solution, read_submission, solution_dict
+from eval.evidence import read_evidence
 from retrieval import extract
 from retrieval.data import read_reference_csv
 from retrieval.defaults import DEFAULT_GLOBAL, DEFAULT_LOCAL

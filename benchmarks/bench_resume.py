@@ -1,7 +1,7 @@
 """Resuming predict/evaluate at Kaggle scale: time and peak memory of a resume over N stored evidence records.
 
 Generates evidence files of 10,000 and 100,000 queries (50 neighbours and 10 verified candidates each, the
-JSON layout ``eval.runner.collect_evidence`` writes, the last line cut as by a kill), then measures in a fresh
+JSON layout ``eval.evidence.collect_evidence`` writes, the last line cut as by a kill), then measures in a fresh
 subprocess per size and reader:
 
 - ``stream`` (what collect_evidence does now): one pass that keeps the byte offsets of done queries
@@ -89,14 +89,14 @@ def run_one(method: str, path: Path) -> dict:
     """One resume in this (fresh) process: seconds and peak RSS."""
     import resource
 
-    from eval.runner import EvidenceRecords, read_evidence, scan_evidence
+    from eval.evidence import EvidenceRecords, read_evidence, scan_evidence
     from index.manifest import atomic_output
     from retrieval.recognize import Evidence, resolve_recognition_conf
 
     conf = resolve_recognition_conf(None, {}, "rootsift")
     if method == "stream":
         # the queries and their paths, what predict has from its CSV (input of both readers, built before timing)
-        from eval.runner import _record_fields
+        from eval.evidence import _record_fields
 
         wanted = {}
         with open(path, "rb") as f:

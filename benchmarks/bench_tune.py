@@ -59,7 +59,7 @@ def write_evidence(work: Path, n: int, seed: int = 0) -> tuple[Path, Path, Path]
 
 def baseline_seconds_per_query(evidence: Path, queries: Path, index: Path, sample: int = 2000) -> float:
     """The per-query decide() path (what tune did before): seconds per query and per candidate value."""
-    from eval.runner import read_evidence
+    from eval.evidence import read_evidence
     from retrieval.recognize import Evidence
 
     _, records = read_evidence(evidence)

@@ -1,7 +1,7 @@
 """Engines: where the per-image work of ``build-index``, ``evaluate`` and ``predict`` runs.
 
 * ``local`` (the default): in this process, by the extraction and recognition code itself
-  (:func:`retrieval.extract.main` writes the shards, :func:`eval.runner.collect_evidence` the evidence).
+  (:func:`retrieval.extract.main` writes the shards, :func:`eval.evidence.collect_evidence` the evidence).
 * ``ray``: on Ray Data actors, on a local Ray instance or a cluster (:mod:`engines.ray`): for a build the
   actors write their shards straight into the index directory and this process only commits them.
 

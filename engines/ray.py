@@ -15,7 +15,7 @@ ids in committed segments or in shards on disk are never sent to Ray. Each run n
 fresh multiple of :data:`RUN_STRIDE`, so a shard that an actor of an interrupted run finishes late never takes
 the name of one of this run's.
 
-**predict / evaluate**: :func:`map_paths` maps query paths over actors (``eval.runner.EvidenceActor``), whose
+**predict / evaluate**: :func:`map_paths` maps query paths over actors (``eval.evidence.EvidenceActor``), whose
 pickled records the driver writes to the evidence file in input order (``preserve_order`` on that dataset's
 own context only).
 
@@ -290,7 +290,7 @@ class ShardActor(RayActor):
                     paths: list[str]) -> dict[str, Any]:
         """Extract one shard's images and write it as ``shard-<seq>.h5``; the report the driver receives."""
         from index.database import write_worker_shard
-        from index.store import SHARDS_DIR
+        from index.shards import SHARDS_DIR
         from retrieval.extract import shard_columns
 
         name = f"shard-{seq:06d}.h5"
@@ -319,7 +319,7 @@ class ShardActor(RayActor):
 
     def _retried(self, final: Path, seq: int, pos: list[int], ids: list[str], paths: list[str]) -> dict[str, Any]:
         """The report of a shard an earlier attempt of this task published: nothing is extracted again."""
-        from index.store import ShardReader
+        from index.shards import ShardReader
         from retrieval.extract import decode_item
 
         stored = set(ShardReader(final).ids.tolist())
@@ -379,7 +379,7 @@ def _iterate(ds: Any) -> Iterator[dict[str, np.ndarray]]:
 
 def next_run_base(shards_dir: Path) -> int:
     """The first shard sequence number of a new Ray run: the next multiple of RUN_STRIDE above every shard."""
-    from index.store import shard_number
+    from index.shards import shard_number
 
     taken = [n for n in (shard_number(p) for p in shards_dir.iterdir()) if n is not None] if shards_dir.is_dir() else []
     return (max(taken, default=-1) // RUN_STRIDE + 1) * RUN_STRIDE
@@ -401,7 +401,7 @@ class RayShardWriter:
     def __call__(self, db: Any, fx: Any, todo: pd.DataFrame, job: Any) -> dict[str, Any]:
         from tqdm import tqdm
 
-        from index.store import SHARDS_DIR
+        from index.shards import SHARDS_DIR
         from retrieval.extract import PCA_AUX
 
         ray = init_ray(self.options)
@@ -469,7 +469,7 @@ def map_paths(
     """(position, result) for each path, in input order, from ``actor_cls(**actor_kwargs, versions, threads)(batch)``.
 
     ``actor_cls`` is a :class:`RayActor` taking a numpy batch ``{"pos", "path"}`` and returning
-    :func:`pack_results` (see ``eval.runner.EvidenceActor``). Every position is yielded exactly once (a row
+    :func:`pack_results` (see ``eval.evidence.EvidenceActor``). Every position is yielded exactly once (a row
     that a retried task delivers again is dropped). Order is preserved for this dataset only (its own
     DataContext), not for other Ray Data pipelines of the process.
     """

@@ -22,8 +22,8 @@ from retrieval.recognize import VERIFIED_BASE
 from synthetic import generate_demo_dataset
 
 from . import evaluate as evaluate_mod
-from .queries import read_solution, read_submission, solution_dict
-from .runner import read_evidence
+from .csv_io import read_solution, read_submission, solution_dict
+from .evidence import read_evidence
 
 logger = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ from retrieval.recognize import (
 )
 
 from . import metrics, plots, tuning
-from .queries import read_solution, solution_dict, write_submission
-from .runner import collect_evidence, timing_summary
+from .csv_io import read_solution, solution_dict, write_submission
+from .evidence import collect_evidence, timing_summary
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def main(
 ) -> dict[str, Any]:
     """Evaluate the index on labelled queries; writes report.json, predictions.csv, evidence and plots.
 
-    ``engine="ray"`` computes the evidence on Ray actors (see :func:`eval.runner.collect_evidence`).
+    ``engine="ray"`` computes the evidence on Ray actors (see :func:`eval.evidence.collect_evidence`).
     """
     from engines import check_engine
 

@@ -13,8 +13,8 @@ from typing import Any, Mapping
 from retrieval.recognize import Recognizer, submission_answer
 
 from .evaluate import query_paths
-from .queries import read_table, write_submission
-from .runner import collect_evidence
+from .csv_io import read_table, write_submission
+from .evidence import collect_evidence
 
 logger = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from retrieval.recognize import Recognizer
 from . import metrics
 from .evaluate import query_paths
 from .jsonl import read_jsonl
-from .queries import read_solution, read_table, solution_dict
+from .csv_io import read_solution, read_table, solution_dict
 
 logger = logging.getLogger(__name__)
 

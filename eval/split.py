@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from eval.queries import read_labels, read_table
+from eval.csv_io import read_labels, read_table
 from index.manifest import atomic_output
 
 logger = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def _check_frame(name: str, df: pd.DataFrame, columns: list[str]) -> pd.DataFram
     if nulls:
         raise ValueError(
             f"{name}: missing values (NaN) in column(s) {nulls}; use '' for 'no landmark' "
-            "(read CSVs with keep_default_na=False, e.g. eval.queries.read_labels)"
+            "(read CSVs with keep_default_na=False, e.g. eval.csv_io.read_labels)"
         )
     out = df[columns].astype(str).reset_index(drop=True)
     dup = out["id"][out["id"].duplicated()]

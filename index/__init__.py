@@ -19,7 +19,7 @@ _EXPORTS = {
     "IndexLockedError": "lock",
     "ConfigMismatchError": "manifest",
     "IndexFormatError": "manifest",
-    "ShardBatch": "store",
+    "ShardBatch": "shards",
 }
 
 __all__ = ["IndexDatabase", "IndexFormatError", "ConfigMismatchError", "IndexLockedError", "ShardBatch", "choose_params",

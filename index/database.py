@@ -136,32 +136,21 @@ from .segment import (
     hash_ids,
     write_segment,
 )
-from .store import (
-    AUX_DIR,
-    COPY_CHUNK,
+from .aux_files import AUX_DIR, check_aux_name, read_aux_file, write_aux_file
+from .hdf5 import COPY_CHUNK
+from .legacy import (
     FAISS_NAME,
     GLOBAL_NAME,
     LOCAL_NAME,
     METADATA_COLUMNS,
     METADATA_NAME,
-    SHARDS_DIR,
-    SKIPPED_COLUMNS,
-    SKIPPED_NAME,
     GlobalStore,
     LocalStore,
-    ShardBatch,
-    ShardReader,
-    append_skipped,
-    check_aux_name,
     empty_metadata,
-    list_shards,
-    read_aux_file,
     read_metadata,
-    read_skipped_rows,
-    write_aux_file,
-    write_shard_file,
-    write_skipped,
 )
+from .shards import SHARDS_DIR, ShardBatch, ShardReader, list_shards, write_shard_file
+from .skipped import SKIPPED_COLUMNS, SKIPPED_NAME, append_skipped, read_skipped_rows, write_skipped
 from .vectors import l2_normalize
 
 logger = logging.getLogger(__name__)

@@ -41,7 +41,7 @@ import h5py
 import numpy as np
 
 from .manifest import IndexFormatError, atomic_output
-from .store import _dataset, _row_view, open_h5
+from .hdf5 import _dataset, _row_view, open_h5
 
 LOCAL_SETS_DIR = "local_sets"
 LOCAL_SETS_KEY = "local_sets"

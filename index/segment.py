@@ -35,7 +35,7 @@ import h5py
 import numpy as np
 
 from .manifest import IndexFormatError, fsync_dir, fsync_file, tmp_path
-from .store import _STR, _dataset, _row_view, _take_rows, open_h5
+from .hdf5 import _STR, _dataset, _row_view, _take_rows, open_h5
 
 SEGMENTS_DIR = "segments"
 SEGMENT_FORMAT = 2

@@ -20,14 +20,14 @@ from torch import nn
 from index.choices import check_name, lookup
 
 from .defaults import DEFAULT_GLOBAL
-from .models import create_backbone, select_device
+from .backbones import create_backbone, select_device
 
 logger = logging.getLogger(__name__)
 
 # Named global configurations (hloc style). Every key is documented in DEFAULT_GLOBAL_CONF.
 DEFAULT_GLOBAL_CONF: dict[str, Any] = {
     "model": "tf_efficientnet_lite0",  # any timm model name
-    "weights": "auto",  # "auto" | "timm" | "random" | path to a checkpoint (see retrieval.models)
+    "weights": "auto",  # "auto" | "timm" | "random" | path to a checkpoint (see retrieval.backbones)
     "image_size": 384,  # target size of the resized side, in pixels
     "resize": "longer",  # which side gets image_size: "longer" or "shorter" (aspect ratio is kept)
     "gem_p": 3.0,  # initial GeM exponent (learnable when training)

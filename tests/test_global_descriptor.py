@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from retrieval import models
+from retrieval import backbones
 from retrieval.global_model import GlobalExtractor, gem, resolve_global_conf, target_size
 
 
@@ -73,33 +73,33 @@ def test_multiscale_flip_still_unit_norm():
 def test_mismatched_state_dict_fails_loudly(tmp_path):
     ckpt = tmp_path / "wrong.pth"
     torch.save({"state_dict": {"conv1.weight": torch.zeros(3, 3)}}, ckpt)
-    with pytest.raises(models.WeightsMismatchError, match="missing"):
-        models.create_backbone("resnet18", weights=ckpt)
+    with pytest.raises(backbones.WeightsMismatchError, match="missing"):
+        backbones.create_backbone("resnet18", weights=ckpt)
     other = tmp_path / "other.pth"
-    torch.save(models.create_backbone("resnet34", weights="random").state_dict(), other)
-    with pytest.raises(models.WeightsMismatchError):
-        models.create_backbone("resnet18", weights=other)
+    torch.save(backbones.create_backbone("resnet34", weights="random").state_dict(), other)
+    with pytest.raises(backbones.WeightsMismatchError):
+        backbones.create_backbone("resnet18", weights=other)
     with pytest.raises(FileNotFoundError):
-        models.create_backbone("resnet18", weights=tmp_path / "absent.pth")
+        backbones.create_backbone("resnet18", weights=tmp_path / "absent.pth")
 
 
 def test_local_checkpoint_round_trip(tmp_path):
     torch.manual_seed(1)
-    src = models.create_backbone("resnet18", weights="random")
+    src = backbones.create_backbone("resnet18", weights="random")
     ckpt = tmp_path / "r18.pth"
     torch.save({"model": {f"module.{k}": v for k, v in src.state_dict().items()}}, ckpt)
-    loaded = models.create_backbone("resnet18", weights=ckpt)
+    loaded = backbones.create_backbone("resnet18", weights=ckpt)
     for (k, a), b in zip(src.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), k
 
 
 def test_in_order_mapping_refuses_shape_conflicts():
-    target = models.create_backbone("resnet18", weights="random")
+    target = backbones.create_backbone("resnet18", weights="random")
     sd = dict(target.state_dict())
     first = next(iter(sd))
     sd[first] = torch.zeros(1)
-    with pytest.raises(models.WeightsMismatchError, match="does not fit"):
-        models._map_in_order(sd, target, "test")
+    with pytest.raises(backbones.WeightsMismatchError, match="does not fit"):
+        backbones._map_in_order(sd, target, "test")
 
 
 @pytest.mark.parametrize("model_name,conf_name", [("tf_efficientnet_lite0", "lite0-gem"), ("tf_efficientnet_lite2", "lite2-gem")])
@@ -107,10 +107,10 @@ def test_packaged_weights_are_real_imagenet_weights(model_name, conf_name):
     """Every tensor of the packaged checkpoint maps onto timm's model and gives ImageNet behaviour."""
     import timm
 
-    if models.packaged_weights_file(model_name) is None:
+    if backbones.packaged_weights_file(model_name) is None:
         pytest.skip(f"the weights package for {model_name} is not installed")
     full = timm.create_model(model_name, pretrained=False)
-    state = models._packaged_state_dict(model_name)
+    state = backbones._packaged_state_dict(model_name)
     assert set(state) == set(full.state_dict())
     full.load_state_dict(state, strict=True)
     full.eval()

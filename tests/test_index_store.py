@@ -16,7 +16,7 @@ import pytest
 
 from index import faiss_index as fi
 from index.database import ConfigMismatchError, IndexDatabase, IndexFormatError, ShardBatch
-from index.store import write_shard_file
+from index.shards import write_shard_file
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = {"global": {"model": "synthetic", "image_size": 224}, "local": {"name": "toy", "dim": 8}}

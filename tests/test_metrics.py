@@ -1,4 +1,4 @@
-"""Tests for eval.metrics, eval.queries (I/O) and the metric plots of eval.plots."""
+"""Tests for eval.metrics, eval.csv_io (I/O) and the metric plots of eval.plots."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eval import metrics, plots, queries
+from eval import csv_io, metrics, plots
 from eval.metrics import bootstrap_gap_ci, gap
 
 S = frozenset  # shorthand for solution sets
@@ -288,14 +288,14 @@ def write(path, text):
 
 def test_read_solution_gldv2_format(tmp_path):
     f = write(tmp_path / "sol.csv", "id,url,landmark_id\n0012,http://x/1.jpg,7\nnan,http://x/2.jpg,\nabc,u,0042\n")
-    df = queries.read_solution(f)
+    df = csv_io.read_solution(f)
     assert list(df.columns) == ["id", "landmarks"]
-    assert queries.solution_dict(df) == {"0012": S({"7"}), "nan": S(), "abc": S({"0042"})}
+    assert csv_io.solution_dict(df) == {"0012": S({"7"}), "nan": S(), "abc": S({"0042"})}
 
 
 def test_read_solution_kaggle_format(tmp_path):
     f = write(tmp_path / "sol.csv", "id,landmarks,Usage\nq1,12 34,Public\nq2,,Private\nq3,5,Private\n\n")
-    assert queries.solution_dict(queries.read_solution(f)) == {"q1": S({"12", "34"}), "q2": S(), "q3": S({"5"})}
+    assert csv_io.solution_dict(csv_io.read_solution(f)) == {"q1": S({"12", "34"}), "q2": S(), "q3": S({"5"})}
 
 
 @pytest.mark.parametrize(
@@ -316,19 +316,19 @@ def test_read_solution_kaggle_format(tmp_path):
 def test_read_solution_malformed(tmp_path, text, match):
     f = write(tmp_path / "bad.csv", text)
     with pytest.raises(ValueError, match=match) as info:
-        queries.read_solution(f)
+        csv_io.read_solution(f)
     assert "bad.csv" in str(info.value)
 
 
 def test_read_solution_missing_file(tmp_path):
     with pytest.raises(ValueError, match="nope.csv: file not found"):
-        queries.read_solution(tmp_path / "nope.csv")
+        csv_io.read_solution(tmp_path / "nope.csv")
 
 
 def test_duplicate_line_numbers_count_blank_lines(tmp_path):
     f = write(tmp_path / "sol.csv", "id,landmark_id\na,1\n\nb,2\na,3\n")
     with pytest.raises(ValueError, match=r"lines \[2, 5\]"):
-        queries.read_solution(f)
+        csv_io.read_solution(f)
 
 
 # --------------------------------------------------------------------------- submissions
@@ -337,21 +337,21 @@ def test_duplicate_line_numbers_count_blank_lines(tmp_path):
 def test_submission_round_trip(tmp_path):
     preds = {"0012": ("7", 0.123456789), "b": None, "nan": ("42", 1.0)}
     ids = ["nan", "0012", "b", "c"]
-    out = queries.write_submission(preds, ids, tmp_path / "sub" / "submission.csv")
+    out = csv_io.write_submission(preds, ids, tmp_path / "sub" / "submission.csv")
     lines = out.read_text().splitlines()
     assert lines == ["id,landmarks", "nan,42 1.000000", "0012,7 0.123457", "b,", "c,"]
-    back = queries.read_submission(out)
+    back = csv_io.read_submission(out)
     assert back == {"nan": ("42", 1.0), "0012": ("7", 0.123457), "b": None, "c": None}
     assert [p.name for p in out.parent.iterdir()] == ["submission.csv"]  # no temp file left
 
 
 def test_write_submission_rejects_bad_input(tmp_path):
     with pytest.raises(ValueError, match="'x'"):
-        queries.write_submission({"x": ("1", 0.5)}, ["a"], tmp_path / "s.csv")
+        csv_io.write_submission({"x": ("1", 0.5)}, ["a"], tmp_path / "s.csv")
     with pytest.raises(ValueError, match="not finite"):
-        queries.write_submission({"a": ("1", float("inf"))}, ["a"], tmp_path / "s.csv")
+        csv_io.write_submission({"a": ("1", float("inf"))}, ["a"], tmp_path / "s.csv")
     with pytest.raises(ValueError, match="duplicate"):
-        queries.write_submission({}, ["a", "a"], tmp_path / "s.csv")
+        csv_io.write_submission({}, ["a", "a"], tmp_path / "s.csv")
     assert not (tmp_path / "s.csv").exists()
 
 
@@ -362,7 +362,7 @@ def test_write_submission_rejects_bad_input(tmp_path):
 def test_read_submission_malformed(tmp_path, value, match):
     f = write(tmp_path / "sub.csv", f"id,landmarks\na,1 0.9\nb,{value}\n")
     with pytest.raises(ValueError, match=rf"sub.csv, line 3: .*{match}"):
-        queries.read_submission(f)
+        csv_io.read_submission(f)
 
 
 # --------------------------------------------------------------------------- plots

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from eval.metrics import gap
-from eval.queries import read_solution, read_submission, solution_dict
+from eval.csv_io import read_solution, read_submission, solution_dict
 from retrieval.local_features import local_confs
 from tests.conftest import FAST_BUILD, read_csv
 

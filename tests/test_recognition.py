@@ -9,7 +9,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cli import app
-from eval.queries import read_submission
+from eval.csv_io import read_submission
 from index.database import IndexDatabase, ShardBatch
 from retrieval.recognize import Candidate, Evidence, Recognizer, decide, resolve_recognition_conf, vote
 from tests.conftest import read_csv

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eval import queries, split
+from eval import csv_io, split
 from eval.split import make_split
 
 
@@ -171,8 +171,8 @@ def test_main_writes_files(tmp_path):
     make_distractors().to_csv(tmp_path / "dis.csv", index=False)
     out = split.main(tmp_path / "train.csv", tmp_path / "split", 0.2, 0.1, tmp_path / "dis.csv", 0.5, seed=3)
     assert out == tmp_path / "split"
-    index_df = queries.read_labels(out / "index.csv")
-    holdout_df = queries.read_table(out / "holdout.csv", required=("id", "landmark_id")).drop(columns="_line")
+    index_df = csv_io.read_labels(out / "index.csv")
+    holdout_df = csv_io.read_table(out / "holdout.csv", required=("id", "landmark_id")).drop(columns="_line")
     check_invariants(train, make_distractors(), index_df, holdout_df)
     info = json.loads((out / "split.json").read_text())
     counts = info["counts"]
@@ -183,7 +183,7 @@ def test_main_writes_files(tmp_path):
     assert counts["distractor_rate_achieved"] == pytest.approx(counts["n_nonlandmark_queries"] / len(holdout_df))
     assert info["params"] == {"query_fraction": 0.2, "unseen_fraction": 0.1, "distractor_rate": 0.5, "seed": 3}
     # the holdout reads as a solution: unseen and distractor queries have no landmark
-    sol = queries.solution_dict(queries.read_solution(out / "holdout.csv"))
+    sol = csv_io.solution_dict(csv_io.read_solution(out / "holdout.csv"))
     assert sum(1 for s in sol.values() if s) == counts["n_landmark_queries"]
     assert sorted(p.name for p in out.iterdir()) == ["holdout.csv", "index.csv", "split.json"]
 
