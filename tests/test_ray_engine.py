@@ -123,7 +123,7 @@ def test_build_index_ray_resumes_without_duplicates(ray_cluster, demo_data, buil
     assert warned and "[ray worker " in warned[0].getMessage() and warned[0].levelno == logging.WARNING
 
 
-def test_a_retried_task_publishes_its_shard_once(demo_data, tmp_path, monkeypatch):
+def test_a_retried_task_publishes_its_shard_once(demo_data, tmp_path, monkeypatch, request):
     """The same block given to an actor twice (Ray retrying a task): one shard, the images extracted once."""
     pytest.importorskip("ray")
     import logging
@@ -137,6 +137,10 @@ def test_a_retried_task_publishes_its_shard_once(demo_data, tmp_path, monkeypatc
         log = logging.getLogger(name)
         monkeypatch.setattr(log, "propagate", log.propagate)
         monkeypatch.setattr(log, "handlers", list(log.handlers))
+    import torch
+
+    threads = torch.get_num_threads()  # the actor sets its own torch threads: give this process its own back
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
     from retrieval.defaults import DEFAULT_GLOBAL
     from retrieval.extract import FeatureExtractor
     from retrieval.global_model import resolve_global_conf

@@ -408,6 +408,16 @@ def test_slow_requests_never_stall_health_and_are_bounded(slow_engine, queries):
 # ----------------------------------------------------------------------------- reload
 
 
+def same_answer(a: dict, b: dict) -> bool:
+    """Equal answers: ids and inlier counts exactly, confidences and votes within 1e-5."""
+    def strip(x: dict) -> tuple:
+        cands = [(c["landmark_id"], c["inliers"], c["best_match_id"]) for c in x["candidates"]]
+        return x["landmark_id"], x["inliers"], cands
+    close = abs(a["confidence"] - b["confidence"]) <= 1e-5 and all(
+        abs(ca["vote"] - cb["vote"]) <= 1e-5 for ca, cb in zip(a["candidates"], b["candidates"]))
+    return strip(a) == strip(b) and close
+
+
 def test_build_index_while_serving_then_reload(index_copy, demo_data, queries, tmp_path):
     holdout = read_csv(demo_data.holdout_csv)
     new_refs = holdout[holdout["landmark_id"] != ""].head(2)
@@ -430,7 +440,8 @@ def test_build_index_while_serving_then_reload(index_copy, demo_data, queries, t
         t.start()
         while t.is_alive():  # the service keeps answering from the index it opened while build-index rewrites it
             resp = post(c, "/recognize", name, data)
-            assert resp.status_code == 200 and resp.json() == answer
+            # the same answer; scores may move in the 6th decimal while the build shares torch's thread pool
+            assert resp.status_code == 200 and same_answer(resp.json(), answer)
         t.join()
         assert build["result"].exit_code == 0, build["result"].output
         assert c.get("/health").json()["images"] == before["images"]
