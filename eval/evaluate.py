@@ -114,26 +114,6 @@ def query_ids_digest(ids: Iterable[str]) -> str:
     return hashlib.sha1("\n".join(sorted(ids)).encode()).hexdigest()[:16]
 
 
-def predictions_from_evidence(
-    evidence: Mapping[str, Evidence | None], thresholds: Mapping[str, Any], mode: str = "submission",
-) -> dict[str, tuple[str, float] | None]:
-    """Predictions of one system from stored evidence.
-
-    mode: "submission" (verified answers, then unverified guesses below them), "strict" (unverified ->
-    no landmark) or "global" (top-voted landmark by similarity, no verification).
-    """
-    out: dict[str, tuple[str, float] | None] = {}
-    for qid, ev in evidence.items():
-        if ev is None:
-            out[qid] = None
-        elif mode == "global":
-            out[qid] = global_only(ev)
-        else:
-            pred = decide(ev, **{k: thresholds[k] for k in DECISION_KEYS})
-            out[qid] = submission_answer(pred, keep_guesses=mode == "submission")
-    return out
-
-
 def global_1nn(evidence: Mapping[str, Evidence | None]) -> dict[str, tuple[str, float] | None]:
     """The first stage alone: the landmark of the nearest landmark neighbour, its cosine as confidence.
 
@@ -193,11 +173,12 @@ def main(
     errors: dict[str, str] = {}
     timings: dict[str, dict[str, Any]] = {}
     for q, r in records.items():
-        one = {q: r["evidence"]}
-        systems["submission"].update(predictions_from_evidence(one, thresholds, "submission"))
-        systems["strict"].update(predictions_from_evidence(one, thresholds, "strict"))
-        systems["global_only"].update(predictions_from_evidence(one, thresholds, "global"))
-        systems["global_1nn"].update(global_1nn(one))
+        ev = r["evidence"]
+        pred = decide(ev, **thresholds) if ev is not None else None  # one decision gives both verified systems
+        systems["submission"][q] = submission_answer(pred, keep_guesses=True) if pred else None
+        systems["strict"][q] = submission_answer(pred, keep_guesses=False) if pred else None
+        systems["global_only"][q] = global_only(ev) if ev is not None else None
+        systems["global_1nn"].update(global_1nn({q: ev}))
         if r["error"]:
             errors[q] = r["error"]
         timings[q] = {"timings": r.get("timings")}
