@@ -191,7 +191,7 @@ def test_incremental_add_does_not_retrain(tmp_path, monkeypatch, caplog):
     # a batch overlapping stored ids: the stored ones are skipped, not duplicated
     ids = [f"im{i}" for i in range(2900, 4000)]
     db.write_shard(ShardBatch(ids, ["new"] * len(ids), [f"/new/{i}.jpg" for i in range(2900, 4000)], x[2900:4000]))
-    with caplog.at_level(logging.INFO, logger="index.database"):
+    with caplog.at_level(logging.INFO, logger="index.writer"):
         stats = db.commit(gpu="cpu")  # no factory: keep the trained index
     assert not calls and not stats["rebuilt"]
     assert "without retraining" in caplog.text

@@ -1,5 +1,5 @@
 """Retired files: compact and commit keep what they replace for readers; a later writer removes it after the
-grace period (index/database.py, "Retired files")."""
+grace period (index/writer.py, "Retired files")."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from index import ShardBatch, database
+from index import ShardBatch, database, reader
 from index.database import RETIRE_GRACE_ENV, IndexDatabase
 
 CONFIG = {"global": {"model": "synthetic"}, "local": {"extractor": "synthetic"}}
@@ -54,8 +54,8 @@ def test_reader_opened_before_compaction_keeps_answering(tmp_path, monkeypatch):
 
     # The old reader answers from the files it opened, without noticing anything (no manifest re-read).
     reads = []
-    real = database.read_manifest
-    monkeypatch.setattr(database, "read_manifest", lambda p: reads.append(p) or real(p))
+    real = reader.read_manifest
+    monkeypatch.setattr(reader, "read_manifest", lambda p: reads.append(p) or real(p))
     after = answers(reader, xq)
     assert after[:3] == before[:3]
     np.testing.assert_array_equal(after[3], before[3])

@@ -128,7 +128,7 @@ def test_retrain_when_grown_and_on_request(tmp_path, caplog, monkeypatch):
     assert not stats["rebuilt"] and stats["faiss"]["nlist"] == first["nlist"] and stats["faiss"]["trained_n"] == 1_000
     # past RETRAIN_GROWTH x the training size: retrained with parameters for the new size, said in the log
     add_rows(db, 3_000, x[3_000:])
-    with caplog.at_level(logging.INFO, logger="index.database"):
+    with caplog.at_level(logging.INFO, logger="index.writer"):
         stats = db.commit(gpu="cpu")
     assert 4_500 >= RETRAIN_GROWTH * 1_000
     assert stats["rebuilt"] and "grew to 4500 vectors" in stats["rebuild_reason"]
@@ -237,8 +237,9 @@ def test_local_image_sizes_round_trip(tmp_path):
     db = IndexDatabase.open(tmp_path / "idx")
     assert db.local_image_size(0) == (640, 480) and db.local_image_size(1) == (1024, 768)
     assert db.local_image_size(2) is None
-    with pytest.raises(ValueError, match="local_sizes"):
-        db.write_shard(ShardBatch(["d"], ["1"], ["pd"], vectors(1, 8), kp[:1], desc[:1], local_sizes=np.zeros((2, 2))))
+    with IndexDatabase.open_for_write(tmp_path / "idx") as writer, pytest.raises(ValueError, match="local_sizes"):
+        writer.write_shard(ShardBatch(["d"], ["1"], ["pd"], vectors(1, 8), kp[:1], desc[:1],
+                                      local_sizes=np.zeros((2, 2))))
 
 
 # ----------------------------------------------------------------------------- skipped list, old format
@@ -302,7 +303,7 @@ def test_reader_retries_when_a_writer_removed_what_its_manifest_named(tmp_path, 
     """A reader that read the manifest just before a compaction deleted the old segments re-reads it."""
     import copy
 
-    from index import database
+    from index import reader
 
     path = tmp_path / "idx"
     db = IndexDatabase.create_or_open(path, CONFIG, DIM)
@@ -311,13 +312,13 @@ def test_reader_retries_when_a_writer_removed_what_its_manifest_named(tmp_path, 
         db.commit(gpu="cpu")
     stale = json.loads((path / "manifest.json").read_text())
     IndexDatabase.open_for_write(path).compact()  # deletes the two segments `stale` names
-    real, calls = database.read_manifest, []
+    real, calls = reader.read_manifest, []
 
     def first_read_is_stale(p):
         calls.append(p)
         return copy.deepcopy(stale) if len(calls) == 1 else real(p)
 
-    monkeypatch.setattr(database, "read_manifest", first_read_is_stale)
+    monkeypatch.setattr(reader, "read_manifest", first_read_is_stale)
     db = IndexDatabase.open(path)
     assert len(calls) >= 2 and db.size == 60 and len(db.manifest["segments"]) == 1
     assert db.rows([59])[0][0] == "im0000059"

@@ -160,9 +160,9 @@ def test_no_local_features(tmp_path):
     assert not db.has_local() and db.local_features(0) is None
     assert not (tmp_path / "idx" / "local.h5").exists()
     assert db.manifest["counts"] == {"images": 2, "landmarks": 1, "nonlandmarks": 1, "local_features": 0}
-    with pytest.raises(ValueError, match="no local features"):
-        db.write_shard(ShardBatch(["c"], ["1"], ["pc"], np.ones((1, DIM), np.float32),
-                                  [np.zeros((1, 4), np.float32)], [np.zeros((1, LOCAL_DIM), np.float32)]))
+    with IndexDatabase.open_for_write(tmp_path / "idx") as writer, pytest.raises(ValueError, match="no local features"):
+        writer.write_shard(ShardBatch(["c"], ["1"], ["pc"], np.ones((1, DIM), np.float32),
+                                      [np.zeros((1, 4), np.float32)], [np.zeros((1, LOCAL_DIM), np.float32)]))
 
 
 # ----------------------------------------------------------------------------- resume
@@ -300,7 +300,7 @@ def test_commit_fails_before_publishing_changes_nothing(tmp_path, batches, refer
         db.commit(factory=FACTORY, gpu="cpu")
     monkeypatch.undo()
     assert len(list((path / "segments").iterdir())) == 2  # one orphan
-    with caplog.at_level(logging.WARNING, logger="index.database"):
+    with caplog.at_level(logging.WARNING, logger="index.reader"):
         db = IndexDatabase.open(path)
         assert db.size == 900 and db.manifest["counts"]["images"] == 900
         D, I = db.search(db.global_descriptors(np.arange(0, 900, 9)), 1)
