@@ -52,7 +52,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -82,6 +82,7 @@ __all__ = ["IndexReader", "LazyColumn", "COLUMNS", "OPEN_RETRIES"]
 
 OPEN_RETRIES = 5  # re-reads of the manifest when a concurrent commit removed a file a reader was opening
 COLUMNS = ("id", "landmark_id", "path")
+_Self = TypeVar("_Self", bound="IndexReader")
 
 
 class _Republished(Exception):
@@ -660,7 +661,7 @@ class IndexReader:
         self._close_stores()
         self._faiss = None
 
-    def __enter__(self) -> IndexReader:
+    def __enter__(self: _Self) -> _Self:  # an IndexWriter's is an IndexWriter
         return self
 
     def __exit__(self, *exc: object) -> None:
