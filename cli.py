@@ -61,7 +61,7 @@ def _guard(func, max_pixels: Optional[int] = None):
     """Run a command body and turn expected errors (bad input, missing files) into one clean line, exit 2.
 
     ``max_pixels``: the command's --max-pixels (None: the loader's budget)."""
-    from index.database import IndexFormatError
+    from index.manifest import IndexFormatError
     from retrieval.backbones import WeightsUnavailableError
 
     try:
@@ -155,7 +155,7 @@ def build_index(
 
     def body():
         from engines import build_index
-        from index.database import IndexDatabase
+        from index.reader import IndexReader
         from retrieval import extract
 
         ray_options = _ray_options(engine, ray_address, gpus_per_worker, ray_workers)
@@ -184,7 +184,7 @@ def build_index(
             typer.echo(f"FAISS index (re)trained: {stats['rebuild_reason']}")
         if names:
             typer.echo(f"landmark names: {names_mod.store_names(index, names)} stored with the index")
-        manifest = IndexDatabase.read_manifest(index)
+        manifest = IndexReader.read_manifest(index)
         if lconf:
             per_image = manifest.get("local_bytes_per_image") or 0
             typer.echo(f"local features ({extract.conf_label(lconf)}): {manifest['counts'].get('local_features', 0)} keypoints, "
@@ -620,9 +620,9 @@ def compact(
     """Merge the index's segments into one file (crash-safe; queries keep working meanwhile)."""
 
     def body():
-        from index.database import IndexDatabase
+        from index.writer import IndexWriter
 
-        with IndexDatabase.open_for_write(index, lock_timeout=wait) as db:
+        with IndexWriter.open_for_write(index, lock_timeout=wait) as db:
             stats = db.compact()
         typer.echo(f"index {index}: {stats['segments_before']} segments -> {stats['segments_after']}, "
                    f"{stats['rows']} images, {stats['seconds']:.1f} s")
@@ -711,10 +711,10 @@ def demo(
     def body():
         from eval import demo as demo_mod
 
-        from index.database import IndexDatabase
+        from index.reader import IndexReader
 
         index = work_dir / "index"
-        if not (serve_after and IndexDatabase.exists(index)):
+        if not (serve_after and IndexReader.exists(index)):
             summary = demo_mod.main(work_dir, synthetic=synthetic, n_landmarks=n_landmarks, seed=seed, conf=conf,
                                     local_conf=local_conf, device=device)
             typer.echo(demo_mod.format_summary(summary))

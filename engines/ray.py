@@ -4,7 +4,7 @@
 path) go to Ray as a pandas frame cut into blocks, one block per shard (no Python object per row is made for
 Ray). A pool of actors (:class:`ShardActor`) each builds the index's :class:`~retrieval.extract.FeatureExtractor`
 once, decodes and extracts the images of a block and writes them straight into the index directory as one
-shard (:func:`index.database.write_worker_shard`: the shard format and crash rules of the local engine, temp
+shard (:func:`index.writer.write_worker_shard`: the shard format and crash rules of the local engine, temp
 name + fsync + atomic link). Each block has its shard's sequence number, assigned by the driver: a task that
 Ray retries finds its shard already published and neither extracts nor writes it again, and shards commit in
 input order, so rows come out in the local engine's order. The driver receives one small report per shard
@@ -40,12 +40,15 @@ import platform
 import re
 import socket
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from . import ENGINES, EngineUnavailableError, RayOptions  # noqa: F401  (re-exported)
+
+if TYPE_CHECKING:
+    from index.writer import IndexWriter
 
 logger = logging.getLogger(__name__)
 
@@ -289,7 +292,7 @@ class ShardActor(RayActor):
     def write_shard(self, seq: int, pos: list[int], ids: list[str], landmarks: list[str],
                     paths: list[str]) -> dict[str, Any]:
         """Extract one shard's images and write it as ``shard-<seq>.h5``; the report the driver receives."""
-        from index.database import write_worker_shard
+        from index.writer import write_worker_shard
         from index.shards import SHARDS_DIR
         from retrieval.extract import shard_columns
 
@@ -398,7 +401,7 @@ class RayShardWriter:
         self.options = options or RayOptions()
         self.device = device
 
-    def __call__(self, db: Any, fx: Any, todo: pd.DataFrame, job: Any) -> dict[str, Any]:
+    def __call__(self, db: IndexWriter, fx: Any, todo: pd.DataFrame, job: Any) -> dict[str, Any]:
         from tqdm import tqdm
 
         from index.shards import SHARDS_DIR

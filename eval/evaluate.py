@@ -20,8 +20,9 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from index.choices import check_name
-from index.database import IndexDatabase
 from index.manifest import atomic_write_text
+from index.reader import IndexReader
+from index.writer import IndexWriter
 from retrieval.data import resolve_image_path
 from retrieval.decision import GUESS_SCALE, ConfidenceModel, answer_features
 from retrieval.recognize import (
@@ -222,7 +223,7 @@ def _id_and_candidates(line: str) -> tuple[str, list[dict[str, Any]] | None]:
     return record["id"], (record["evidence"] or {}).get("candidates") if record.get("evidence") else None
 
 
-def candidates_for(db: IndexDatabase, evidence_path: str | Path, solution: Mapping[str, Any]) -> CandidateArrays:
+def candidates_for(db: IndexReader, evidence_path: str | Path, solution: Mapping[str, Any]) -> CandidateArrays:
     """The stored candidates of the solution's queries (rows in sorted query-id order), checked against the index.
 
     The evidence file is streamed line by line and only the candidates are kept, so 100,000 queries with
@@ -326,7 +327,7 @@ def tune(
         rec = Recognizer.from_index(index_dir, device=device)
         ids = list(sol_df["id"])
         collect_evidence(rec, ids, query_paths(ids, images_dir), evidence_path, early_exit=True, progress=progress)
-    db = IndexDatabase.open(index_dir)
+    db = IndexReader.open(index_dir)
     arrays = candidates_for(db, evidence_path, solution)
     base = index_decision_conf(db)
     grid = threshold_grid(arrays, param) if param in ("inlier_threshold", "cascade_threshold") else list(TUNABLE[param])
@@ -374,7 +375,8 @@ def tune(
         thresholds: dict[str, Any] = {param: chosen}
         if fitted is not None:
             thresholds["confidence_model"] = fitted["model"] if fitted["used"] else None
-        db.update_manifest(thresholds=thresholds, tuned_on={"queries": str(Path(queries_csv).resolve()),
-                                                             "query_ids": query_ids_digest(solution)})
+        with IndexWriter.open_for_write(index_dir) as writer:  # the reader above writes nothing
+            writer.update_manifest(thresholds=thresholds, tuned_on={"queries": str(Path(queries_csv).resolve()),
+                                                                     "query_ids": query_ids_digest(solution)})
     atomic_write_text(out_dir / f"tune_{stem}.json".replace("tune_threshold.json", "tune.json"), json.dumps(result, indent=2, default=float) + "\n")
     return result

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from index.database import IndexDatabase
+from index.reader import IndexReader
 from index.manifest import atomic_output, atomic_write_text
 from retrieval.extract import FeatureExtractor, Features
 from retrieval.matching import verify_many
@@ -68,7 +68,7 @@ class Ranker:
             self.rec = Recognizer.from_index(index_dir, device=device, **overrides)
             self.db, self.fx = self.rec.db, self.rec.fx
         else:
-            self.db = IndexDatabase.open(index_dir)
+            self.db = IndexReader.open(index_dir)
             if self.db.size == 0:
                 raise ValueError(f"{index_dir}: the index is empty (build it with build-index)")
             self.fx = FeatureExtractor.for_index(self.db, device=device, need_local=False)
@@ -196,7 +196,7 @@ def read_retrieval_solution(csv_path: str | Path) -> dict[str, frozenset[str]]:
             for q, v, u in zip(df["id"], df["images"], usage)}
 
 
-def relevant_from_labels(db: IndexDatabase, labels: Mapping[str, frozenset[str]]) -> dict[str, frozenset[str]]:
+def relevant_from_labels(db: IndexReader, labels: Mapping[str, frozenset[str]]) -> dict[str, frozenset[str]]:
     """Relevant images of each labelled query: the index images of its landmark(s) (none for a non-landmark)."""
     wanted = set().union(*labels.values()) if labels else set()
     by_landmark: dict[str, set[str]] = {}

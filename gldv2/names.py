@@ -18,7 +18,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from index.database import IndexDatabase
+from index.reader import IndexReader
+from index.writer import IndexWriter
 
 AUX_NAME = "landmark_names"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -91,7 +92,7 @@ def _unpack(data: np.ndarray, offsets: np.ndarray) -> list[str]:
 
 def store_names(index_dir: str | Path, names: Mapping[str, str]) -> int:
     """Merge ``names`` into the index's names (new ones win); returns how many the index now holds."""
-    with IndexDatabase.open_for_write(index_dir) as db:
+    with IndexWriter.open_for_write(index_dir) as db:
         merged = {**load_names(db), **{str(k): clean_name(str(v)) for k, v in names.items()}}
         ids, id_offsets = _pack(list(merged))
         text, text_offsets = _pack(list(merged.values()))
@@ -99,9 +100,9 @@ def store_names(index_dir: str | Path, names: Mapping[str, str]) -> int:
     return len(merged)
 
 
-def load_names(index: str | Path | IndexDatabase) -> dict[str, str]:
+def load_names(index: str | Path | IndexReader) -> dict[str, str]:
     """{landmark id: name} stored with the index ({} when it has none)."""
-    db = index if isinstance(index, IndexDatabase) else IndexDatabase.open(index)
+    db = index if isinstance(index, IndexReader) else IndexReader.open(index)
     arrays = db.read_aux(AUX_NAME)
     if not arrays:
         return {}

@@ -196,7 +196,7 @@ def new_manifest(config: dict, dim: int) -> dict:
         "segments": [],  # published segments in row order: {"file", "rows", "local_features", "nonlandmarks"}
         "local_dim": None,
         "local_sets": {},  # secondary local feature sets: {name: {"conf", "dim", "parts"}} (index/local_sets.py)
-        "retired": [],  # replaced files kept for readers: {"file", "since"} (database.py, "Retired files")
+        "retired": [],  # replaced files kept for readers: {"file", "since"} (writer.py, "Retired files")
     }
 
 
@@ -236,7 +236,7 @@ def read_manifest(path: str | os.PathLike) -> dict:
     manifest.setdefault("segments", [])
     manifest.setdefault("local_dim", None)
     manifest.setdefault("local_sets", {})
-    manifest.setdefault("retired", [])  # files replaced by a commit/compaction, kept for readers (database.py)
+    manifest.setdefault("retired", [])  # files replaced by a commit/compaction, kept for readers (writer.py)
     if not isinstance(manifest["segments"], list):
         raise IndexFormatError(f"{path}: field 'segments' is not a list")
     if not isinstance(manifest["local_sets"], dict) or not all(

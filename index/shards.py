@@ -44,7 +44,7 @@ def list_shards(shards_dir: Path) -> list[Path]:
 
 @dataclass
 class ShardBatch:
-    """One extraction batch for :meth:`~index.database.IndexDatabase.write_shard`: image ``i`` is row ``i`` of
+    """One extraction batch for :meth:`~index.writer.IndexWriter.write_shard`: image ``i`` is row ``i`` of
     every field (checked there, with the index's dimensions).
 
     Attributes:

@@ -18,7 +18,9 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from index.database import IndexDatabase, ShardBatch
+from index.reader import IndexReader
+from index.shards import ShardBatch
+from index.writer import IndexWriter
 
 from .global_model import DEFAULT_GLOBAL, GlobalExtractor, resolve_global_conf, target_size
 from .image_io import ImageError, ImageTooLarge, load_image
@@ -240,7 +242,7 @@ class FeatureExtractor:
             "local_image_size": self.local_image_size,
         }
 
-    def prepare_local_pca(self, db: IndexDatabase, references: pd.DataFrame, num_workers: int | None = None) -> None:
+    def prepare_local_pca(self, db: IndexWriter, references: pd.DataFrame, num_workers: int | None = None) -> None:
         """Fit (once per index) or load the PCA whitening of local descriptors stored in the index."""
         lex = self.local_extractor
         if lex is None or not lex.needs_pca:
@@ -265,7 +267,7 @@ class FeatureExtractor:
         lex.set_pca(arrays)
 
     @classmethod
-    def for_index(cls, db: IndexDatabase, device: str | None = None, need_local: bool = True) -> "FeatureExtractor":
+    def for_index(cls, db: IndexReader, device: str | None = None, need_local: bool = True) -> "FeatureExtractor":
         """The extractor an index was built with (global and, when stored, local + its PCA)."""
         config = db.manifest["config"]
         local_conf = config.get("local") if need_local else None
@@ -279,7 +281,7 @@ class FeatureExtractor:
         return fx
 
 
-def local_set_extractors(db: IndexDatabase, device: str | None = None) -> dict[str, LocalExtractor]:
+def local_set_extractors(db: IndexReader, device: str | None = None) -> dict[str, LocalExtractor]:
     """{name: extractor} for the secondary local sets of an index, built from the confs stored with them.
 
     A query's features for a set come from the same decoded local image as the primary set's
@@ -389,7 +391,7 @@ def main(
     if isinstance(global_conf, str):
         global_conf = resolve_global_conf(global_conf)
     fx = extractor or FeatureExtractor(global_conf, local_conf, device=device)
-    db = IndexDatabase.create_or_open(index_dir, fx.index_config(), fx.global_extractor.dim)
+    db = IndexWriter.create_or_open(index_dir, fx.index_config(), fx.global_extractor.dim)
     held = [name for name in db.local_sets() if name not in local_sets]
     if held:
         logger.info("index %s also holds local set(s) %s: new rows get them too", index_dir, ", ".join(held))
@@ -445,7 +447,7 @@ def add_local_sets(
     if part_size < 1:
         raise ValueError(f"part_size must be >= 1, got {part_size}")
     index_dir = Path(index_dir)
-    db = IndexDatabase.open_for_write(index_dir)
+    db = IndexWriter.open_for_write(index_dir)
     try:
         out = {}
         with db.writer_lock(what="add local sets"):
@@ -466,7 +468,7 @@ def add_local_sets(
         db.close()
 
 
-def _add_local_set(db: IndexDatabase, name: str, lex: LocalExtractor, batch_size: int, num_workers: int | None,
+def _add_local_set(db: IndexWriter, name: str, lex: LocalExtractor, batch_size: int, num_workers: int | None,
                    part_size: int, part_seconds: float, progress: bool) -> dict[str, Any]:
     """The body of :func:`add_local_sets` for one set (the caller holds the writer lock)."""
     t0 = time.perf_counter()
@@ -545,14 +547,14 @@ class ShardJob:
 
 
 # A shard writer extracts the rows of ``todo`` (id, landmark_id, path; positions 0..n-1) with ``fx`` and writes
-# them as shards of ``db`` (``db.write_shard``, or workers' ``index.database.write_worker_shard``), recording
+# them as shards of ``db`` (``db.write_shard``, or workers' ``index.writer.write_worker_shard``), recording
 # unreadable images with ``db.record_skipped``. Called under the writer lock; returns at least
 # {"extracted": n, "skipped": n}, plus statistics of its own.
-ShardWriter = Callable[[IndexDatabase, FeatureExtractor, pd.DataFrame, ShardJob], dict]
+ShardWriter = Callable[[IndexWriter, FeatureExtractor, pd.DataFrame, ShardJob], dict]
 
 
 def shard_columns(results: Sequence[Features], with_local: bool) -> dict[str, Any]:
-    """The arrays one shard stores for ``results`` (``IndexDatabase.write_shard`` keyword arguments but ids)."""
+    """The arrays one shard stores for ``results`` (``IndexWriter.write_shard`` keyword arguments but ids)."""
     out: dict[str, Any] = {"xb": np.stack([r.global_desc for r in results])}
     if with_local:
         packed = [r.local.pack() for r in results]
@@ -563,7 +565,7 @@ def shard_columns(results: Sequence[Features], with_local: bool) -> dict[str, An
     return out
 
 
-def write_shards_here(db: IndexDatabase, fx: FeatureExtractor, todo: pd.DataFrame, job: ShardJob) -> dict[str, Any]:
+def write_shards_here(db: IndexWriter, fx: FeatureExtractor, todo: pd.DataFrame, job: ShardJob) -> dict[str, Any]:
     """The local engine's :data:`ShardWriter`: extract in this process, a shard every ``shard_size`` images
     or ``shard_seconds`` seconds, whichever comes first (a kill loses at most that much work)."""
     buffer: dict[str, list] = {"ids": [], "landmarks": [], "paths": [], "results": []}
@@ -602,7 +604,7 @@ def write_shards_here(db: IndexDatabase, fx: FeatureExtractor, todo: pd.DataFram
 
 
 def _build(
-    db: IndexDatabase, fx: FeatureExtractor, references: pd.DataFrame, index_dir: Path, job: ShardJob,
+    db: IndexWriter, fx: FeatureExtractor, references: pd.DataFrame, index_dir: Path, job: ShardJob,
     factory: str | None, nprobe: int | None, rebuild: bool, write_shards: ShardWriter,
 ) -> dict[str, Any]:
     """The body of :func:`main`, run under the index's writer lock."""

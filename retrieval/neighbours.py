@@ -7,14 +7,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from index.database import IndexDatabase
+from index.reader import IndexReader
 
 from .extract import FeatureExtractor
 
 logger = logging.getLogger(__name__)
 
 
-def neighbours_table(db: IndexDatabase, scores: np.ndarray, rows: np.ndarray) -> list[dict[str, Any]]:
+def neighbours_table(db: IndexReader, scores: np.ndarray, rows: np.ndarray) -> list[dict[str, Any]]:
     """Rows of one query's search result as dicts: rank, id, landmark_id (None = non-landmark), score, path."""
     valid = [(rank, s, int(r)) for rank, (s, r) in enumerate(zip(scores, rows), start=1) if r >= 0]
     ids, landmarks, paths = db.rows(np.array([r for _, _, r in valid], dtype=np.int64))  # just these rows
@@ -32,7 +32,7 @@ def main(
     ``{"image", "neighbours": [...]}``, or ``{"image", "error"}`` for an unreadable image."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    db = IndexDatabase.open(index_dir)
+    db = IndexReader.open(index_dir)
     if db.size == 0:
         raise ValueError(f"{index_dir}: the index is empty (build it with build-index)")
     fx = FeatureExtractor.for_index(db, device=device, need_local=False)

@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from index.database import IndexDatabase
+from index.reader import IndexReader
 
 from .cache import LRU
 from .decision import (  # noqa: F401 (re-exported: the decision's public names, as before)
@@ -102,7 +102,7 @@ def index_local_extractor(manifest: Mapping[str, Any]) -> str:
 
 
 
-def index_decision_conf(db: IndexDatabase, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def index_decision_conf(db: IndexReader, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The recognition conf a :class:`Recognizer` of this index would resolve (no model loaded): the defaults
     calibrated for its primary and cascade extractors, its tuned thresholds, then ``overrides``."""
     tuned = db.manifest.get("thresholds") or {}
@@ -111,7 +111,7 @@ def index_decision_conf(db: IndexDatabase, overrides: Mapping[str, Any] | None =
     return resolve_recognition_conf(overrides, tuned, index_local_extractor(db.manifest), (second or {}).get("extractor"))
 
 
-def cascade_set(db: IndexDatabase, cascade: str) -> tuple[str | None, dict[str, Any] | None]:
+def cascade_set(db: IndexReader, cascade: str) -> tuple[str | None, dict[str, Any] | None]:
     """(name, extractor conf) of the cascade's second local set, or (None, None) for no cascade.
 
     ``cascade``: "auto" (the index's first secondary set; none when it has none), "none", or a name of
@@ -193,7 +193,7 @@ def feature_bytes(value: LocalFeatures) -> int:
 class Recognizer:
     """Answers "landmark L with confidence c" or "no landmark" for query photos against an index."""
 
-    def __init__(self, db: IndexDatabase, fx: FeatureExtractor, conf: Mapping[str, Any] | None = None,
+    def __init__(self, db: IndexReader, fx: FeatureExtractor, conf: Mapping[str, Any] | None = None,
                  match_conf: Mapping[str, Any] | str | None = None, device: str | None = None):
         """``match_conf``: a name in ``matching.match_confs`` (e.g. "mnn", "lightglue") or overrides of
         ``matching.default_match_conf``; None: the local configuration's default matcher."""
@@ -237,7 +237,7 @@ class Recognizer:
     def from_index(cls, path: str | Path, device: str | None = None, match_conf: Mapping[str, Any] | str | None = None,
                    **overrides: Any) -> "Recognizer":
         """Open an index and recognise with the configuration it was built with (+ overrides)."""
-        db = IndexDatabase.open(path)
+        db = IndexReader.open(path)
         if db.size == 0:
             raise ValueError(f"{path}: the index is empty (build it with build-index)")
         fx = FeatureExtractor.for_index(db, device=device, need_local=True)

@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 
 from gldv2.names import load_names, with_names
-from index.database import IndexDatabase
+from index.reader import IndexReader
 from index.manifest import package_version
 from retrieval.cache import LRU
 from retrieval.extract import PCA_AUX, FeatureExtractor, Features, Item
@@ -251,7 +251,7 @@ class Engine:
 
     # ------------------------------------------------------------------ loading
 
-    def _models_key(self, db: IndexDatabase) -> str:
+    def _models_key(self, db: IndexReader) -> str:
         """What the models depend on: the index's configurations, its fitted local PCA, the device."""
         config = db.manifest["config"]
         h = hashlib.sha256(json.dumps([config, self.device], sort_keys=True, default=str).encode())
@@ -265,7 +265,7 @@ class Engine:
         start = time.perf_counter()
         overrides = dict(self.overrides)
         match_conf = overrides.pop("match_conf", None)
-        db = IndexDatabase.open(self.index_dir)
+        db = IndexReader.open(self.index_dir)
         try:
             if db.size == 0:
                 raise ValueError(f"{self.index_dir}: the index is empty (build it with build-index)")
