@@ -336,7 +336,8 @@ def test_evaluate_and_tune_threshold(index_copy, demo_data, tmp_path):
     result = invoke("tune-threshold", "--index", other, "--queries", demo_data.holdout_csv, "--out", out)
     assert result.exit_code == 2 and "another index" in result.output, result.output
     # a manifest threshold changes later predictions: an impossible threshold turns every answer into a guess
-    IndexDatabase.open(index_copy).update_manifest(thresholds={"inlier_threshold": 100000})
+    with IndexDatabase.open_for_write(index_copy) as writer:
+        writer.update_manifest(thresholds={"inlier_threshold": 100000})
     rec = Recognizer.from_index(index_copy)
     assert rec.conf["inlier_threshold"] == 100000
     seen = read_csv(demo_data.holdout_csv)
