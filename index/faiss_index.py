@@ -34,11 +34,23 @@ Parameter rules (:func:`choose_params`):
   little accuracy and make PQ training several times slower). When ``dim`` has
   no divisor >= 3/4 of that target (e.g. a prime dimension <= 256), an OPQ rotation
   to ``4 * m`` dimensions is prepended: ``OPQ{m}_{4m},IVF{nlist},PQ{m}``.
+* The same ``m`` bytes are spent as ``2m`` sub-quantizers of 4 bits in faiss' SIMD "fast scan" layout
+  (``PQ{2m}x4fsr``, residuals encoded, as the 8-bit PQ does) when the index is built on the CPU: its lookup
+  tables fit in registers, so scanning a list is several times faster than 8-bit PQ (at 10M, 8,192 lists,
+  32 probes: 8,100 vs 2,500 queries/s on 2 cores) and the shortlist holds the true neighbour as often (0.993
+  vs 0.984); the exact re-score restores the ranking. faiss-gpu has no fast-scan index, so a build on the GPU
+  keeps ``PQ{m}`` (8 bits).
+* Coarse quantizer training: a flat k-means costs ``ntrain * nlist`` distances per iteration (524k x 8,192 at
+  10M: 221 s on 2 cores); from ``TWO_LEVEL_MIN_NLIST`` (4,096) lists it is two-level (:func:`two_level_kmeans`:
+  ``sqrt(nlist)`` clusters, each split in proportion to its size; 2.6 s at 10M), as faiss does for large
+  ``nlist`` (``contrib.clustering``). Vectors are still assigned to their nearest list exactly when added.
 * Training sample: 64 points per list (inside faiss' 39..256 range), at least
   39 * 256 for the PQ codebooks, capped by n.
-* ``nprobe = clamp(nlist // 64, 16, nlist)``: scanning ~1.5 % of the lists is the
+* ``nprobe = clamp(nlist // 64, 16, 64)``: scanning ~1.5 % of the lists is the
   usual recall/speed knee at million scale; at least 16 so that small indexes
-  (few, large lists) do not lose recall. The shortlist is re-scored exactly, so
+  (few, large lists) do not lose recall; at most 64 because past it the
+  re-scored recall@1 gains < 0.5 % (measured at 1M and 10M) while the scan
+  grows with every probe (``nlist // 64`` would be 128 at 10M: half the speed). The shortlist is re-scored exactly, so
   coarse recall matters more than PQ ranking.
 * Search returns a shortlist of ``max(k, shortlist)`` (default 100) that
   :func:`rescore` re-ranks with exact inner products from the stored
@@ -49,6 +61,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -71,10 +84,14 @@ PQ_MIN_DIMS_PER_SUBQUANTIZER = 4  # m <= dim / 4
 OPQ_DIMS_PER_SUBQUANTIZER = 4  # OPQ output dim = 4 * m when dim has no good divisor
 NPROBE_FRACTION = 64  # default nprobe = nlist // 64 ...
 NPROBE_MIN = 16  # ... but at least 16
+NPROBE_MAX = 64  # ... and at most 64
 DEFAULT_SHORTLIST = 100  # candidates re-scored exactly per query
 PQ_TRAIN_ITERATIONS = 10  # k-means iterations per PQ sub-quantizer (faiss default 25; the shortlist is re-scored)
+RESCORE_CHUNK = 16  # queries whose shortlists are gathered and scored together in rescore()
 ADD_CHUNK = 65_536  # vectors per add() call: bounds memory when reading float16 from disk
 TRAIN_SEED = 0
+TWO_LEVEL_MIN_NLIST = 4096  # from this many lists the coarse k-means is two-level (module docstring)
+ADD_LOG_EVERY = 1_000_000  # add_rows logs its progress every this many vectors
 GPU_MODES = ("auto", "cpu", "gpu")
 
 
@@ -91,7 +108,7 @@ def _largest_divisor_at_most(n: int, cap: int) -> int:
 
 def default_nprobe(nlist: int) -> int:
     """Default number of probed lists for ``nlist`` inverted lists (see module docstring)."""
-    return int(min(nlist, max(NPROBE_MIN, nlist // NPROBE_FRACTION)))
+    return int(min(nlist, NPROBE_MAX, max(NPROBE_MIN, nlist // NPROBE_FRACTION)))
 
 
 def describe_index(index: faiss.Index) -> dict[str, Any]:
@@ -130,6 +147,7 @@ def describe_index(index: faiss.Index) -> dict[str, Any]:
     if pq is not None:
         out["m"] = int(pq.M)
         out["nbits"] = int(pq.nbits)
+    out["residual"] = bool(ivf.by_residual) if ivf is not None else None
     if ivf is not None:
         out["nlist"] = int(ivf.nlist)
         out["nprobe"] = int(ivf.nprobe)
@@ -152,6 +170,7 @@ def index_signature(desc: dict[str, Any]) -> tuple:
         desc["nlist"],
         desc["m"],
         desc["nbits"],
+        desc.get("residual"),
     )
 
 
@@ -184,6 +203,7 @@ def choose_params(
     nprobe: int | None = None,
     *,
     shortlist: int | None = None,
+    for_gpu: bool = False,
 ) -> dict[str, Any]:
     """Resolve FAISS parameters for ``n`` vectors of dimension ``dim`` (rules in the module docstring).
 
@@ -193,6 +213,7 @@ def choose_params(
         factory: any ``faiss.index_factory`` string overriding the automatic choice.
         nprobe: inverted lists probed per query (IVF only; ignored, with a log line, otherwise).
         shortlist: candidates per query re-scored exactly (default 100).
+        for_gpu: the index will be trained and searched on a GPU: 8-bit PQ instead of fast scan.
 
     Returns:
         JSON-serialisable dict: factory, auto, exact, nlist, m, nbits, opq,
@@ -236,7 +257,8 @@ def choose_params(
         m_target = max(1, min(PQ_TARGET_BYTES, d_pq // PQ_MIN_DIMS_PER_SUBQUANTIZER))
         m = _largest_divisor_at_most(d_pq, m_target)
         if 4 * m >= 3 * m_target:
-            factory = f"{prefix}IVF{nlist},PQ{m}"
+            fast_scan = not for_gpu and d_pq % (2 * m) == 0
+            factory = f"{prefix}IVF{nlist},PQ{2 * m}x4fsr" if fast_scan else f"{prefix}IVF{nlist},PQ{m}"
         else:  # no divisor close to the target code size: rotate + reduce with OPQ
             m = m_target
             d_out = min(OPQ_DIMS_PER_SUBQUANTIZER * m, (dim // m) * m)
@@ -313,9 +335,22 @@ def to_gpu(index: faiss.Index, gpu: str) -> tuple[faiss.Index, bool]:
         return faiss.index_cpu_to_all_gpus(index, co), True
     except (RuntimeError, AttributeError) as e:
         if gpu == "gpu":
+            kind = type(faiss.downcast_index(faiss.extract_index_ivf(index))).__name__ if _is_ivf(index) else ""
+            if kind == "IndexIVFPQFastScan":
+                raise RuntimeError("this faiss index (IndexIVFPQFastScan, built on the CPU) has no GPU "
+                                   "implementation: search with gpu 'auto' or 'cpu', or rebuild it on the GPU "
+                                   "(commit --rebuild with gpu 'gpu' chooses 8-bit PQ)") from e
             raise
         logger.warning("faiss GPU clone failed (%s): running on CPU", e)
         return index, False
+
+
+def _is_ivf(index: faiss.Index) -> bool:
+    try:
+        faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return False
+    return True
 
 
 def to_cpu(index: faiss.Index, on_gpu: bool) -> faiss.Index:
@@ -342,9 +377,15 @@ def add_rows(
     """
     if index.ntotal != start:
         raise RuntimeError(f"faiss index holds {index.ntotal} vectors, cannot add rows from {start}")
+    t0, logged = time.perf_counter(), start
     for a in range(start, stop, chunk_size):
         b = min(stop, a + chunk_size)
         index.add(np.ascontiguousarray(xb[a:b], dtype=np.float32))
+        if b - logged >= ADD_LOG_EVERY and b < stop:  # long adds (minutes at 10M on 2 cores) say where they are
+            logged = b
+            rate = (b - start) / max(1e-9, time.perf_counter() - t0)
+            logger.info("faiss add: %d / %d vectors (%.0f/s, %.0f s left)", b - start, stop - start, rate,
+                        (stop - b) / rate)
 
 
 def build_faiss(
@@ -370,12 +411,90 @@ def build_faiss(
         xt = np.ascontiguousarray(xb[rows], dtype=np.float32)
         logger.info("training %s on %d of %d vectors%s", params["factory"], len(rows), n, " (GPU)" if on_gpu else "")
         _train_pca_with_blas(work, xt)
-        work.train(xt)
+        if not on_gpu:  # faiss' GPU k-means is fast enough at any nlist
+            _train_coarse_two_level(work, xt, seed)
+        work.train(xt)  # PQ codebooks (and the coarse quantizer unless trained above)
         del xt
     add_rows(work, xb, 0, n, chunk_size)
     index = to_cpu(work, on_gpu)
     set_nprobe(index, params.get("nprobe"))
     return index
+
+
+def two_level_kmeans(x: np.ndarray, k: int, *, spherical: bool, niter: int, seed: int = TRAIN_SEED) -> np.ndarray:
+    """``k`` centroids of ``x`` by two-level k-means: ``sqrt(k)`` clusters, then each split into a share of ``k``
+    proportional to its size (faiss' ``contrib.clustering.two_level_clustering`` recipe).
+
+    A flat k-means costs ``n * k`` distances per iteration, this ``n * 2 * sqrt(k)``: at 10M vectors (8,192
+    lists, 524k training points) 221 s became 2.6 s on 2 cores, and the centroids serve IVF probing as well
+    (the shortlist is re-scored exactly). ``spherical``: unit-norm centroids, as faiss trains them for
+    inner-product IVF.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n, d = x.shape
+    if n < k:
+        raise ValueError(f"two-level k-means needs at least {k} points, got {n}")
+    k1 = max(1, int(round(math.sqrt(k))))
+    top = faiss.Kmeans(d, k1, niter=niter, seed=seed, spherical=spherical, max_points_per_centroid=256)
+    top.train(x)
+    _, assign = top.index.search(x, 1)
+    assign = assign[:, 0]
+    sizes = np.bincount(assign, minlength=k1)
+    # centroids per top cluster: proportional to its size (largest remainders), never more than its points
+    share = sizes * k / n
+    alloc = np.minimum(np.floor(share).astype(np.int64), sizes)
+    for c in np.argsort(-(share - alloc), kind="stable"):
+        if alloc.sum() >= k:
+            break
+        if alloc[c] < sizes[c]:
+            alloc[c] += 1
+    while alloc.sum() < k:  # only when remainders ran out: fill clusters with spare points
+        c = int(np.argmax(sizes - alloc))
+        alloc[c] += 1
+    parts = []
+    for c in range(k1):
+        if not alloc[c]:
+            continue
+        sub = x[assign == c]
+        if alloc[c] == len(sub):
+            parts.append(sub / np.linalg.norm(sub, axis=1, keepdims=True).clip(1e-12) if spherical else sub)
+            continue
+        km = faiss.Kmeans(d, int(alloc[c]), niter=niter, seed=seed + 1 + c, spherical=spherical,
+                          max_points_per_centroid=256)
+        km.train(sub)
+        parts.append(km.centroids)
+    return np.ascontiguousarray(np.vstack(parts), dtype=np.float32)
+
+
+def _train_coarse_two_level(index: faiss.Index, xt: np.ndarray, seed: int = TRAIN_SEED) -> bool:
+    """Fill the empty coarse quantizer of an IVF index with :func:`two_level_kmeans` centroids when it has at
+    least ``TWO_LEVEL_MIN_NLIST`` lists (``index.train`` then trains only the rest, e.g. PQ codebooks).
+
+    The transforms before the IVF (a PCA fitted by :func:`_train_pca_with_blas`) must be trained already;
+    otherwise (e.g. OPQ, trained with the PQ) nothing is done. Returns whether the quantizer was filled.
+    """
+    top = faiss.downcast_index(index)
+    x = xt
+    inner = top
+    if isinstance(top, faiss.IndexPreTransform):
+        for i in range(top.chain.size()):
+            vt = faiss.downcast_VectorTransform(top.chain.at(i))
+            if not vt.is_trained:
+                return False
+            x = vt.apply(x)
+        inner = faiss.downcast_index(top.index)
+    if not isinstance(inner, faiss.IndexIVF):
+        return False
+    quantizer = faiss.downcast_index(inner.quantizer)
+    if inner.nlist < TWO_LEVEL_MIN_NLIST or quantizer.ntotal or not isinstance(quantizer, faiss.IndexFlat):
+        return False
+    t0 = time.perf_counter()
+    centroids = two_level_kmeans(x, inner.nlist, spherical=bool(inner.cp.spherical), niter=inner.cp.niter,
+                                 seed=seed)
+    quantizer.add(centroids)
+    logger.info("coarse quantizer: %d centroids by two-level k-means on %d vectors in %.1f s", inner.nlist,
+                len(x), time.perf_counter() - t0)
+    return True
 
 
 def _train_pca_with_blas(index: faiss.Index, xt: np.ndarray) -> None:
@@ -466,7 +585,7 @@ def rescore(
     Args:
         xq: (nq, d) float32 queries.
         I: (nq, K) shortlist ids from faiss, -1 for missing.
-        fetch: sorted unique row ids (u,) -> (u, d) stored vectors (any float dtype).
+        fetch: row ids (any order, duplicates allowed) -> (len, d) stored vectors (any float dtype).
         k: results to keep.
 
     Returns:
@@ -475,16 +594,17 @@ def rescore(
     I = np.asarray(I, dtype=np.int64)
     nq, K = I.shape
     valid = I >= 0
-    uniq = np.unique(I[valid])
     D = np.full((nq, K), -np.inf, dtype=np.float32)
-    if len(uniq):
-        xb = np.asarray(fetch(uniq), dtype=np.float32)
-        pos = np.searchsorted(uniq, np.where(valid, I, uniq[0]))
-        # chunk the queries so the gathered (chunk, K, d) block stays ~16 MB
-        step = max(1, (1 << 22) // max(1, K * xb.shape[1]))
+    if valid.any():
+        # Gather each chunk of queries' candidates straight from the (memory-mapped) store and score them with a
+        # batched matrix product: 3x faster than gathering the unique rows once and indexing them again
+        # (one copy fewer; the (chunk, K, d) block stays in cache). Missing ids (-1) read row 0, masked below.
+        step = RESCORE_CHUNK
         for a in range(0, nq, step):
             b = min(nq, a + step)
-            D[a:b] = np.einsum("qd,qkd->qk", xq[a:b], xb[pos[a:b]])
+            rows = np.where(valid[a:b], I[a:b], 0).ravel()
+            xb = np.asarray(fetch(rows), dtype=np.float32).reshape(b - a, K, -1)
+            D[a:b] = np.matmul(xb, xq[a:b, :, None])[:, :, 0]
         D[~valid] = -np.inf
     return finalize_results(D, I, k)
 

@@ -417,12 +417,14 @@ class IndexReader:
     # ------------------------------------------------------------------ faiss
 
     def _build_params(self, factory: str | None, nprobe: int | None, shortlist: int | None,
-                      n: int | None = None) -> dict[str, Any]:
-        """Parameters for a (re)build: the given factory, else a factory the caller forced earlier, else automatic."""
+                      n: int | None = None, for_gpu: bool = False) -> dict[str, Any]:
+        """Parameters for a (re)build: the given factory, else a factory the caller forced earlier, else automatic
+        (``for_gpu``: one faiss-gpu can hold)."""
         old = self.manifest.get("faiss") or {}
         if factory is None and old.get("auto") is False:
             factory = old.get("factory")
-        return fi.choose_params(n if n is not None else self.size, self.dim, factory, nprobe, shortlist=shortlist)
+        return fi.choose_params(n if n is not None else self.size, self.dim, factory, nprobe, shortlist=shortlist,
+                                for_gpu=for_gpu)
 
     def _params_for_index(self, index: Any, recorded: dict, factory: str | None) -> dict[str, Any]:
         """Manifest parameters for an existing index: the recorded ones when they describe it, else derived."""
@@ -692,4 +694,6 @@ def _factory_from_description(desc: dict[str, Any]) -> str | None:
         return "Flat"
     if desc["type"] == "IndexIVFPQ":
         return f"{prefix}IVF{desc['nlist']},PQ{desc['m']}x{desc['nbits']}"
+    if desc["type"] == "IndexIVFPQFastScan":
+        return f"{prefix}IVF{desc['nlist']},PQ{desc['m']}x{desc['nbits']}fs{'r' if desc.get('residual') else ''}"
     return None

@@ -647,7 +647,7 @@ class IndexWriter(IndexReader):
                       f"trained for (retrain at {RETRAIN_GROWTH:g}x)")
         changed = self._faiss_dirty
         if reason is not None:
-            params = self._build_params(factory, nprobe, shortlist, n)
+            params = self._build_params(factory, nprobe, shortlist, n, for_gpu=fi.use_gpu(gpu))
             if index is not None:
                 logger.info("retraining the faiss index: %s; new parameters %s", reason, params["factory"])
             t0 = time.perf_counter()

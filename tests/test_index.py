@@ -58,21 +58,23 @@ def test_ivfpq_rules_at_scale(n, dim):
     p = choose_params(n, dim)
     nlist = p["nlist"]
     prefix = f"PCAR{fi.PCA_DIM}," if dim > fi.PCA_DIM else ""
-    assert p["factory"] == f"{prefix}IVF{nlist},PQ{p['m']}" and not p["exact"] and not p["opq"]
+    assert p["factory"] == f"{prefix}IVF{nlist},PQ{p['m']}x4fsr" and not p["exact"] and not p["opq"]
     assert nlist & (nlist - 1) == 0, "nlist is a power of two"
     assert 2 * math.sqrt(n) < nlist <= 4 * math.sqrt(n)
     assert n / nlist >= fi.MIN_POINTS_PER_LIST
-    assert min(dim, fi.PCA_DIM) % p["m"] == 0 and p["nbits"] == 8
+    assert min(dim, fi.PCA_DIM) % p["m"] == 0 and p["nbits"] == 4  # fast scan: 2 sub-quantizers per byte
     assert 50 <= p["bytes_per_vector"] <= 100
     assert p["ntrain"] == n or 30 <= p["ntrain"] / nlist <= 256
     assert p["ntrain"] >= fi.MIN_POINTS_PER_LIST * 256  # enough for the PQ codebooks
-    assert p["nprobe"] == max(fi.NPROBE_MIN, nlist // 64)
+    assert p["nprobe"] == min(fi.NPROBE_MAX, max(fi.NPROBE_MIN, nlist // 64))
+    gpu = choose_params(n, dim, for_gpu=True)  # faiss-gpu has no fast-scan index: 8-bit PQ, same bytes
+    assert gpu["factory"] == f"{prefix}IVF{nlist},PQ{p['m'] // 2}" and gpu["bytes_per_vector"] == p["bytes_per_vector"]
 
 
 def test_ivfpq_just_above_threshold_keeps_39_points_per_list():
     for n in (FLAT_MAX_N, 20_000, 50_000, 90_000):
         p = choose_params(n, 1280)
-        assert p["factory"].startswith("PCAR256,IVF") and p["m"] == 64
+        assert p["factory"].startswith("PCAR256,IVF") and p["m"] == 128 and p["bytes_per_vector"] == 64
         assert n / p["nlist"] >= fi.MIN_POINTS_PER_LIST and p["nlist"] <= 4 * math.sqrt(n)
         assert p["ntrain"] <= n and 1 <= p["nprobe"] <= p["nlist"]
 
@@ -82,7 +84,7 @@ def test_awkward_dimension_gets_opq():
     assert p["opq"] and p["factory"] == f"OPQ63_252,IVF{p['nlist']},PQ63"
     assert p["bytes_per_vector"] == 63
     wide = choose_params(200_000, 1002)  # wider than PCA_DIM: reduced to 256 first, whose divisors fit
-    assert wide["factory"] == f"PCAR256,IVF{wide['nlist']},PQ64" and not wide["opq"]
+    assert wide["factory"] == f"PCAR256,IVF{wide['nlist']},PQ128x4fsr" and not wide["opq"]
 
 
 def test_factory_and_nprobe_overrides(caplog):

@@ -186,6 +186,54 @@ def test_training_reads_a_sample_and_adds_in_chunks(tmp_path, monkeypatch):
     assert sum(n for n, _ in store.reads) == 2_000 + 6_000  # one sample + every row once
 
 
+def _recall_at_1(index, x: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> float:
+    fi.set_nprobe(index, 16)
+    _, I = index.search(queries, 50)
+    _, I = fi.rescore(queries, I, lambda rows: x[rows], 1)
+    return float(np.mean(I[:, 0] == truth))
+
+
+def test_two_level_coarse_training_for_many_lists(monkeypatch, caplog):
+    """From TWO_LEVEL_MIN_NLIST lists the coarse quantizer comes from two-level k-means (a flat k-means costs
+    n x nlist distances per iteration: minutes at 10M on 2 cores); search finds neighbours as well as with
+    the flat k-means, and the PQ is still trained by faiss."""
+    x = vectors(12_000, 7, dim=32)
+    rng = np.random.default_rng(8)
+    truth = rng.choice(len(x), 300, replace=False)
+    queries = x[truth] + 0.02 * rng.standard_normal((300, 32)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    params = fi.choose_params(len(x), 32, "PCAR16,IVF64,PQ8")
+    flat = fi.build_faiss(x, params, "cpu")
+    monkeypatch.setattr(fi, "TWO_LEVEL_MIN_NLIST", 64)
+    with caplog.at_level(logging.INFO, logger="index.faiss_index"):
+        two = fi.build_faiss(x, params, "cpu")
+    assert "two-level k-means" in caplog.text
+    assert two.ntotal == len(x) and faiss_quantizer_size(two) == 64
+    r_flat, r_two = _recall_at_1(flat, x, queries, truth), _recall_at_1(two, x, queries, truth)
+    assert r_two >= 0.9 and r_two >= r_flat - 0.03, (r_two, r_flat)
+    monkeypatch.setattr(fi, "TWO_LEVEL_MIN_NLIST", 1 << 30)  # OPQ is trained with its PQ: no two-level there
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="index.faiss_index"):
+        fi.build_faiss(x, fi.choose_params(len(x), 32, "OPQ8_32,IVF64,PQ8"), "cpu")
+    assert "two-level" not in caplog.text
+
+
+def faiss_quantizer_size(index) -> int:
+    import faiss
+
+    return int(faiss.extract_index_ivf(index).quantizer.ntotal)
+
+
+def test_two_level_kmeans_gives_k_unit_centroids():
+    x = vectors(3_000, 9, dim=8)
+    for k in (1, 10, 100, 3_000):  # 3,000: as many centroids as points, each point its own
+        c = fi.two_level_kmeans(x, k, spherical=True, niter=5)
+        assert c.shape == (k, 8)
+        np.testing.assert_allclose(np.linalg.norm(c, axis=1), 1.0, atol=1e-4)
+    with pytest.raises(ValueError, match="at least 3001 points"):
+        fi.two_level_kmeans(x, 3_001, spherical=True, niter=5)
+
+
 # ----------------------------------------------------------------------------- lazy metadata
 
 
