@@ -305,12 +305,24 @@ class Segment:
         h = np.asarray(self._hash[:]) if not isinstance(self._hash, np.ndarray) else self._hash
         lo = np.searchsorted(h, hashes, side="left")
         hi = np.searchsorted(h, hashes, side="right")
+        hit = np.flatnonzero(hi > lo)
+        if not len(hit):
+            return out
         blob, off = self._cols["ids"]
-        for i in np.flatnonzero(hi > lo).tolist():
-            for j in range(int(lo[i]), int(hi[i])):  # almost always exactly one candidate
-                row = int(self._hash_rows[j])
-                if decode_strings(blob, off, np.array([row]))[0] == ids[i]:
-                    out[i] = row
+        # confirm the first candidate of every hit at once (offsets gathered in one read; ids compared as bytes)
+        rows = np.asarray(_take_rows(self._hash_rows, lo[hit]), dtype=np.int64)
+        starts = np.asarray(_take_rows(off, rows), dtype=np.int64).tolist()
+        ends = np.asarray(_take_rows(off, rows + 1), dtype=np.int64).tolist()
+        data = blob if isinstance(blob, np.ndarray) else None
+        for i, row, a, b in zip(hit.tolist(), rows.tolist(), starts, ends):
+            stored = data[a:b].tobytes() if data is not None else bytes(np.asarray(blob[a:b]))
+            if stored == ids[i].encode("utf-8"):
+                out[i] = row
+                continue
+            for j in range(int(lo[i]) + 1, int(hi[i])):  # a 64-bit hash collision: the other candidates
+                other = int(self._hash_rows[j])
+                if decode_strings(blob, off, np.array([other]))[0] == ids[i]:
+                    out[i] = other
                     break
         return out
 

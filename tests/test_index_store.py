@@ -445,3 +445,20 @@ def test_update_manifest(tmp_path):
     assert not list((tmp_path / "idx").glob("*.tmp"))
     with pytest.raises(ValueError, match="maintained by the index"):
         db.update_manifest(dim=3)
+
+
+def test_find_rows_survives_hash_collisions(tmp_path, monkeypatch):
+    """Ids whose 64-bit hashes collide are told apart by comparing the stored id (and absent ids stay -1)."""
+    from index import reader, writer
+
+    def few_buckets(ids):  # 3 hash values for every id: almost every lookup meets a collision
+        return np.array([sum(map(ord, str(i))) % 3 for i in ids], dtype=np.uint64)
+
+    monkeypatch.setattr(reader, "hash_ids", few_buckets)
+    monkeypatch.setattr(writer, "hash_ids", few_buckets)
+    db = IndexDatabase.create_or_open(tmp_path / "idx", {"global": {"model": "synthetic"}, "local": None}, 4)
+    ids = [f"img{i}" for i in range(40)]
+    db.write_shard(ShardBatch(ids, ["1"] * 40, ["p"] * 40, np.random.default_rng(0).random((40, 4), np.float32)))
+    db.commit(factory="Flat", gpu="cpu")
+    rows = IndexDatabase.open(tmp_path / "idx").find_rows(["img7", "nope", "img39", "img0", "img7"])
+    np.testing.assert_array_equal(rows, [7, -1, 39, 0, 7])
