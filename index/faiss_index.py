@@ -48,10 +48,11 @@ Parameter rules (:func:`choose_params`):
   39 * 256 for the PQ codebooks, capped by n.
 * ``nprobe = clamp(nlist // 64, 16, 64)``: scanning ~1.5 % of the lists is the
   usual recall/speed knee at million scale; at least 16 so that small indexes
-  (few, large lists) do not lose recall; at most 64 because past it the
-  re-scored recall@1 gains < 0.5 % (measured at 1M and 10M) while the scan
-  grows with every probe (``nlist // 64`` would be 128 at 10M: half the speed). The shortlist is re-scored exactly, so
-  coarse recall matters more than PQ ranking.
+  (few, large lists) do not lose recall; at most 64 because there the
+  re-scored recall@1 has < 0.5 % left to gain (0.999 at 10M) while the scan
+  grows with every probe (``nlist // 64`` would be 128 at 10M: half the
+  speed). The shortlist is re-scored exactly, so coarse recall matters more
+  than PQ ranking.
 * Search returns a shortlist of ``max(k, shortlist)`` (default 100) that
   :func:`rescore` re-ranks with exact inner products from the stored
   descriptors; Flat indexes are already exact and skip it.

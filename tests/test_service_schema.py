@@ -67,7 +67,8 @@ def test_schemathesis_finds_no_failure(built_index, demo_data, tmp_path):
         ]
         env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.schemathesis_hooks", "LANDMARKS_ST_PHOTOS": os.pathsep.join(photos),
                "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}
-        run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=MAX_SECONDS + 60)
+        # cwd: schemathesis keeps its cache (.schemathesis/) in the working directory; not in the checkout
+        run = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=MAX_SECONDS + 60)
     out = run.stdout + run.stderr
     assert run.returncode == 0, out[-6000:]
     assert "No issues found" in out, out[-3000:]
