@@ -124,7 +124,10 @@ def describe_index(index: faiss.Index) -> dict[str, Any]:
     while isinstance(inner, faiss.IndexPreTransform):
         for i in range(inner.chain.size()):
             vt = faiss.downcast_VectorTransform(inner.chain.at(i))
-            transforms.append(f"{type(vt).__name__}({vt.d_in}->{vt.d_out})")
+            # faiss writes an OPQMatrix as its base class and reads it back as a plain LinearTransform: name
+            # it OPQMatrix either way so that a stored OPQ index still matches its factory string
+            kind = type(vt).__name__
+            transforms.append(f"{'OPQMatrix' if kind == 'LinearTransform' else kind}({vt.d_in}->{vt.d_out})")
         inner = faiss.downcast_index(inner.index)
     name = type(inner).__name__
     if name in ("IndexFlatIP", "IndexFlatL2"):  # read_index returns these, index_factory IndexFlat
@@ -330,17 +333,21 @@ def to_gpu(index: faiss.Index, gpu: str) -> tuple[faiss.Index, bool]:
     """Clone ``index`` to all GPUs when allowed; fall back to the CPU index if the type is unsupported."""
     if not use_gpu(gpu):
         return index, False
+    if _is_ivf(index) and isinstance(faiss.downcast_index(faiss.extract_index_ivf(index)), faiss.IndexIVFPQFastScan):
+        # faiss-gpu has no fast-scan index (the automatic choice for CPU builds, module docstring)
+        if gpu == "gpu":
+            raise RuntimeError(
+                "this faiss index (IndexIVFPQFastScan, 4-bit fast-scan PQ) has no GPU implementation: search "
+                "with gpu 'auto' or 'cpu', or rebuild it with a GPU index type (an automatic rebuild with gpu "
+                "'gpu' chooses 8-bit PQ; a forced --faiss factory must name one, e.g. 'PCAR256,IVF8192,PQ64')")
+        logger.info("faiss fast-scan index: no GPU implementation, searching on the CPU")
+        return index, False
     try:
         co = faiss.GpuMultipleClonerOptions()
         co.useFloat16 = True  # needed for large PQ code sizes (m >= 56) on GPU
         return faiss.index_cpu_to_all_gpus(index, co), True
     except (RuntimeError, AttributeError) as e:
         if gpu == "gpu":
-            kind = type(faiss.downcast_index(faiss.extract_index_ivf(index))).__name__ if _is_ivf(index) else ""
-            if kind == "IndexIVFPQFastScan":
-                raise RuntimeError("this faiss index (IndexIVFPQFastScan, built on the CPU) has no GPU "
-                                   "implementation: search with gpu 'auto' or 'cpu', or rebuild it on the GPU "
-                                   "(commit --rebuild with gpu 'gpu' chooses 8-bit PQ)") from e
             raise
         logger.warning("faiss GPU clone failed (%s): running on CPU", e)
         return index, False
@@ -600,7 +607,7 @@ def rescore(
         # Gather each chunk of queries' candidates straight from the (memory-mapped) store and score them with a
         # batched matrix product: 3x faster than gathering the unique rows once and indexing them again
         # (one copy fewer; the (chunk, K, d) block stays in cache). Missing ids (-1) read row 0, masked below.
-        step = RESCORE_CHUNK
+        step = max(1, min(RESCORE_CHUNK, (1 << 22) // max(1, K * int(xq.shape[1]))))  # block <= 16 MB
         for a in range(0, nq, step):
             b = min(nq, a + step)
             rows = np.where(valid[a:b], I[a:b], 0).ravel()

@@ -247,3 +247,25 @@ def test_untrainable_factory_is_refused_before_writing(tmp_path):
         db.commit(factory="IVF64,Flat", gpu="cpu")
     assert IndexDatabase.open(path).size == 0 and len(list((path / "shards").glob("*.h5"))) == 1
     assert db.commit(gpu="cpu")["n_total"] == 2
+
+
+def test_stored_opq_index_still_matches_its_factory(tmp_path):
+    """faiss reads an OPQMatrix back as a LinearTransform: the description must not change (else every commit
+    with an explicit OPQ factory would rebuild)."""
+    x = np.random.default_rng(0).standard_normal((12_000, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    index = fi.build_faiss(x, choose_params(len(x), 32, "OPQ8_32,IVF64,PQ8"), "cpu")
+    fi.write_index(index, tmp_path / "opq.index")
+    back = fi.describe_index(fi.read_index(tmp_path / "opq.index"))
+    assert fi.index_signature(back) == fi.factory_signature("OPQ8_32,IVF64,PQ8", 32)
+
+
+def test_fast_scan_index_stays_on_the_cpu(monkeypatch):
+    """faiss-gpu has no fast-scan index: 'auto' searches on the CPU, 'gpu' says what to do instead."""
+    x = np.random.default_rng(1).standard_normal((2_000, 16)).astype(np.float32)
+    index = fi.new_index("IVF16,PQ8x4fsr", 16)
+    index.train(x)
+    monkeypatch.setattr(fi, "use_gpu", lambda gpu: True)  # as on a machine with a GPU
+    assert fi.to_gpu(index, "auto") == (index, False)
+    with pytest.raises(RuntimeError, match="no GPU implementation.*PQ64"):
+        fi.to_gpu(index, "gpu")
