@@ -143,10 +143,7 @@ def describe_index(index: faiss.Index) -> dict[str, Any]:
         "nprobe": None,
         "exact": isinstance(inner, faiss.IndexFlat) and not transforms,
     }
-    try:
-        ivf = faiss.extract_index_ivf(index)
-    except RuntimeError:
-        ivf = None
+    ivf = _ivf(index)
     pq = getattr(inner, "pq", None)
     if pq is not None:
         out["m"] = int(pq.M)
@@ -333,7 +330,7 @@ def to_gpu(index: faiss.Index, gpu: str) -> tuple[faiss.Index, bool]:
     """Clone ``index`` to all GPUs when allowed; fall back to the CPU index if the type is unsupported."""
     if not use_gpu(gpu):
         return index, False
-    if _is_ivf(index) and isinstance(faiss.downcast_index(faiss.extract_index_ivf(index)), faiss.IndexIVFPQFastScan):
+    if isinstance(_ivf(index), faiss.IndexIVFPQFastScan):
         # faiss-gpu has no fast-scan index (the automatic choice for CPU builds, module docstring)
         if gpu == "gpu":
             raise RuntimeError(
@@ -353,12 +350,12 @@ def to_gpu(index: faiss.Index, gpu: str) -> tuple[faiss.Index, bool]:
         return index, False
 
 
-def _is_ivf(index: faiss.Index) -> bool:
+def _ivf(index: faiss.Index) -> faiss.IndexIVF | None:
+    """The inverted-file index inside ``index`` (behind any transforms), downcast; None when it has none."""
     try:
-        faiss.extract_index_ivf(index)
+        return faiss.downcast_index(faiss.extract_index_ivf(index))
     except RuntimeError:
-        return False
-    return True
+        return None
 
 
 def to_cpu(index: faiss.Index, on_gpu: bool) -> faiss.Index:
@@ -552,12 +549,9 @@ def _disable_polysemous_training(index: faiss.Index) -> None:
 
 def set_nprobe(index: faiss.Index, nprobe: int | None) -> None:
     """Set nprobe on an IVF index (no-op for indexes without inverted lists)."""
-    if nprobe is None:
-        return
-    try:
-        faiss.extract_index_ivf(index).nprobe = int(nprobe)
-    except RuntimeError:
-        pass
+    ivf = _ivf(index)
+    if nprobe is not None and ivf is not None:
+        ivf.nprobe = int(nprobe)
 
 
 # --------------------------------------------------------------------------- search

@@ -556,22 +556,22 @@ class IndexReader:
         set's name (:meth:`local_sets`): None while ``row`` is not yet extracted for it.
         Raises IndexError for a row out of range, ValueError for a set the index does not hold.
         """
-        if set_name is not None:
-            return self._read_set(set_name, row, lambda part, r: part.features(r))
-        if not self.has_local():
-            return None
-        seg, r = self._locate(row)
-        return seg.local(r)
+        return self._local_read(row, set_name, lambda part, r: part.features(r), Segment.local)
 
     def local_image_size(self, row: int, set_name: str | None = None) -> tuple[int, int] | None:
         """(width, height) of the image the local features of ``row`` (in ``set_name``, None: the primary set)
         were detected on; None when not stored (or the image could not be read for that set)."""
+        return self._local_read(row, set_name, lambda part, r: part.size(r), Segment.local_size)
+
+    def _local_read(self, row: int, set_name: str | None, from_part: Any, from_segment: Any) -> Any:
+        """``from_part(part, r)`` for a secondary set, else ``from_segment(segment, r)`` (None without local
+        features): what :meth:`local_features` and :meth:`local_image_size` share."""
         if set_name is not None:
-            return self._read_set(set_name, row, lambda part, r: part.size(r))
+            return self._read_set(set_name, row, from_part)
         if not self.has_local():
             return None
         seg, r = self._locate(row)
-        return seg.local_size(r)
+        return from_segment(seg, r)
 
     # ------------------------------------------------------------------ secondary local sets
 
