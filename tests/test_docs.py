@@ -143,10 +143,25 @@ def test_readme_shows_every_command():
 def test_setup_commands_are_the_ones_ci_runs():
     lang, first = code_blocks(_text(README))[0]
     lines = [w for w in shell_commands(first)]
-    assert lines[0][:4] == ["pip", "install", "-e", ".[test]"] and lines[1] == ["landmarks", "demo"]
+    assert lines[0] == ["pip", "install", "-e", ".[test]", "-c", "constraints.txt"] and lines[1] == ["landmarks", "demo"]
     assert lines[2] == ["pytest"]
     ci = _text(ROOT / ".ci" / "run")
-    assert 'pip install -e ".[test]"' in ci and re.search(r"^python3 -m pytest\b", ci, re.M)
+    assert 'pip install -e ".[test]" -c constraints.txt' in ci and re.search(r"^\S+ -m pytest\b", ci, re.M)
+
+
+def test_constraints_pin_what_the_project_needs():
+    """The lock file pins (==) every direct dependency of the package and of its test extra."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    pins = {}
+    for line in _text(ROOT / "constraints.txt").splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"constraints.txt: {line!r} is not a pin"
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+    project = tomllib.loads(_text(ROOT / "pyproject.toml"))["project"]
+    needed = project["dependencies"] + project["optional-dependencies"]["test"]
+    names = {re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9_.-]+", d).group(0)).lower() for d in needed}
+    assert not names - set(pins), f"constraints.txt pins none of: {sorted(names - set(pins))}"
 
 
 # ----------------------------------------------------------------------------- report.json
