@@ -314,9 +314,11 @@ def query(
         if k is not None and k < 1:
             raise CliError(f"--k must be >= 1, got {k}")
         from gldv2.names import load_names, with_names
+        from index.reader import IndexReader
 
-        results = neighbours.main(index, _query_images(images, recursive), k=k or 10, device=device)
-        names = load_names(index)
+        with IndexReader.open(index) as db:  # one open index: the search and its landmark names
+            names = load_names(db)
+            results = neighbours.main(db, _query_images(images, recursive), k=k or 10, device=device)
         for res in results:
             if as_json:
                 typer.echo(json.dumps(with_names(res, names) if names else res))
