@@ -1,10 +1,17 @@
 """HDF5 helpers shared by the index's file readers and writers (shards, segments, local sets, format 1).
 
 Readers wrap h5py/OSError errors into IndexFormatError naming the file.
+
+HDF5 file locking: HDF5 locks every file it opens (flock), and on a filesystem without lock support (some
+NFS mounts, Lustre, some FUSE filesystems) opening fails with "unable to lock file". The index needs none of
+it: each HDF5 file is written whole under a temporary name that no one else opens, renamed, and never written
+again, and writers are serialised by ``writer.lock``. So :func:`h5_file` opens with HDF5's locking off, unless
+``HDF5_USE_FILE_LOCKING`` is set in the environment (HDF5 then follows the variable).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +25,19 @@ COPY_CHUNK = 65_536  # rows per read/write when streaming arrays between files
 _STR = h5py.string_dtype("utf-8")
 
 
+def h5_file(path: Path, mode: str) -> h5py.File:
+    """``h5py.File(path, mode)`` without HDF5's file locking (module docstring), unless HDF5_USE_FILE_LOCKING says."""
+    if os.environ.get("HDF5_USE_FILE_LOCKING"):
+        return h5py.File(path, mode)
+    return h5py.File(path, mode, locking=False)
+
+
 def open_h5(path: Path) -> h5py.File:
     """Open an HDF5 file read-only; IndexFormatError naming the file when it is truncated or not HDF5."""
     if not path.exists():
         raise FileNotFoundError(f"{path} not found")
     try:
-        return h5py.File(path, "r")
+        return h5_file(path, "r")
     except OSError as e:
         raise IndexFormatError(f"{path}: cannot open HDF5 file (truncated or corrupt?): {e}") from e
 
