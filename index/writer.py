@@ -41,9 +41,10 @@ previous faiss file) is not deleted when the new manifest is published: the same
 another node of a shared filesystem, where deleting a file under an open handle gives stale-handle errors or
 SIGBUS instead of the retry above) keep answering. A later writer (any commit, compaction or write open)
 deletes retired files once they are ``RETIRE_GRACE_S`` seconds old (environment ``LANDMARKS_RETIRE_GRACE_S``;
-0: delete at once, right after the commit point, as before): first a manifest without them, then the files.
-A reader that lives longer than the grace period must reopen the index (the service does on ``POST /reload``
-or SIGHUP) before a writer removes what it holds.
+0: delete at once, right after the commit point) and no live reader lease names them (``index/lease.py``: every
+open reader names the files it holds and refreshes that while it runs, however long): first a manifest without
+them, then the files. Only a reader that cannot write its lease (a read-only filesystem) relies on the grace
+period alone and must reopen the index (the service does on ``POST /reload`` or SIGHUP) before it ends.
 
 Worker shards: :func:`write_worker_shard` lets processes other than the writer (e.g. Ray actors of
 ``build-index --engine ray``) write shards straight into ``shards/`` while the writer holds the lock, each at a
@@ -133,8 +134,8 @@ __all__ = ["IndexWriter", "write_worker_shard", "retire_grace_s", "RETRAIN_GROWT
 # centroids and codebooks were fitted on a quarter of today's data. Retraining at every 4x growth costs at
 # most 1/3 of a final build in total (geometric series 1/4 + 1/16 + ...).
 RETRAIN_GROWTH = 4.0
-# Replaced files stay on disk this long for readers that still hold them (module docstring, "Retired files").
-# An hour covers a predict/evaluate run or a service between reloads; override per process with the variable.
+# Replaced files stay on disk at least this long (module docstring, "Retired files"); those an open reader's lease
+# names stay as long as it runs. The grace period is what protects a reader that could not write a lease.
 RETIRE_GRACE_S = 3600.0
 RETIRE_GRACE_ENV = "LANDMARKS_RETIRE_GRACE_S"
 RETIRED_KEY = "retired"
