@@ -49,6 +49,8 @@ class ReaderLease:
 
     def update(self, files: Iterable[str]) -> None:
         """Hold ``files`` too (relative to the index directory); rewrites the lease atomically."""
+        if self.released:
+            return
         new = {f for f in files if f}
         if self.files and new <= self.files and self.path.exists():
             return
