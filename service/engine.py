@@ -453,9 +453,13 @@ class Engine:
         ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(keep, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, QUERY_KEEP_QUALITY])
         # the decoded photo (up to 1024 px, megabytes) is not kept: the match picture needs only the features
         kept = dataclasses.replace(features, local_image=None)
+        answer = pred.to_json(name)
+        # the names of this answer's landmarks only: a snapshot's whole table (200k GLDv2 names) kept alive by
+        # cached answers across reloads would escape the cache's byte bound
+        names = {lm: state.names[lm] for lm in _landmark_ids([answer, table]) if lm in state.names}
         self.answers.put(rid, Answer(name, generation, models_key, kept, evidence, pred, table,
-                                     jpeg.tobytes() if ok else b"", item.orig_size, names=state.names))
-        return rid, _enlarged(_named(pred.to_json(name), state.names), item)
+                                     jpeg.tobytes() if ok else b"", item.orig_size, names=names))
+        return rid, _enlarged(_named(answer, state.names), item)
 
     def neighbours(self, data: bytes, name: str | None, k: int = 10) -> dict[str, Any]:
         """The JSON of ``query --json`` for one uploaded image. Raises BadImage."""
@@ -565,6 +569,16 @@ def _enlarged(answer: dict[str, Any], item: Item) -> dict[str, Any]:
     """``answer`` with ``enlarged_from: [w, h]`` when the upload was enlarged before recognition (enlarge_tiny)."""
     size = getattr(item, "enlarged_from", None)
     return {**answer, "enlarged_from": list(size)} if size else answer
+
+
+def _landmark_ids(obj: Any) -> set[str]:
+    """Every ``landmark_id`` value in a JSON-like answer."""
+    if isinstance(obj, list):
+        return set().union(*(_landmark_ids(x) for x in obj)) if obj else set()
+    if not isinstance(obj, dict):
+        return set()
+    found = {obj["landmark_id"]} if isinstance(obj.get("landmark_id"), str) else set()
+    return found.union(*(_landmark_ids(v) for v in obj.values() if isinstance(v, (dict, list))))
 
 
 def _named(answer: dict[str, Any], names: Mapping[str, str]) -> dict[str, Any]:
