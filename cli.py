@@ -314,9 +314,11 @@ def query(
         if k is not None and k < 1:
             raise CliError(f"--k must be >= 1, got {k}")
         from gldv2.names import load_names, with_names
+        from index.reader import IndexReader
 
-        results = neighbours.main(index, _query_images(images, recursive), k=k or 10, device=device)
-        names = load_names(index)
+        with IndexReader.open(index) as db:  # one open index: the search and its landmark names
+            names = load_names(db)
+            results = neighbours.main(db, _query_images(images, recursive), k=k or 10, device=device)
         for res in results:
             if as_json:
                 typer.echo(json.dumps(with_names(res, names) if names else res))
@@ -673,6 +675,8 @@ def serve(
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.1, help="Largest request body (all images of a request)."),
     timeout: float = typer.Option(60.0, "--timeout", min=1, help="Seconds before a request is answered 504."),
     max_pixels: int = typer.Option(40_000_000, "--max-pixels", min=1, help="Pixel budget of an upload: larger images are answered 413 from their header, before decoding."),
+    answer_cache_mb: float = typer.Option(64.0, "--answer-cache-mb", min=1, help="Memory for recent answers (their match pictures and /results), in MB."),
+    operator_token: Optional[str] = typer.Option(None, "--operator-token", help="Bearer token for POST /reload (else $LANDMARKS_OPERATOR_TOKEN). Without one, /reload is refused unless --host is localhost."),
     k: Optional[int] = _NEIGHBOURS, candidates: Optional[int] = _CANDIDATES, refs: Optional[int] = _REFS_PER_CANDIDATE,
     threshold: Optional[int] = _INLIER_THRESHOLD, cascade: Optional[str] = _CASCADE,
     cascade_pairs: Optional[int] = _CASCADE_PAIRS,
@@ -683,9 +687,10 @@ def serve(
     def body():
         from service.app import Limits, serve as serve_app
 
-        limits = Limits(workers=workers, max_upload_mb=max_upload_mb, request_timeout_s=timeout, max_pixels=max_pixels)
+        limits = Limits(workers=workers, max_upload_mb=max_upload_mb, request_timeout_s=timeout, max_pixels=max_pixels,
+                        answer_cache_mb=answer_cache_mb)
         serve_app(index, host=host, port=port, limits=limits, device=device,
-                  overrides=_overrides(k, candidates, refs, threshold, cascade, cascade_pairs))
+                  overrides=_overrides(k, candidates, refs, threshold, cascade, cascade_pairs), operator_token=operator_token)
 
     _guard(body)
 

@@ -16,12 +16,20 @@ the TAR is deleted. The ``.done`` marker (with the md5 and the image count) make
 Disk use beyond the images: one TAR (about 1 GB for train) per shard in flight.
 
 Every failure is a :class:`ShardError` whose message names the shard and says what happened; the other
-shards go on and finished shards are kept.
+shards go on and finished shards are kept. That holds for any error of one shard, not only the expected ones:
+a garbage status line (``http.client`` errors are not ``OSError``), a malformed ``Content-Range``, a bug: the
+shard is reported at the end with what was raised, and the run goes on.
+
+Order of the last steps: the ``.done`` marker is written (atomically) before the TAR is removed, so a kill
+between the two costs no download again; a rerun that finds a marker beside a leftover TAR (or part file)
+removes it, so no ~1 GB file outlives the run that should have removed it.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
+import http.client
 import logging
 import os
 import re
@@ -129,10 +137,18 @@ class _Source:
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise ShardError(f"{path}: cannot connect to {self.url(path)} ({reason})") from None
+        except http.client.HTTPException as exc:  # BadStatusLine, LineTooLong, ...: not OSError
+            raise ShardError(f"{path}: bad HTTP answer from {self.url(path)} ({type(exc).__name__}: "
+                             f"{str(exc)[:80]!r})") from None
         if resp.status == 206:
-            total = _content_range_total(resp.headers.get("Content-Range"))
-            start = int(re.match(r"bytes (\d+)-", resp.headers.get("Content-Range", "bytes 0-")).group(1))
-            return resp, total, start
+            value = resp.headers.get("Content-Range") or ""
+            m = re.fullmatch(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", value)
+            if not m or int(m.group(1)) > int(m.group(2)) or int(m.group(1)) > offset:
+                resp.close()
+                raise ShardError(f"{path}: malformed Content-Range {value[:80]!r} in a 206 answer from "
+                                 f"{self.url(path)} (asked for bytes {offset}-)")
+            total = None if m.group(3) == "*" else int(m.group(3))
+            return resp, total, int(m.group(1))
         length = resp.headers.get("Content-Length")
         return resp, int(length) if length is not None else None, 0  # 200: the whole file (Range ignored)
 
@@ -169,6 +185,8 @@ def _fetch(source: _Source, path: str, part: Path, stop: threading.Event, progre
                 stream.close()
                 continue
             mode = "ab" if start == have and have else "wb"
+            if mode == "wb" and start:  # a range that starts elsewhere than asked: refuse rather than misplace bytes
+                raise ShardError(f"{path}: the server sent bytes from {start}, asked for {have}")
             got = 0
             with open(part, mode) as f:
                 while True:
@@ -176,7 +194,7 @@ def _fetch(source: _Source, path: str, part: Path, stop: threading.Event, progre
                         raise KeyboardInterrupt
                     try:
                         chunk = stream.read(CHUNK)
-                    except (OSError, ValueError) as exc:  # IncompleteRead, reset, timeout
+                    except (OSError, ValueError, http.client.HTTPException) as exc:  # IncompleteRead, reset, timeout
                         logger.debug("%s: connection dropped (%s)", path, exc)
                         break
                     if not chunk:
@@ -211,7 +229,7 @@ def _expected_md5(source: _Source, split: str, shard: int) -> str:
     stream, _, _ = source.open(path)
     try:
         text = stream.read(1 << 16).decode("ascii", "replace")
-    except OSError as exc:
+    except (OSError, ValueError, http.client.HTTPException) as exc:
         raise ShardError(f"{path}: cannot read ({exc})") from None
     finally:
         stream.close()
@@ -317,8 +335,10 @@ def download_shard(source: _Source, out: Path, split: str, shard: int, stop: thr
             tar.unlink()  # its md5 was right: the source itself is broken, and a TAR is large
             raise
         marker = work / shard_name(shard).replace(".tar", ".done")
-        marker.write_text(f"{expected} {images}\n")
-        tar.unlink()
+        tmp_marker = marker.with_name(marker.name + ".tmp")
+        tmp_marker.write_text(f"{expected} {images}\n")
+        os.replace(tmp_marker, marker)  # a marker is whole or absent
+        tar.unlink()  # a kill before this leaves the TAR beside its marker: the next run removes it (clean_done)
         return images, transferred
     except ShardError as exc:
         raise ShardError(f"{name}: {str(exc).removeprefix(name + ': ')}") from None
@@ -328,6 +348,20 @@ def download_shard(source: _Source, out: Path, split: str, shard: int, stop: thr
 
 def is_done(out: Path, split: str, shard: int) -> bool:
     return (out / WORK_DIR / split / shard_name(shard).replace(".tar", ".done")).is_file()
+
+
+def clean_done(out: Path, split: str, shard: int) -> int:
+    """Remove what a finished shard left in the work folder (its TAR or part file, when a kill came between
+    the marker and the removal); returns the bytes freed."""
+    freed = 0
+    work = out / WORK_DIR / split
+    for leftover in (work / shard_name(shard), work / (shard_name(shard) + ".part")):
+        with contextlib.suppress(FileNotFoundError):
+            size = leftover.stat().st_size
+            leftover.unlink()
+            freed += size
+            logger.info("%s/%s is done: removed the leftover %s (%d bytes)", split, shard_name(shard), leftover.name, size)
+    return freed
 
 
 def download_metadata(source: _Source, out: Path, names: Sequence[str], stop: threading.Event,
@@ -349,6 +383,9 @@ def download_metadata(source: _Source, out: Path, names: Sequence[str], stop: th
             errors.append(str(exc))
         except OSError as exc:
             errors.append(f"metadata/{name}: {_disk_message(exc, out)}")
+        except Exception as exc:  # noqa: BLE001 - one file's failure, whatever it is, is reported; the rest goes on
+            logger.debug("metadata/%s", name, exc_info=True)
+            errors.append(f"metadata/{name}: unexpected {type(exc).__name__}: {str(exc)[:200]}")
     return paths, errors, transferred
 
 
@@ -371,6 +408,8 @@ def main(
     if metadata_only:
         return result
     result.skipped = [s for s in numbers if is_done(out, split, s)]
+    for s in result.skipped:
+        clean_done(out, split, s)
     todo = [s for s in numbers if s not in set(result.skipped)]
     if result.skipped:
         logger.info("%s: %d of %d shards already downloaded and checked", split, len(result.skipped), len(numbers))
@@ -399,6 +438,12 @@ def main(
             except ShardError as exc:
                 logger.error("%s", exc)
                 result.errors.append(str(exc))
+                continue
+            except Exception as exc:  # noqa: BLE001 - whatever one shard raised is that shard's failure
+                logger.debug("%s/%s", split, shard_name(shard), exc_info=True)
+                message = f"{split}/{shard_name(shard)}: unexpected {type(exc).__name__}: {str(exc)[:200]}"
+                logger.error("%s", message)
+                result.errors.append(message)
                 continue
             result.done.append(shard)
             result.images += images

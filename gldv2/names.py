@@ -18,6 +18,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from index.aux_files import AUX_DIR, read_aux_file
 from index.reader import IndexReader
 from index.writer import IndexWriter
 
@@ -101,9 +102,15 @@ def store_names(index_dir: str | Path, names: Mapping[str, str]) -> int:
 
 
 def load_names(index: str | Path | IndexReader) -> dict[str, str]:
-    """{landmark id: name} stored with the index ({} when it has none)."""
-    db = index if isinstance(index, IndexReader) else IndexReader.open(index)
-    arrays = db.read_aux(AUX_NAME)
+    """{landmark id: name} stored with the index ({} when it has none).
+
+    Give the reader a command already holds: the names are read through it. A path reads the one small
+    names file of that index directory, without opening the index (its FAISS file and segments).
+    """
+    if isinstance(index, IndexReader):
+        arrays = index.read_aux(AUX_NAME)
+    else:
+        arrays = read_aux_file(Path(index) / AUX_DIR / f"{AUX_NAME}.npz")
     if not arrays:
         return {}
     return dict(zip(_unpack(arrays["id_utf8"], arrays["id_offsets"]), _unpack(arrays["name_utf8"], arrays["name_offsets"])))

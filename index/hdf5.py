@@ -1,10 +1,19 @@
 """HDF5 helpers shared by the index's file readers and writers (shards, segments, local sets, format 1).
 
 Readers wrap h5py/OSError errors into IndexFormatError naming the file.
+
+HDF5 file locking: HDF5 locks every file it opens (flock), and on a filesystem without lock support (some
+NFS mounts, Lustre, some FUSE filesystems) opening fails with "unable to lock file". The index needs none of
+it: each HDF5 file is written whole under a temporary name that no one else opens, renamed, and never written
+again, and writers are serialised by ``writer.lock``. So :func:`h5_file` opens a file as HDF5 does by default
+and, when HDF5 cannot lock it, opens it again with HDF5's locking off (logged once). ``HDF5_USE_FILE_LOCKING``
+in the environment is left to HDF5 (``FALSE`` turns the locks off everywhere).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +22,28 @@ import numpy as np
 
 from .manifest import IndexFormatError
 
+logger = logging.getLogger(__name__)
+
 COPY_CHUNK = 65_536  # rows per read/write when streaming arrays between files
 
 _STR = h5py.string_dtype("utf-8")
+
+
+def h5_file(path: Path, mode: str) -> h5py.File:
+    """``h5py.File(path, mode)``; on a filesystem where HDF5 cannot lock the file, the same without HDF5's locks."""
+    try:
+        return h5py.File(path, mode)
+    except OSError as exc:
+        if "lock" not in str(exc).lower() or os.environ.get("HDF5_USE_FILE_LOCKING"):
+            raise
+        if not _unlocked_warned:
+            _unlocked_warned.append(str(path))
+            logger.warning("HDF5 cannot lock %s (%s): opening the index's files without HDF5's locks (they are "
+                           "immutable; set HDF5_USE_FILE_LOCKING=FALSE to skip the attempt)", path, exc)
+        return h5py.File(path, mode, locking=False)
+
+
+_unlocked_warned: list[str] = []
 
 
 def open_h5(path: Path) -> h5py.File:
@@ -23,7 +51,7 @@ def open_h5(path: Path) -> h5py.File:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found")
     try:
-        return h5py.File(path, "r")
+        return h5_file(path, "r")
     except OSError as e:
         raise IndexFormatError(f"{path}: cannot open HDF5 file (truncated or corrupt?): {e}") from e
 

@@ -41,7 +41,7 @@ import h5py
 import numpy as np
 
 from .manifest import IndexFormatError, atomic_output
-from .hdf5 import _dataset, _row_view, open_h5
+from .hdf5 import _dataset, _row_view, h5_file, open_h5
 
 LOCAL_SETS_DIR = "local_sets"
 LOCAL_SETS_KEY = "local_sets"
@@ -83,7 +83,7 @@ def write_part_file(final: Path, name: str, start: int, dim: int, counts: np.nda
                          f"{descriptors.shape}, sizes {sizes.shape} do not fit (dim {dim})")
     final.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(final) as tmp:
-        with h5py.File(tmp, "w") as f:
+        with h5_file(tmp, "w") as f:
             f.attrs.update(format=PART_FORMAT, set=name, start=int(start), n=n, dim=int(dim))
             f.create_dataset("offsets", data=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
             f.create_dataset("keypoints", data=np.asarray(keypoints, dtype=np.float32).reshape(m, 4))

@@ -1,6 +1,7 @@
 """IndexReader: an index directory opened for reading (workers, ``predict``, ``evaluate``, ``query``, the service).
 
-A reader takes no lock and writes no file; :class:`~index.writer.IndexWriter` (``index/writer.py``) adds the
+A reader takes no lock and writes one file only, its lease (``leases/``, ``index/lease.py``: the files it holds,
+so that no writer deletes them while it runs); :class:`~index.writer.IndexWriter` (``index/writer.py``) adds the
 writes (shards, commit, compaction, local-set parts, aux arrays, manifest fields) under the writer lock. Why two
 classes, and the life-cycle of an index: ``index/writer.py`` and docs/design.md.
 
@@ -20,6 +21,7 @@ Directory layout (format 2)::
                          rows [start, start+n) per part, CSR like the segments; named by the manifest
                          key ``local_sets`` (layout and life-cycle in ``local_sets.py``)
     writer.lock          held (flock) by the one writer; writer.json names it
+    leases/*.json        one per open reader: the files it holds, refreshed while it runs (lease.py)
 
 Row numbers are global: segment ``i`` holds rows ``starts[i]:starts[i+1]`` in
 manifest order, and row number == faiss id.
@@ -50,6 +52,7 @@ import json
 import logging
 import os
 import time
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -60,6 +63,7 @@ import pandas as pd
 from . import faiss_index as fi
 from .aux_files import AUX_DIR, check_aux_name, read_aux_file
 from .choices import check_name
+from .lease import ReaderLease, take_lease
 from .legacy import FAISS_NAME, METADATA_COLUMNS, empty_metadata
 from .local_sets import LOCAL_SETS_KEY, PartCache, check_set_name, find_part, missing_rows
 from .manifest import (
@@ -136,6 +140,7 @@ class IndexReader:
         self._search_index = None  # _faiss, or its GPU clone
         self._exact = False
         self._parts = PartCache(self.path)  # secondary local set parts, opened on first use
+        self._lease: ReaderLease | None = None  # what this reader holds (a writer holds the lock instead)
         self._load()
 
     # ------------------------------------------------------------------ open
@@ -173,6 +178,27 @@ class IndexReader:
             except _Republished:
                 time.sleep(0.05 * (attempt + 1))
         raise IndexFormatError(f"{mpath}: the index kept changing while it was opened ({OPEN_RETRIES} tries)")
+
+    # a reader leases the files it opened (lease.py); a writer holds the writer lock and expires them itself
+    _takes_lease = True
+
+    def _held_files(self) -> set[str]:
+        """Files (relative to the index directory) of the state this reader opened: what its lease names."""
+        files = {e["file"] for e in self.manifest["segments"]}
+        files |= {p["file"] for e in self.manifest[LOCAL_SETS_KEY].values() for p in e["parts"]}
+        fname = (self.manifest.get("faiss") or {}).get("file")
+        return files | ({fname} if fname else set())
+
+    def _lease_files(self) -> None:
+        if not self._takes_lease:
+            return
+        if self._lease is None:
+            self._lease = take_lease(self.path, self._held_files())
+            if self._lease is not None:
+                weakref.finalize(self, self._lease.release)  # a reader dropped without close() frees its lease
+        else:
+            with contextlib.suppress(OSError):
+                self._lease.update(self._held_files())
 
     def _load(self) -> None:
         """Open the segments and the faiss file the manifest names; repair disagreements in memory (WARNING)."""
@@ -213,6 +239,7 @@ class IndexReader:
             logger.warning("%s: no faiss index file for %d rows: it is built at the next search or commit()",
                            self.path, n)
         self._check_manifest()
+        self._lease_files()
 
     def _missing(self, path: Path, fatal: bool = True) -> None:
         """A file the manifest names is missing: a newer manifest (retry) or a damaged index."""
@@ -614,6 +641,7 @@ class IndexReader:
                     fresh = read_manifest(self.path / MANIFEST_NAME)[LOCAL_SETS_KEY]
                     if fresh != self.manifest[LOCAL_SETS_KEY]:
                         self.manifest[LOCAL_SETS_KEY] = fresh  # _disk_manifest kept: a writer still reloads all
+                        self._lease_files()  # hold the newer parts too
                         time.sleep(0.01 * attempt)
                         continue
                 raise IndexFormatError(f"{self.path / part['file']}: named in {self.path / MANIFEST_NAME} but "
@@ -659,9 +687,11 @@ class IndexReader:
         self._metadata = None
 
     def close(self) -> None:
-        """Release file handles (the object is unusable afterwards)."""
+        """Release file handles and the lease (the object is unusable afterwards)."""
         self._close_stores()
         self._faiss = None
+        if self._lease is not None:
+            self._lease.release()
 
     def __enter__(self: _Self) -> _Self:  # an IndexWriter's is an IndexWriter
         return self

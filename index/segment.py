@@ -35,7 +35,7 @@ import h5py
 import numpy as np
 
 from .manifest import IndexFormatError, fsync_dir, fsync_file, tmp_path
-from .hdf5 import _STR, _dataset, _row_view, _take_rows, open_h5
+from .hdf5 import _STR, _dataset, _row_view, _take_rows, h5_file, open_h5
 
 SEGMENTS_DIR = "segments"
 SEGMENT_FORMAT = 2
@@ -84,7 +84,7 @@ class SegmentWriter:
     def __init__(self, path: Path, n: int, dim: int, local_dim: int | None = None, n_features: int = 0,
                  with_sizes: bool = False):
         self.path, self.n, self.dim, self.local_dim, self.n_features = path, n, dim, local_dim, n_features
-        self._f = h5py.File(path, "w")
+        self._f = h5_file(path, "w")
         f = self._f
         f.attrs.update(format=SEGMENT_FORMAT, n=n, dim=dim, local_dim=local_dim or 0, id_hash=ID_HASH)
         self._desc = f.create_dataset("descriptors", shape=(n, dim), dtype=np.float16)

@@ -19,7 +19,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .hdf5 import _STR, _dataset, _read_str, open_h5
+from .hdf5 import _STR, _dataset, _read_str, h5_file, open_h5
 from .manifest import IndexFormatError, TMP_SUFFIX, fsync_dir, fsync_file
 
 SHARDS_DIR = "shards"
@@ -91,7 +91,7 @@ def write_shard_file(
     shards_dir.mkdir(parents=True, exist_ok=True)
     tmp = shards_dir / f"shard-000000.h5.{os.getpid()}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}"
     try:
-        with h5py.File(tmp, "w") as f:
+        with h5_file(tmp, "w") as f:
             f.attrs["dim"] = desc16.shape[1]
             f.create_dataset("ids", data=np.asarray(ids, dtype=object), dtype=_STR)
             f.create_dataset("landmark_ids", data=np.asarray(landmark_ids, dtype=object), dtype=_STR)

@@ -41,9 +41,10 @@ previous faiss file) is not deleted when the new manifest is published: the same
 another node of a shared filesystem, where deleting a file under an open handle gives stale-handle errors or
 SIGBUS instead of the retry above) keep answering. A later writer (any commit, compaction or write open)
 deletes retired files once they are ``RETIRE_GRACE_S`` seconds old (environment ``LANDMARKS_RETIRE_GRACE_S``;
-0: delete at once, right after the commit point, as before): first a manifest without them, then the files.
-A reader that lives longer than the grace period must reopen the index (the service does on ``POST /reload``
-or SIGHUP) before a writer removes what it holds.
+0: delete at once, right after the commit point) and no live reader lease names them (``index/lease.py``: every
+open reader names the files it holds and refreshes that while it runs, however long): first a manifest without
+them, then the files. Only a reader that cannot write its lease (a read-only filesystem) relies on the grace
+period alone and must reopen the index (the service does on ``POST /reload`` or SIGHUP) before it ends.
 
 Worker shards: :func:`write_worker_shard` lets processes other than the writer (e.g. Ray actors of
 ``build-index --engine ray``) write shards straight into ``shards/`` while the writer holds the lock, each at a
@@ -69,7 +70,8 @@ import numpy as np
 
 from . import faiss_index as fi
 from .aux_files import AUX_DIR, check_aux_name, write_aux_file
-from .hdf5 import COPY_CHUNK
+from .hdf5 import COPY_CHUNK, h5_file
+from .lease import held_files
 from .legacy import (
     FAISS_NAME,
     GLOBAL_NAME,
@@ -132,8 +134,8 @@ __all__ = ["IndexWriter", "write_worker_shard", "retire_grace_s", "RETRAIN_GROWT
 # centroids and codebooks were fitted on a quarter of today's data. Retraining at every 4x growth costs at
 # most 1/3 of a final build in total (geometric series 1/4 + 1/16 + ...).
 RETRAIN_GROWTH = 4.0
-# Replaced files stay on disk this long for readers that still hold them (module docstring, "Retired files").
-# An hour covers a predict/evaluate run or a service between reloads; override per process with the variable.
+# Replaced files stay on disk at least this long (module docstring, "Retired files"); those an open reader's lease
+# names stay as long as it runs. The grace period is what protects a reader that could not write a lease.
 RETIRE_GRACE_S = 3600.0
 RETIRE_GRACE_ENV = "LANDMARKS_RETIRE_GRACE_S"
 RETIRED_KEY = "retired"
@@ -154,17 +156,23 @@ def retire_grace_s() -> float:
     return value
 
 
-def _retire(manifest: dict, files: Sequence[str]) -> list[str]:
+def _retire(manifest: dict, files: Sequence[str], index_path: Path) -> list[str]:
     """Record ``files`` (replaced in ``manifest``, about to be published) as retired; returns those to delete now.
 
-    With a grace period of 0 nothing is kept: the caller deletes them after the commit point.
+    With a grace period of 0 only the files a live reader lease names are kept (lease.py); the caller deletes
+    the others after the commit point.
     """
     files = [f for f in files if f]
     if retire_grace_s() <= 0:
-        return files
+        held = held_files(index_path)
+        drop = [f for f in files if f not in held]
+        files = [f for f in files if f in held]
+    else:
+        drop = []
     now = time.time()
-    manifest[RETIRED_KEY] = list(manifest.get(RETIRED_KEY, [])) + [{"file": f, "since": now} for f in files]
-    return []
+    if files:
+        manifest[RETIRED_KEY] = list(manifest.get(RETIRED_KEY, [])) + [{"file": f, "since": now} for f in files]
+    return drop
 
 
 def _as_str(value: Any, what: str) -> str:
@@ -184,6 +192,8 @@ class IndexWriter(IndexReader):
     IndexLockedError (0: fail at once). Every write method takes the (re-entrant) writer lock for its own
     duration; a long writer holds it with ``with db.writer_lock(): ...``.
     """
+
+    _takes_lease = False  # the writer decides what is deleted, under its lock: it holds no lease against itself
 
     def __init__(self, path: Path, manifest: dict, *, gpu: str = "auto", lock_timeout: float = 0.0) -> None:
         self.lock_timeout = float(lock_timeout)
@@ -420,7 +430,7 @@ class IndexWriter(IndexReader):
                         params["file"] = f"faiss-{uuid.uuid4().hex[:12]}.index"
                         fi.write_index(index, self.path / params["file"])  # step 3
                 manifest["faiss"] = params
-                drop_now = _retire(manifest, [old_file] if old_file and old_file != params.get("file") else [])
+                drop_now = _retire(manifest, [old_file] if old_file and old_file != params.get("file") else [], self.path)
                 manifest["segments"] = entries
                 manifest["local_dim"] = local_dim if has_local else None
                 manifest["counts"] = self._counts(segments, entries)
@@ -596,7 +606,7 @@ class IndexWriter(IndexReader):
         manifest = copy.deepcopy(self.manifest)
         old_files = [e["file"] for e in manifest["segments"]]
         manifest["segments"] = [entry]
-        drop_now = _retire(manifest, old_files)  # kept for readers that still map them
+        drop_now = _retire(manifest, old_files, self.path)  # kept for readers that still map them
         try:
             write_manifest(self.path / MANIFEST_NAME, manifest)  # the commit point
         except BaseException:
@@ -769,7 +779,7 @@ class IndexWriter(IndexReader):
                 merged_parts.append(self._merge_run(name, entry, run))
                 old_files += [p["file"] for p in run]
             entry["parts"] = merged_parts
-        drop_now = _retire(manifest, old_files)
+        drop_now = _retire(manifest, old_files, self.path)
         write_manifest(self.path / MANIFEST_NAME, manifest)  # the commit point
         self.manifest = manifest
         self._disk_manifest = copy.deepcopy(manifest)
@@ -787,7 +797,7 @@ class IndexWriter(IndexReader):
         m = sum(int(p["features"]) for p in run)
         final = part_path(self.path, name, start)
         with atomic_output(final) as tmp:
-            with h5py.File(tmp, "w") as f:
+            with h5_file(tmp, "w") as f:
                 f.attrs.update(format=PART_FORMAT, set=name, start=start, n=n, dim=dim)
                 off = f.create_dataset("offsets", shape=(n + 1,), dtype=np.int64)
                 kp = f.create_dataset("keypoints", shape=(m, 4), dtype=np.float32)
@@ -901,11 +911,17 @@ class IndexWriter(IndexReader):
         if not retired:
             return
         cutoff = time.time() - retire_grace_s()
-        expired = [r for r in retired if float(r.get("since", 0)) <= cutoff]
+        old = [r for r in retired if float(r.get("since", 0)) <= cutoff]
+        held = held_files(self.path) if old else set()
+        expired = [r for r in old if r["file"] not in held]  # a live reader's lease keeps a file, however old
+        if len(expired) < len(old):
+            logger.info("%d retired files of %s are past the grace period but still held by open readers (leases)",
+                        len(old) - len(expired), self.path)
         if not expired:
             return
+        gone = {r["file"] for r in expired}
         manifest = copy.deepcopy(self.manifest)
-        manifest[RETIRED_KEY] = [r for r in retired if float(r.get("since", 0)) > cutoff]
+        manifest[RETIRED_KEY] = [r for r in retired if r["file"] not in gone]
         write_manifest(self.path / MANIFEST_NAME, manifest)
         self.manifest = manifest
         self._disk_manifest = copy.deepcopy(manifest)

@@ -33,6 +33,9 @@ class LRU(Generic[K, V]):
         self._sizeof = sizeof
         self.bytes = 0  # total size of the entries kept (0 without sizeof)
         self._data: OrderedDict[K, V] = OrderedDict()
+        # each entry's size when it was stored: a value that grew since (put again to count it) is taken
+        # out with the size that was added, so ``bytes`` never drifts
+        self._sizes: dict[K, int] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -77,12 +80,13 @@ class LRU(Generic[K, V]):
             if key not in self._data:
                 return default
             value = self._data.pop(key)
-            self.bytes -= self._size(value)
+            self.bytes -= self._sizes.pop(key, 0)
             return value
 
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
+            self._sizes.clear()
             self.bytes = 0
 
     # ------------------------------------------------------------------ internal (lock held)
@@ -92,10 +96,13 @@ class LRU(Generic[K, V]):
 
     def _insert(self, key: K, value: V) -> None:
         if key in self._data:
-            self.bytes -= self._size(self._data.pop(key))
+            self._data.pop(key)
+            self.bytes -= self._sizes.pop(key, 0)
+        size = self._size(value)
         self._data[key] = value
-        self.bytes += self._size(value)
+        self._sizes[key] = size
+        self.bytes += size
         while self._data and ((self.max_items is not None and len(self._data) > self.max_items)
                               or (self.max_bytes is not None and self.bytes > self.max_bytes)):
-            _, old = self._data.popitem(last=False)
-            self.bytes -= self._size(old)
+            old_key, _ = self._data.popitem(last=False)
+            self.bytes -= self._sizes.pop(old_key, 0)

@@ -25,16 +25,19 @@ def neighbours_table(db: IndexReader, scores: np.ndarray, rows: np.ndarray) -> l
 
 
 def main(
-    index_dir: str | Path, images: Sequence[str | Path], k: int = 10, device: str | None = None,
+    index_dir: str | Path | IndexReader, images: Sequence[str | Path], k: int = 10, device: str | None = None,
     num_workers: int | None = 0,
 ) -> list[dict[str, Any]]:
     """Search the index for each image. Returns one dict per image, in order:
-    ``{"image", "neighbours": [...]}``, or ``{"image", "error"}`` for an unreadable image."""
+    ``{"image", "neighbours": [...]}``, or ``{"image", "error"}`` for an unreadable image.
+
+    ``index_dir``: an index directory, or a reader the caller already holds (and closes), so that what else
+    the caller reads from the index (its landmark names) comes through the same open index."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    db = IndexReader.open(index_dir)
+    db = index_dir if isinstance(index_dir, IndexReader) else IndexReader.open(index_dir)
     if db.size == 0:
-        raise ValueError(f"{index_dir}: the index is empty (build it with build-index)")
+        raise ValueError(f"{db.path}: the index is empty (build it with build-index)")
     fx = FeatureExtractor.for_index(db, device=device, need_local=False)
     paths = [str(p) for p in images]
     results: list[dict[str, Any]] = []

@@ -33,6 +33,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 
+from .auth import SCHEME, OperatorAuth
 from .engine import Engine
 from .routes import admin, answers, recognition
 from .runtime import Limits, Service, ServiceError, error_response
@@ -91,14 +92,16 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 def create_app(index_dir: str | Path | None = None, limits: Limits | None = None, device: str | None = None,
                overrides: Mapping[str, Any] | None = None, handle_sighup: bool = False,
-               engine: Engine | None = None) -> FastAPI:
+               engine: Engine | None = None, operator_auth: OperatorAuth | None = None) -> FastAPI:
     """The ASGI app for one index: the routers, the body limit, one-line errors. The index and models load
     at start-up (lifespan), once.
 
     ``engine``: an already loaded :class:`Engine` to serve instead of ``index_dir`` (it is not
-    closed at shutdown; tests share one between apps with different limits).
+    closed at shutdown; tests share one between apps with different limits). ``operator_auth``: who may call
+    ``POST /reload`` (default: anyone, as for a service bound to localhost; :func:`serve` derives it from the bind).
     """
     limits = limits or Limits()
+    operator_auth = operator_auth or OperatorAuth()
     if (index_dir is None) == (engine is None):
         raise ValueError("give index_dir or engine")
     given = engine
@@ -106,8 +109,8 @@ def create_app(index_dir: str | Path | None = None, limits: Limits | None = None
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         engine = given or await asyncio.to_thread(Engine, index_dir, device, overrides, limits.max_global_batch,
-                                                  max_pixels=limits.max_pixels)
-        service = app.state.service = Service(engine, limits)
+                                                  max_pixels=limits.max_pixels, answer_cache_mb=limits.answer_cache_mb)
+        service = app.state.service = Service(engine, limits, operator_auth)
         if handle_sighup and hasattr(signal, "SIGHUP"):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 asyncio.get_running_loop().add_signal_handler(
@@ -128,6 +131,9 @@ def create_app(index_dir: str | Path | None = None, limits: Limits | None = None
         lifespan=lifespan,
         generate_unique_id_function=lambda route: route.name,  # operationIds: recognize, result, matches, ...
     )
+    app.state.operator_auth = operator_auth
+    if operator_auth.required:
+        _declare_operator_security(app)
     app.add_middleware(BodyLimit, max_bytes=limits.max_upload_bytes)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -136,6 +142,24 @@ def create_app(index_dir: str | Path | None = None, limits: Limits | None = None
     app.include_router(recognition.make_router(limits.max_batch_files))
     app.include_router(answers.router)
     return app
+
+
+def _declare_operator_security(app: FastAPI) -> None:
+    """Declare the bearer token on the operator routes of the OpenAPI document (only when one is required)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = build()
+            spec.setdefault("components", {}).setdefault("securitySchemes", {})[SCHEME] = {
+                "type": "http", "scheme": "bearer",
+                "description": "The operator token (serve --operator-token or $LANDMARKS_OPERATOR_TOKEN)"}
+            for path, method in admin.OPERATOR_ROUTES:
+                spec["paths"][path][method]["security"] = [{SCHEME: []}]
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 # ----------------------------------------------------------------------------- errors: one line, never a trace
@@ -168,17 +192,24 @@ def _version() -> str:
 
 
 def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None,
-          device: str | None = None, overrides: Mapping[str, Any] | None = None) -> None:
+          device: str | None = None, overrides: Mapping[str, Any] | None = None,
+          operator_token: str | None = None) -> None:
     """Run the service until interrupted (what ``landmarks serve`` calls).
 
     The index and models are loaded before the server starts, so a bad index is one error line, not a trace.
+    ``operator_token`` (else ``$LANDMARKS_OPERATOR_TOKEN``): the bearer token of ``POST /reload``; without one,
+    ``/reload`` is open on a localhost bind and refused (403) on any other (``service/auth.py``).
     """
     import uvicorn
 
     limits = limits or Limits()
-    engine = Engine(index_dir, device, overrides, limits.max_global_batch, max_pixels=limits.max_pixels)
+    operator_auth = OperatorAuth.for_bind(host, operator_token)
+    if not operator_auth.required and not operator_auth.open:
+        logger.warning("binding %s without an operator token: POST /reload is refused (SIGHUP reloads)", host)
+    engine = Engine(index_dir, device, overrides, limits.max_global_batch, max_pixels=limits.max_pixels,
+                    answer_cache_mb=limits.answer_cache_mb)
     try:
-        app = create_app(limits=limits, handle_sighup=True, engine=engine)
+        app = create_app(limits=limits, handle_sighup=True, engine=engine, operator_auth=operator_auth)
         uvicorn.run(
             app, host=host, port=port,
             log_level="info" if logging.getLogger().getEffectiveLevel() <= logging.INFO else "warning",

@@ -10,7 +10,8 @@ features, ``Prediction.to_json``); the engine only adds
 - a snapshot (:class:`Loaded`) of the index that :meth:`Engine.reload` replaces
   atomically: a request keeps the snapshot it started with, and a replaced snapshot is
   closed when its last request ends; the models are shared while the configuration holds;
-- bounded caches of recent answers (plain data, for their match pictures) and thumbnails.
+- caches of recent answers (plain data for their match pictures: the query's features without its decoded
+  image, a small JPEG of it) and of thumbnails, each bounded in bytes (``answer_cache_mb``, ``THUMB_CACHE_MB``).
 """
 from __future__ import annotations
 
@@ -41,14 +42,17 @@ from index.reader import IndexReader
 from index.manifest import package_version
 from retrieval.cache import LRU
 from retrieval.extract import PCA_AUX, FeatureExtractor, Features, Item
-from retrieval.image_io import DEFAULT_MAX_PIXELS, ImageError, ImageTooLarge, load_image, resize_max_side
+from retrieval.image_io import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageError, ImageTooLarge, load_image, resize_max_side
 from retrieval.neighbours import neighbours_table
 from retrieval.recognize import Evidence, Prediction, Recognizer
 
 logger = logging.getLogger(__name__)
 
 THUMB_SIDE = 256  # longer side of reference thumbnails
+THUMB_CACHE_MB = 16.0  # thumbnails kept (a 256-px JPEG is 5-20 kB: about a thousand)
 QUERY_KEEP_SIDE = 480  # the query is kept at this size for its match picture (visualize.PANEL_SIDE)
+QUERY_KEEP_QUALITY = 90  # ... as a JPEG of this quality (~40 kB instead of ~0.5 MB of pixels)
+ANSWERS_KEPT = 128  # most answers kept, whatever their size (the byte bound usually binds first)
 MAX_K = 1000  # neighbours per /neighbours request
 MAX_RESULT_K = 100  # neighbours an answer keeps for /results
 
@@ -200,15 +204,25 @@ class Answer:
     name: str
     generation: int  # the snapshot the answer was computed on
     models_key: str  # its models (Loaded.models_key)
-    features: Features  # the query's global descriptor and local features (numpy arrays)
+    features: Features  # the query's global descriptor and local features (numpy arrays; no decoded image)
     evidence: Evidence  # reference ids, landmark ids and scores
     pred: Prediction
     neighbours: list[dict[str, Any]]  # the nearest references as ``query --json`` rows (at most MAX_RESULT_K)
-    query: np.ndarray  # the query downscaled to QUERY_KEEP_SIDE
+    query_jpeg: bytes  # the query downscaled to QUERY_KEEP_SIDE, JPEG-encoded (decoded when a picture is drawn)
     orig_size: tuple[int, int]
     names: Mapping[str, str] = field(default_factory=dict)  # the snapshot's landmark names ({} when none)
     pngs: dict[int, bytes] = field(default_factory=dict)  # match pictures drawn, by number of candidates
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def answer_bytes(ans: Answer) -> int:
+    """What an answer costs the cache: its arrays, its pictures, and its tables (about 3x their JSON size in
+    Python objects). The cache's byte bound counts this."""
+    f = ans.features
+    arrays = f.global_desc.nbytes + (0 if f.local is None else sum(
+        a.nbytes for a in (f.local.keypoints, f.local.scales, f.local.scores, f.local.descriptors)))
+    tables = len(json.dumps(ans.neighbours, default=str)) + 200 * (len(ans.evidence.neighbours) + len(ans.evidence.candidates))
+    return arrays + len(ans.query_jpeg) + sum(len(p) for p in ans.pngs.values()) + 3 * tables + 4096
 
 
 def clean_name(name: str | None) -> str:
@@ -222,10 +236,11 @@ class Engine:
     """Loads an index once and answers recognise / neighbours / match-picture / thumbnail requests."""
 
     def __init__(self, index_dir: str | Path, device: str | None = None, overrides: Mapping[str, Any] | None = None,
-                 max_batch: int | None = None, answers_kept: int = 128, thumbs_kept: int = 1024,
+                 max_batch: int | None = None, answers_kept: int = ANSWERS_KEPT, answer_cache_mb: float = 64.0,
                  max_pixels: int = DEFAULT_MAX_PIXELS):
         """``max_batch``: images the global model describes together; None = 8 on a GPU, 1 (no batching) on CPU.
         ``max_pixels``: the pixel budget of an upload (larger ones are refused from the header: TooManyPixels).
+        ``answer_cache_mb``: bytes of recent answers kept (:func:`answer_bytes`), at most ``answers_kept`` of them.
 
         On CPU a batch is slower per image than single images (measured with lite0 at 384 px on
         one thread: 9.5 img/s one at a time, 5 img/s in batches of 4), so there each worker thread
@@ -235,8 +250,10 @@ class Engine:
         self.device = device
         self.overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
         self.max_pixels = int(max_pixels)
-        self.answers: LRU[str, Answer] = LRU(max_items=answers_kept)
-        self.thumbs: LRU[str, bytes] = LRU(max_items=thumbs_kept)
+        self.answer_cache_mb = float(answer_cache_mb)
+        self.answers: LRU[str, Answer] = LRU(max_items=answers_kept, max_bytes=int(self.answer_cache_mb * 2**20),
+                                             sizeof=answer_bytes)
+        self.thumbs: LRU[str, bytes] = LRU(max_bytes=int(THUMB_CACHE_MB * 2**20), sizeof=len)
         self._reload_lock = threading.Lock()
         self.reloads = 0
         self.models_loaded = 0  # times the models were built (1 + reloads that changed the configuration)
@@ -339,6 +356,16 @@ class Engine:
 
     # ------------------------------------------------------------------ info
 
+    def limits_json(self) -> dict[str, float]:
+        """The engine's own bounds, as /health states them beside the service's limits."""
+        return {"max_pixels": self.max_pixels, "answer_cache_mb": self.answer_cache_mb,
+                "answers_kept_max": self.answers.max_items or 0, "thumbnail_cache_mb": THUMB_CACHE_MB}
+
+    def cache_json(self) -> dict[str, float]:
+        """What the caches hold now (answers and thumbnails: entries and MB)."""
+        return {"answers": len(self.answers), "answers_mb": round(self.answers.bytes / 2**20, 3),
+                "thumbnails": len(self.thumbs), "thumbnails_mb": round(self.thumbs.bytes / 2**20, 3)}
+
     def health(self) -> dict[str, Any]:
         with self.snapshot() as state:
             rec, db = state.rec, state.rec.db
@@ -361,6 +388,7 @@ class Engine:
                 "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(state.loaded_at)),
                 "reloads": self.reloads,
                 "open_snapshots": self.open_snapshots(),
+                "caches": self.cache_json(),
                 "global_batches": {
                     "max_batch": self.batcher.max_batch if self.batcher else 1,
                     "batches": (self.batcher.batches if self.batcher else 0) + self._direct[0],
@@ -380,7 +408,11 @@ class Engine:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
             try:
-                return state.rec.fx.decode(tmp, local=local, max_pixels=self.max_pixels)
+                enlarged = enlarge_tiny(Path(tmp), self.max_pixels)
+                item = state.rec.fx.decode(tmp, local=local, max_pixels=self.max_pixels)
+                if enlarged is not None:
+                    item.enlarged_from = enlarged  # type: ignore[attr-defined]
+                return item
             except ImageTooLarge as exc:
                 raise TooManyPixels(str(exc).replace(tmp, name)) from None
             except ImageError as exc:
@@ -418,18 +450,25 @@ class Engine:
             generation, models_key = state.generation, state.models_key
         rid = uuid.uuid4().hex[:16]
         keep = resize_max_side(item.local_image if item.local_image is not None else item.global_image, QUERY_KEEP_SIDE)
-        self.answers.put(rid, Answer(name, generation, models_key, features, evidence, pred, table, keep, item.orig_size,
-                                     names=state.names))
-        return rid, _named(pred.to_json(name), state.names)
+        ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(keep, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, QUERY_KEEP_QUALITY])
+        # the decoded photo (up to 1024 px, megabytes) is not kept: the match picture needs only the features
+        kept = dataclasses.replace(features, local_image=None)
+        answer = pred.to_json(name)
+        # the names of this answer's landmarks only: a snapshot's whole table (200k GLDv2 names) kept alive by
+        # cached answers across reloads would escape the cache's byte bound
+        names = {lm: state.names[lm] for lm in _landmark_ids([answer, table]) if lm in state.names}
+        self.answers.put(rid, Answer(name, generation, models_key, kept, evidence, pred, table,
+                                     jpeg.tobytes() if ok else b"", item.orig_size, names=names))
+        return rid, _enlarged(_named(answer, state.names), item)
 
     def neighbours(self, data: bytes, name: str | None, k: int = 10) -> dict[str, Any]:
         """The JSON of ``query --json`` for one uploaded image. Raises BadImage."""
         name = clean_name(name)
         with self.snapshot() as state:
             db = state.rec.db
-            _, features = self.features(state, data, name, local=False)
+            item, features = self.features(state, data, name, local=False)
             D, I = db.search(features.global_desc[None].astype(np.float32), min(int(k), db.size))
-            return _named({"image": name, "neighbours": neighbours_table(db, D[0], I[0])}, state.names)
+            return _enlarged(_named({"image": name, "neighbours": neighbours_table(db, D[0], I[0])}, state.names), item)
 
     def answer(self, rid: str) -> Answer:
         ans = self.answers.get(rid)
@@ -463,12 +502,17 @@ class Engine:
                     if state.models_key != ans.models_key:
                         raise UnknownResult(rid)
                     evidence = ans.evidence if state.generation == ans.generation else _still_indexed(state, ans.evidence)
-                    sheet = visualize.render(state.rec, ans.name, ans.query, ans.features,
+                    query = cv2.imdecode(np.frombuffer(ans.query_jpeg, np.uint8), cv2.IMREAD_COLOR)
+                    if query is None:
+                        raise RuntimeError("the kept query picture does not decode")
+                    sheet = visualize.render(state.rec, ans.name, cv2.cvtColor(query, cv2.COLOR_BGR2RGB), ans.features,
                                              evidence, ans.pred, max_candidates=candidates, names=state.names)
                 ok, buf = cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
                 if not ok:
                     raise RuntimeError("PNG encoding failed")
                 ans.pngs[candidates] = buf.tobytes()
+                if rid in self.answers:
+                    self.answers.put(rid, ans)  # counted again with its picture (may push older answers out)
             return ans.pngs[candidates]
 
     def thumbnail(self, ref_id: str) -> bytes | None:
@@ -492,6 +536,49 @@ class Engine:
         if data is not None:
             self.thumbs.put(key, data)
         return data
+
+
+def enlarge_tiny(path: Path, max_pixels: int, min_side: int = DEFAULT_MIN_SIDE) -> tuple[int, int] | None:
+    """Enlarge the image file at ``path`` in place (nearest neighbour) when its shorter side is under ``min_side``.
+
+    The OpenAPI document accepts any image, so a 1 x 1 PNG is answered (almost surely "no landmark") instead of
+    refused as the CLI refuses a file too small to describe. Returns its (w, h) before, or None when nothing
+    was done (large enough, over the pixel budget, or unreadable: the decoder then says why).
+    """
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if min(w, h) >= min_side or min(w, h) < 1 or w * h > max_pixels:
+                return None
+            scale = -(-min_side // min(w, h))  # ceil
+            if w * h * scale * scale > max_pixels:
+                return None
+            im = ImageOps.exif_transpose(im).convert("RGB")
+            big = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+            orig = (im.width, im.height)
+        big.save(path, "PNG")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+    logger.info("upload of %dx%d px enlarged %dx to reach %d px", orig[0], orig[1], scale, min_side)
+    return orig
+
+
+def _enlarged(answer: dict[str, Any], item: Item) -> dict[str, Any]:
+    """``answer`` with ``enlarged_from: [w, h]`` when the upload was enlarged before recognition (enlarge_tiny)."""
+    size = getattr(item, "enlarged_from", None)
+    return {**answer, "enlarged_from": list(size)} if size else answer
+
+
+def _landmark_ids(obj: Any) -> set[str]:
+    """Every ``landmark_id`` value in a JSON-like answer."""
+    if isinstance(obj, list):
+        return set().union(*(_landmark_ids(x) for x in obj)) if obj else set()
+    if not isinstance(obj, dict):
+        return set()
+    found = {obj["landmark_id"]} if isinstance(obj.get("landmark_id"), str) else set()
+    return found.union(*(_landmark_ids(v) for v in obj.values() if isinstance(v, (dict, list))))
 
 
 def _named(answer: dict[str, Any], names: Mapping[str, str]) -> dict[str, Any]:

@@ -36,6 +36,9 @@ class Limits:
     # pixel budget of one upload, checked from its header before decoding (413 above it): a PNG has no
     # reduced decoding, so a 194 kB 13,000 x 13,000 one would otherwise cost a gigabyte and seconds of CPU
     max_pixels: int = DEFAULT_MAX_PIXELS  # (an Engine handed to create_app keeps its own)
+    # recent answers kept for /matches and /results, bounded in bytes (their features, a small JPEG of the query,
+    # the match pictures drawn): the service's memory beyond the index and models stays flat under any traffic
+    answer_cache_mb: float = 64.0  # (an Engine handed to create_app keeps its own)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -43,7 +46,8 @@ class Limits:
 
     def to_json(self) -> dict[str, float]:
         return {"workers": self.workers, "max_upload_mb": self.max_upload_mb, "max_queue": self.max_queue,
-                "max_batch_files": self.max_batch_files, "request_timeout_s": self.request_timeout_s}
+                "max_batch_files": self.max_batch_files, "request_timeout_s": self.request_timeout_s,
+                "max_in_progress": self.workers + self.max_queue}
 
 
 class ServiceError(FastAPIHTTPException):
@@ -83,9 +87,10 @@ class Pool:
 class Service:
     """One app's engine, limits and pool, and its one-at-a-time reload."""
 
-    def __init__(self, engine: Engine, limits: Limits):
+    def __init__(self, engine: Engine, limits: Limits, operator_auth: Any = None):
         self.engine = engine
         self.limits = limits
+        self.operator_auth = operator_auth  # service.auth.OperatorAuth (what /health states)
         self.pool = Pool(limits)
         self._reload_task: asyncio.Future | None = None
 
@@ -137,8 +142,39 @@ async def read_images(request: Request, max_files: int | None = None,
     if max_files is None and len(uploads) > 1:
         raise ServiceError(422, "send one photo as 'image' (several: POST /recognize/batch)")
     if max_files is not None and len(uploads) > max_files:
-        raise ServiceError(413, f"{len(uploads)} images in one batch; at most {max_files}")
-    return [(u.filename, await u.read()) if isinstance(u, UploadFile) else (None, _field_bytes(u)) for u in uploads]
+        # an invalid request (the document's maxItems), not a body over the size limit: 422 as for any other
+        raise ServiceError(422, f"image: {len(uploads)} images in one batch; at most {max_files}")
+    out = [(u.filename, await u.read()) if isinstance(u, UploadFile) else (None, _field_bytes(u)) for u in uploads]
+    if max_files is not None:
+        # an empty part breaks the document's minLength: the request is invalid (an unreadable photo is
+        # that photo's error in the answer; nothing at all is a malformed request)
+        empty = [i for i, (_, data) in enumerate(out) if not data]
+        if empty:
+            raise ServiceError(422, f"image: part {empty[0] + 1} of {len(out)} is empty (0 bytes)")
+        # a part without a file name is a text field: a photo only when it is an image (curl -F image=<a.jpg);
+        # other text (a number, JSON) is a field of the wrong type, not a photo that failed to decode
+        text = [i for i, (name, data) in enumerate(out) if name is None and not _is_image(data)]
+        if text:
+            raise ServiceError(422, f"image: part {text[0] + 1} of {len(out)} is a text field, not a photo file")
+    return out
+
+
+def _is_image(data: bytes) -> bool:
+    """Whether ``data`` starts like an image Pillow identifies (its header only: nothing is decoded)."""
+    import io
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)):
+                return True
+    except Image.DecompressionBombError:
+        return True  # an image, over Pillow's budget: the engine answers it (413 from the pixel budget)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return False
 
 
 def _field_bytes(value: str) -> bytes:

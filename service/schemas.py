@@ -93,7 +93,7 @@ class Health(_Open):
 
 
 class HealthWithLimits(Health):
-    limits: dict[str, float]
+    limits: dict[str, Union[float, str]]
 
 
 class Reloaded(Health):
@@ -108,9 +108,12 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` entries for the error answers a route gives, each with the error body."""
     why = {
         400: "The upload is not a usable image (empty, truncated, not an image, too many pixels) or the form is malformed",
+        401: "Operator route without 'Authorization: Bearer <token>' (the service has an operator token)",
+        403: "Operator route with a wrong token, or disabled (bound beyond localhost without a token)",
         404: "Unknown or expired id",
-        413: "Request body over the upload limit, too many images in one batch, or an image over the pixel budget (serve --max-pixels)",
-        422: "Invalid request: missing or unknown field or parameter, parameter out of range",
+        413: "Request body over the upload limit, or an image over the pixel budget (serve --max-pixels)",
+        422: "Invalid request: missing or unknown field or parameter, parameter out of range, too many or empty "
+             "photos in a batch",
         500: "Internal error (logged on the server)",
         503: "Server busy (retry after the Retry-After seconds), or a reload failed and the previous index is still served",
         504: "The request took longer than the server's time limit",
@@ -130,8 +133,10 @@ POOL_ERRORS = (503, 504)
 def upload_body(many: bool, max_files: int) -> dict[str, Any]:
     """``openapi_extra`` of an upload route: a multipart body whose field ``image`` holds one photo (or 1..max_files)."""
     photo = {"type": "string", "format": "binary", "minLength": 1,
-             "description": f"The photo (JPEG, PNG, or another format OpenCV/Pillow decodes): not empty, its shorter "
-                            f"side at least {DEFAULT_MIN_SIDE} px (a smaller or unreadable image is answered 400)"}
+             "description": f"The photo (JPEG, PNG, or another format OpenCV/Pillow decodes), not empty. Any size "
+                            f"within the pixel budget: a photo whose shorter side is under {DEFAULT_MIN_SIDE} px is "
+                            f"enlarged to it first (nearest neighbour; the answer says `enlarged_from`), an "
+                            f"unreadable one is answered 400"}
     image = ({"type": "array", "items": photo, "minItems": 1, "maxItems": max_files,
               "description": f"The photos, the field repeated, 1 to {max_files}"} if many else photo)
     return {

@@ -1,5 +1,6 @@
 """download gldv2 against a local HTTP server (127.0.0.1 only) serving a small generated copy of GLDv2's layout:
-resume with Range, md5 checks, a corrupted shard, a corrupt TAR, a 404, a dropped connection, a full disk."""
+resume with Range, md5 checks, a corrupted shard, a corrupt TAR, a 404, a dropped connection, a full disk, a
+garbage status line, a malformed Content-Range, unsafe TAR members, a kill between the marker and the TAR removal."""
 from __future__ import annotations
 
 import hashlib
@@ -32,6 +33,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         srv = self.server
         path = self.path.lstrip("/")
         srv.log.append((path, self.headers.get("Range")))
+        if path in srv.bad_status:  # not HTTP at all: http.client raises BadStatusLine (not an OSError)
+            self.wfile.write(b"GARBAGE 99 what\r\n\r\n")
+            self.close_connection = True
+            return
+        if path in srv.bad_range and self.headers.get("Range"):
+            self.send_response(206)
+            self.send_header("Content-Range", "bytes soon/never")
+            self.send_header("Content-Length", "4")
+            self.end_headers()
+            self.wfile.write(b"abcd")
+            return
         file = srv.root / path
         if not file.is_file():
             self.send_error(404, "Not Found")
@@ -68,6 +80,7 @@ def server(tmp_path):
     root = tmp_path / "remote"
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     srv.root, srv.log, srv.drop_once, srv.drop_always, srv.dropped = root, [], set(), set(), set()
+    srv.bad_status, srv.bad_range = set(), set()
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     yield srv
@@ -185,3 +198,91 @@ def test_download_full_disk_and_bad_arguments(server, tmp_path):
                                  "--base-url", str(server.root)])
     assert result.exit_code == 0 and (tmp_path / "m" / "metadata" / "test.csv").is_file(), result.output
     assert not list((tmp_path / "m").glob("test/*"))
+
+
+def _tar_with(root: Path, shard: int, add) -> None:
+    """test/images_NNN.tar holding one good image and what ``add(tar)`` adds, with its md5 file."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        data = _jpeg(99)
+        info = tarfile.TarInfo(f"a/b/c/abc{shard:013x}.jpg")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+        add(tar)
+    (root / "test" / f"images_{shard:03d}.tar").write_bytes(buf.getvalue())
+    (root / "md5sum" / "test" / f"md5.images_{shard:03d}.txt").write_text(hashlib.md5(buf.getvalue()).hexdigest() + "\n")
+
+
+def _link(kind: bytes, name: str, target: str):
+    def add(tar):
+        info = tarfile.TarInfo(name)
+        info.type, info.linkname = kind, target
+        tar.addfile(info)
+    return add
+
+
+def _member(name: str):
+    def add(tar):
+        info = tarfile.TarInfo(name)
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"abc"))
+    return add
+
+
+def test_every_failure_of_a_shard_is_reported_and_the_run_goes_on(server, tmp_path):
+    _layout(server.root)  # shards 0, 1, 5 good; 2 md5 mismatch; 3 corrupt TAR; 4 missing
+    _tar_with(server.root, 6, _link(tarfile.SYMTYPE, "a/b/c/abclink.jpg", "/etc/passwd"))
+    _tar_with(server.root, 7, _link(tarfile.LNKTYPE, "a/b/c/abchard.jpg", "a/b/c/abc0000000000007.jpg"))
+    _tar_with(server.root, 8, _member("../../escape.jpg"))
+    _tar_with(server.root, 9, _member("/abs/olute.jpg"))
+    server.bad_status.add("test/images_000.tar")  # garbage status line
+    server.bad_range.add("test/images_001.tar")  # a 206 whose Content-Range does not parse
+    server.drop_always.add("test/images_005.tar")  # cut mid-body every time
+    out = tmp_path / "gldv2"
+    work = out / ".gldv2" / "test"
+    work.mkdir(parents=True)
+    (work / "images_001.tar.part").write_bytes((server.root / "test" / "images_001.tar").read_bytes()[:500])
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    args = ["download", "gldv2", "--split", "test", "--shards", "0-9", "--out", str(out), "--base-url", base,
+            "--jobs", "2", "--retries", "0"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    errors = {line.split(":")[1].strip(): line for line in result.output.splitlines() if line.startswith("error: ")}
+    assert sorted(errors) == [f"test/images_{s:03d}.tar" for s in range(10)], result.output  # every shard tried
+    assert "bad HTTP answer" in errors["test/images_000.tar"] and "BadStatusLine" in errors["test/images_000.tar"]
+    assert "malformed Content-Range 'bytes soon/never'" in errors["test/images_001.tar"]
+    assert "truncated download" in errors["test/images_005.tar"]
+    assert "not a regular file" in errors["test/images_006.tar"] and "not a regular file" in errors["test/images_007.tar"]
+    assert "unsafe member name '../../escape.jpg'" in errors["test/images_008.tar"]
+    assert "unsafe member name '/abs/olute.jpg'" in errors["test/images_009.tar"]
+    assert not (tmp_path / "escape.jpg").exists() and not (out / "escape.jpg").exists()
+    assert not list((out / "test").rglob("abclink.jpg")) and not list((out / "test").rglob("abchard.jpg"))
+    assert (work / "images_001.tar.part").read_bytes() == (server.root / "test" / "images_001.tar").read_bytes()[:500]
+    # a fixed server: the rerun completes the transfer shards
+    server.bad_status.clear(), server.bad_range.clear(), server.drop_always.clear()
+    result = runner.invoke(app, args[:4] + ["--shards", "0,1,5"] + args[6:])
+    assert result.exit_code == 0 and "3 shards downloaded" in result.output, result.output
+
+
+def test_a_kill_between_marker_and_tar_removal_leaves_nothing_behind(server, tmp_path, monkeypatch):
+    _layout(server.root)
+    out = tmp_path / "gldv2"
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    args = ["download", "gldv2", "--split", "test", "--shards", "0", "--out", str(out), "--base-url", base]
+    real_unlink = Path.unlink
+
+    def killed(self, *a, **kw):  # the kill comes right after the marker, before the TAR goes
+        if self.name == "images_000.tar":
+            raise KeyboardInterrupt
+        return real_unlink(self, *a, **kw)
+
+    monkeypatch.setattr(Path, "unlink", killed)
+    runner.invoke(app, args)
+    monkeypatch.setattr(Path, "unlink", real_unlink)
+    work = out / ".gldv2" / "test"
+    assert (work / "images_000.done").is_file() and (work / "images_000.tar").is_file()
+    server.log.clear()
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0 and "1 already done" in result.output, result.output
+    assert not (work / "images_000.tar").exists() and not server.log  # removed, nothing downloaded again

@@ -139,6 +139,7 @@ def test_retrain_when_grown_and_on_request(tmp_path, caplog, monkeypatch):
     q = np.arange(0, 4_500, 45)
     _, I = db.search(x[q], 1)
     assert np.mean(I[:, 0] == q) >= 0.98  # search stays correct, old and new rows
+    db.close()  # (an open reader's lease would keep the faiss file the rebuild replaces)
     # --rebuild forces it; nothing else changes
     stats = IndexDatabase.create_or_open(path, CONFIG, DIM).commit(gpu="cpu", rebuild=True)
     assert stats["rebuilt"] and stats["rebuild_reason"] == "rebuild requested" and stats["n_total"] == 4_500

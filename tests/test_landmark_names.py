@@ -38,7 +38,7 @@ def test_names_from_gldv2_categories_and_plain_csv(tmp_path):
                                                                  {"landmark_id": None, "landmark_name": None}]}
 
 
-def test_build_index_stores_names_and_answers_show_them(demo_data, index_copy, tmp_path):
+def test_build_index_stores_names_and_answers_show_them(demo_data, index_copy, tmp_path, monkeypatch):
     train = read_csv(demo_data.train_csv)
     landmarks = sorted(set(train["landmark_id"]) - {""})
     cats = tmp_path / "train_label_to_category.csv"
@@ -64,10 +64,20 @@ def test_build_index_stores_names_and_answers_show_them(demo_data, index_copy, t
         assert answer["landmark_name"] == f'Place {answer["landmark_id"]} "quoted" <x>'
     text = runner.invoke(app, ["recognize", "--index", str(index_copy), photo])
     assert text.exit_code == 0 and '"quoted" <x>)' in text.output, text.output
+    from index.reader import IndexReader
+
+    opened = []
+    real_open = IndexReader.open.__func__
+    monkeypatch.setattr(IndexReader, "open", classmethod(lambda cls, *a, **kw: opened.append(a) or real_open(cls, *a, **kw)))
     result = runner.invoke(app, ["query", "--index", str(index_copy), photo, "--k", "3", "--json"])
     assert result.exit_code == 0, result.output
     for n in json.loads(result.output.strip().splitlines()[-1])["neighbours"]:
         assert n["landmark_name"] == (f'Place {n["landmark_id"]} "quoted" <x>' if n["landmark_id"] else None)
+    assert len(opened) == 1  # query reads the names through the index it searches: one open, not two
+    from gldv2.names import load_names
+
+    by_path = load_names(index_copy)  # a path reads the names file alone: no index opened
+    assert len(opened) == 1 and by_path == load_names(IndexReader.open(index_copy)) and len(by_path) == len(landmarks)
 
 
 def test_folder_layout_names_landmarks_by_folder(demo_data, tmp_path):

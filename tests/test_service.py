@@ -217,7 +217,7 @@ def test_request_shape_errors(client, queries):
     assert unnamed.status_code == 200 and unnamed.json() == {**post(client, "/recognize", name, data).json(), "image": "upload"}
     assert_one_line_error(client.get("/recognize"), 405)
     assert_one_line_error(client.get("/nowhere"), 404)
-    assert_one_line_error(client.post("/recognize/batch", files=[("image", (name, data))] * 40), 413)
+    assert_one_line_error(client.post("/recognize/batch", files=[("image", (name, data))] * 40), 422)
 
 
 # ----------------------------------------------------------------------------- concurrency and limits

@@ -1,13 +1,19 @@
 """The OpenAPI contract of ``landmarks serve``, fuzzed by Schemathesis against a live server (uvicorn on 127.0.0.1).
 
-Every operation, ``/reload`` included (it reopens the same read-only index while requests run), every
-check on: no server error, every response documented and matching its schema, every request valid by
-the schema accepted and every invalid one refused. Bounded (a fixed number of examples per operation
-and a time limit) and seeded, so a run is reproducible.
+Every operation, ``/reload`` included (it reopens the same read-only index while requests run; the server has
+an operator token, which Schemathesis sends, and its ``ignored_auth`` check calls ``/reload`` without it), every
+check on with Schemathesis' default expected statuses: no server error, every response documented and matching
+its schema, every request valid by the schema accepted and every invalid one refused. Bounded (a fixed number
+of examples per operation and a time limit) and seeded, so a run is reproducible.
+
+The hooks (``tests/schemathesis_hooks.py``) say what an ``image/jpeg`` or ``image/png`` part is (a picture of
+that format); without them Schemathesis fills ``format: binary`` with arbitrary bytes, which no JSON Schema
+can tell from a photo, and the service refuses those (400) as it must.
 """
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +28,7 @@ from tests.test_service_browser import serving  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 MAX_EXAMPLES = 8  # per operation and phase
 MAX_SECONDS = 20  # Schemathesis' time budget (the stateful phase repeats until it is spent); the subprocess gets more
+TOKEN = "schema-test-operator-token"
 
 
 def test_openapi_documents_every_answer_and_constraint():
@@ -48,7 +55,14 @@ def test_openapi_documents_every_answer_and_constraint():
     assert (batch["minItems"], batch["maxItems"]) == (1, 7)  # from the limits the app serves with
     for path in ("/matches/{rid}.png", "/results/{rid}", "/thumbnails/{ref_id}"):
         assert "404" in ops[("get", path)]["responses"]
-    assert "503" in ops[("post", "/reload")]["responses"]
+    assert {"401", "403", "503"} <= set(ops[("post", "/reload")]["responses"])
+    assert "security" not in ops[("post", "/reload")]  # no token required (localhost, no token): none declared
+    from service.auth import OperatorAuth
+
+    guarded = create_app(engine=object(), operator_auth=OperatorAuth(token="x" * 16)).openapi()
+    assert guarded["paths"]["/reload"]["post"]["security"] == [{"operatorToken": []}]
+    assert guarded["components"]["securitySchemes"]["operatorToken"]["scheme"] == "bearer"
+    assert "security" not in guarded["paths"]["/recognize"]["post"]  # recognition stays open
     k = next(p for p in ops[("post", "/neighbours")]["parameters"] if p["name"] == "k")["schema"]
     assert (k["minimum"], k["maximum"]) == (1, 1000)
     schemas = spec["components"]["schemas"]
@@ -58,12 +72,13 @@ def test_openapi_documents_every_answer_and_constraint():
 def test_schemathesis_finds_no_failure(built_index, demo_data, tmp_path):
     holdout = read_csv(demo_data.holdout_csv)
     photos = [str(demo_data.images_dir / f"{i}.jpg") for i in holdout["id"].head(3)]
-    with serving(built_index, tmp_path / "server.log", "--workers", "2") as (url, _):
+    with serving(built_index, tmp_path / "server.log", "--workers", "2", "--operator-token", TOKEN) as (url, _):
         cmd = [
             sys.executable, "-m", "schemathesis.cli", "--config-file", str(ROOT / "tests" / "schemathesis.toml"),
             "run", f"{url}/openapi.json", "--checks", "all", "--max-examples", str(MAX_EXAMPLES),
             "--generation-deterministic",  # derandomised: the same requests in the same order each run
             "--max-time", str(MAX_SECONDS), "--request-timeout", "30", "--workers", "1", "--no-color",
+            "--header", f"Authorization: Bearer {TOKEN}",
         ]
         env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.schemathesis_hooks", "LANDMARKS_ST_PHOTOS": os.pathsep.join(photos),
                "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}
@@ -76,3 +91,6 @@ def test_schemathesis_finds_no_failure(built_index, demo_data, tmp_path):
     assert "3 covered / 3 selected" in out, out[-3000:]  # the stateful phase followed every link (ids from real answers)
     log = (tmp_path / "server.log").read_text()
     assert '"POST /reload HTTP/1.1" 200' in log and '"POST /recognize HTTP/1.1" 200' in log
+    assert '"POST /reload HTTP/1.1" 401' in log  # ignored_auth: without the token it is refused
+    for route in ("GET /matches/", "GET /results/", "GET /thumbnails/"):  # reached through the links
+        assert re.search(re.escape(route) + r'\S+ HTTP/1.1" 200', log), route

@@ -7,12 +7,14 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 
+from ..auth import require_operator
 from ..runtime import Service, ServiceError, check_params, get_service
 from ..schemas import COMMON_ERRORS, HealthWithLimits, Reloaded, errors
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
 
 router = APIRouter(tags=["service"])
+OPERATOR_ROUTES = [("/reload", "post")]  # routes that change what is served: the operator token guards them (auth.py)
 
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -29,13 +31,14 @@ async def index_page(request: Request) -> HTMLResponse:
 )
 async def health(request: Request, svc: Service = Depends(get_service)) -> Any:
     check_params(request, set())
-    return {**svc.engine.health(), "limits": {**svc.limits.to_json(), "max_pixels": svc.engine.max_pixels}}
+    return {**svc.engine.health(), "limits": {**svc.limits.to_json(), **svc.engine.limits_json(),
+                                              **(svc.operator_auth.to_json() if svc.operator_auth else {})}}
 
 
 @router.post(
     "/reload", summary="Reopen the index (after build-index or tune-threshold); SIGHUP does the same",
-    response_model=None,
-    responses={200: {"model": Reloaded, "description": "The index now served"}, **errors(503, *COMMON_ERRORS)},
+    response_model=None, dependencies=[Depends(require_operator)],
+    responses={200: {"model": Reloaded, "description": "The index now served"}, **errors(401, 403, 503, *COMMON_ERRORS)},
 )
 async def reload(request: Request, svc: Service = Depends(get_service)) -> Any:
     check_params(request, set())
