@@ -15,12 +15,13 @@ global 1-NN GAP, and the rank of the true landmark on the hard queries (``source
 with the extra milliseconds per query the variant costs. Ends with one JSON line.
 
     python benchmarks/bench_shortlist.py --data ../shared/devset-large
-    python benchmarks/bench_shortlist.py --data ../shared/devset-large --global lite2-gem,lite2-gem-ms,lite2-gem@image_size=512
+    python benchmarks/bench_shortlist.py --data ../shared/devset-large --global "lite2-gem,lite2-gem@scales=[0.707,1.0,1.414],lite2-gem@image_size=512"
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
+import re
 import json
 import logging
 import time
@@ -32,6 +33,7 @@ import pandas as pd
 
 from eval.csv_io import read_solution, solution_dict
 from eval.metrics import gap
+from eval.shortlist import hard_queries
 from retrieval.defaults import DEFAULT_GLOBAL
 from retrieval.global_model import resolve_global_conf
 from retrieval.global_rerank import alpha_qe, dba, superglobal_rerank
@@ -175,16 +177,6 @@ def fused_ranks(global_lists: dict[str, list[str]], asmk_lists: dict[str, list[s
     return ranks
 
 
-def hard_queries(data: Path) -> dict[str, str]:
-    """{query id: note} of the queries whose sources.csv note says ``hard:``."""
-    src = data / "sources.csv"
-    if not src.is_file():
-        return {}
-    df = pd.read_csv(src, dtype=str).fillna("")
-    df = df[(df["split"] == "holdout") & df["note"].str.contains("hard:")]
-    return dict(zip(df["id"], df["note"]))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True)
@@ -204,7 +196,7 @@ def main() -> None:
     img = lambda i: str(args.data / "images" / f"{i}.jpg")
     hard = hard_queries(args.data)
     results = []
-    for spec in args.global_confs.split(","):
+    for spec in re.split(r",(?![^\[]*\])", args.global_confs):  # commas inside [...] belong to a value
         conf = parse_variant(spec)
         xb, s_db = describe(conf, [img(i) for i in train["id"]], args.work_dir)
         xq, s_q = describe(conf, [img(i) for i in qids], args.work_dir)

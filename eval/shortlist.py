@@ -11,6 +11,7 @@ the evidence timings named in :data:`CHANNEL_TIMINGS`.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -62,3 +63,16 @@ def summary(ranks: Mapping[str, int | None], timings: Sequence[Mapping[str, floa
         "ranks": dict(sorted(ranks.items())),
         "channel_ms": channel_costs(timings),
     }
+
+
+def hard_queries(data: str | Path) -> dict[str, str]:
+    """{query id: note} of a GLDv2-style folder's hard queries: those whose ``sources.csv`` note (devset-large's
+    layout) says ``hard:``; {} without that file."""
+    src = Path(data) / "sources.csv"
+    if not src.is_file():
+        return {}
+    import pandas as pd
+
+    df = pd.read_csv(src, dtype=str).fillna("")
+    df = df[(df["split"] == "holdout") & df["note"].str.contains("hard:")]
+    return dict(zip(df["id"], df["note"]))

@@ -211,6 +211,24 @@ def test_recognizer_python_api_and_timings(built_index, demo_data, holdout):
     assert 0.5 <= pred.confidence <= 1.0
 
 
+@pytest.mark.parametrize("rerank", ["qe", "superglobal"])
+def test_global_rerank_reorders_the_neighbours_from_stored_descriptors(built_index, demo_data, holdout, rerank):
+    df, _ = holdout
+    seen = df[df["landmark_id"] != ""].iloc[0]
+    plain = Recognizer.from_index(built_index)
+    rec = Recognizer.from_index(built_index, global_rerank=rerank, global_rerank_k=2)
+    features = rec.fx.describe_image(demo_data.images_dir / f"{seen['id']}.jpg")
+    ev0, _ = plain.evidence(features, verify=False)
+    ev, timings = rec.evidence(features, verify=False)
+    assert "rerank" in timings and "rerank" not in _
+    scores = [n[2] for n in ev.neighbours]
+    assert scores == sorted(scores, reverse=True) and len(ev.neighbours) == len(ev0.neighbours)
+    assert scores != [n[2] for n in ev0.neighbours]  # re-scored, not the plain cosines
+    assert ev.candidates[0].landmark_id == seen["landmark_id"]
+    with pytest.raises(ValueError, match="global_rerank"):
+        Recognizer.from_index(built_index, global_rerank="dba")
+
+
 def test_on_demand_local_features(demo_data, tmp_path, holdout):
     """An index built without local features still verifies (features extracted on demand, cached)."""
     df, _ = holdout
