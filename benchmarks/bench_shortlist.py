@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import re
+import tempfile
 import json
 import logging
 import time
@@ -194,7 +195,8 @@ def main() -> None:
                     help="an index of train.csv with stored local features: also measure the ASMK channel")
     ap.add_argument("--asmk-words", type=int, default=1024)
     ap.add_argument("--asmk-assign", type=int, default=3)
-    ap.add_argument("--work-dir", type=Path, default=Path("bench_shortlist_cache"))
+    ap.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "bench_shortlist_cache",
+                    help="descriptor cache (kept between runs: a variant is described once)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     train = pd.read_csv(args.data / "train.csv", dtype=str).fillna("")
