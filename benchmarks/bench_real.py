@@ -5,6 +5,9 @@ on a GLDv2-style folder (``train.csv``, ``holdout.csv``, ``images/<id>.jpg``) fo
 global and local configuration, and prints one table:
 
 - global 1-NN (the first stage alone: nearest landmark image, cosine as confidence);
+- the shortlist as ``evaluate`` reports it: recall@1/5/10 of the true landmark among the candidates the
+  recognizer proposed, how many landmark queries have it among them at all, its rank on the hard queries
+  (``sources.csv`` notes marked ``hard:``), and the cost of each retrieval channel per query;
 - candidate ranking variants: recall@1/5/10 of the true landmark among the candidates ranked by the best
   similarity, the mean of the two best, or the old sum of sim^3 (a class-size prior);
 - the full pipeline: ``predict`` with the shipped defaults (GAP of the submission it writes, seconds per
@@ -35,6 +38,7 @@ from eval import evaluate, predict
 from eval.metrics import gap, nonlandmark_prediction_rate, top1_accuracy
 from eval.csv_io import read_solution, read_submission, solution_dict
 from eval.evidence import read_evidence
+from eval.shortlist import hard_queries
 from retrieval import extract
 from retrieval.data import read_reference_csv
 from retrieval.defaults import DEFAULT_GLOBAL, DEFAULT_LOCAL
@@ -134,6 +138,15 @@ def print_table(results: list[dict[str, Any]], data: Path) -> None:
         seen.add(r["global"])
         for score, rec in r["ranking_recall"].items():
             print(f"{r['global']:16s} {score:6s} {rec[1]:6.3f} {rec[5]:6.3f} {rec[10]:6.3f}")
+    print("\nshortlist (the recognizer's candidates, as evaluate reports them; hard-query ranks: - = not a candidate)")
+    hard = hard_queries(data)
+    for r in results:
+        sh = r["evaluate"]["shortlist"]
+        hard_ids = [q for q in sorted(hard) if q in sh["ranks"]]
+        hr = " ".join("-" if sh["ranks"][q] is None else str(sh["ranks"][q]) for q in hard_ids)
+        print(f"{r['global']:16s} {r['local']:16s} R@1 {sh['recall']['1']:.3f} R@5 {sh['recall']['5']:.3f} "
+              f"R@10 {sh['recall']['10']:.3f}; among candidates {sh['n_among_candidates']} of {sh['n_landmark_queries']}, "
+              f"first {sh['n_first']}; channel ms/query {sh['channel_ms']}; hard queries {hr}")
     print("\nsystem (GAP; top-1 over landmark queries; share of non-landmark queries answered as verified)")
     print(f"{'global':16s} {'local':10s} {'system':34s} {'GAP':>6s} {'top-1':>6s} {'NL ans':>6s}  notes")
     for r in results:
@@ -200,6 +213,10 @@ def main() -> None:
         "predict_minus_1nn": round(r["predict_gap"] - r["global_1nn"]["gap"], 4),
         "predict_s_per_query": round(r["predict_s_per_query"], 3), "evaluate_gap": round(r["evaluate"]["gap"], 4),
         "tuned_value": r["tuned"]["chosen"], "tuned_cv_gap": round(r["tuned"]["cv_gap"], 4),
+        "shortlist_recall": r["evaluate"]["shortlist"]["recall"],
+        "shortlist_among_candidates": r["evaluate"]["shortlist"]["n_among_candidates"],
+        "shortlist_first": r["evaluate"]["shortlist"]["n_first"],
+        "channel_ms": r["evaluate"]["shortlist"]["channel_ms"],
         "recall_at_1_best": round(r["ranking_recall"]["best"][1], 4), "recall_at_1_sum": round(r["ranking_recall"]["sum"][1], 4),
         "strict_gap": round(r["evaluate"]["strict"]["gap"], 4), "verified_right": r["verification"]["verified_right"],
         "verified_wrong": r["verification"]["verified_wrong"],

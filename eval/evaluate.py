@@ -30,7 +30,7 @@ from retrieval.recognize import (
     submission_answer,
 )
 
-from . import metrics, plots, tuning
+from . import metrics, plots, shortlist, tuning
 from .csv_io import read_solution, solution_dict, write_submission
 from .evidence import collect_evidence, timing_summary
 
@@ -173,6 +173,7 @@ def main(
     systems: dict[str, dict[str, tuple[str, float] | None]] = {n: {} for n in ("submission", "strict", "global_only", "global_1nn")}
     errors: dict[str, str] = {}
     timings: dict[str, dict[str, Any]] = {}
+    ranks: dict[str, int | None] = {}  # where the true landmark ranks among the candidates (landmark queries)
     for q, r in records.items():
         ev = r["evidence"]
         pred = decide(ev, **thresholds) if ev is not None else None  # one decision gives both verified systems
@@ -183,10 +184,13 @@ def main(
         if r["error"]:
             errors[q] = r["error"]
         timings[q] = {"timings": r.get("timings")}
+        if solution.get(q):
+            ranks[q] = shortlist.true_rank(ev, solution[q])
     report: dict[str, Any] = dict(metrics.summary(systems["submission"], solution, n_boot=n_boot))
     for name in ("strict", "global_only", "global_1nn"):
         report[name] = metrics.summary(systems[name], solution, n_boot=n_boot)
     report["gap_minus_global_1nn"] = round(report["gap"] - report["global_1nn"]["gap"], 4)
+    report["shortlist"] = shortlist.summary(ranks, [t["timings"] for t in timings.values()])
     report.update(
         index=str(index_dir), queries=str(queries_csv), thresholds=thresholds,
         recognition={k: v for k, v in rec.conf.items()}, n_unreadable_queries=len(errors), in_sample=in_sample,

@@ -26,9 +26,9 @@ logger = logging.getLogger(__name__)
 
 EVIDENCE_VERSION = 3  # 3: the cascade's second matcher (inliers2), early exit the same for evaluate and predict
 # Parameters that change the evidence itself (not just the decision taken from it).
-EVIDENCE_KEYS = ("k", "candidate_score", "alpha", "num_candidates", "refs_per_candidate", "max_verifications",
-                 "distractor_discount", "distractor_k", "on_demand_local", "confirm_inliers", "cascade", "cascade_pairs",
-                 "cascade_resolve_inliers", "cascade_resolve_margin")
+EVIDENCE_KEYS = ("k", "candidate_score", "alpha", "global_rerank", "global_rerank_k", "num_candidates",
+                 "refs_per_candidate", "max_verifications", "distractor_discount", "distractor_k", "on_demand_local",
+                 "confirm_inliers", "cascade", "cascade_pairs", "cascade_resolve_inliers", "cascade_resolve_margin")
 
 
 def evidence_header(rec: Recognizer, verify: bool, early_exit: bool) -> dict[str, Any]:

@@ -64,6 +64,8 @@ class Candidate:
     inliers2: int = 0  # the cascade's second matcher: best inlier count (0 if it did not run on this candidate)
     verified_refs2: int = 0  # how many of its images the second matcher verified
     best_match_id2: str | None = None  # reference image of inliers2
+    # The retrieval channels that proposed it ("global": the global kNN vote; see eval/shortlist.py)
+    channels: list[str] = field(default_factory=lambda: ["global"])
 
 
 @dataclass
@@ -101,7 +103,8 @@ class Prediction:
             "confidence": round(self.confidence, 6),
             "inliers": self.inliers,
             "candidates": [
-                {"landmark_id": c.landmark_id, "vote": round(c.vote, 6), "inliers": c.inliers, "best_match_id": c.best_match_id}
+                {"landmark_id": c.landmark_id, "vote": round(c.vote, 6), "inliers": c.inliers, "best_match_id": c.best_match_id,
+                 "channels": list(c.channels)}
                 for c in self.candidates
             ],
         }

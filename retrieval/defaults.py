@@ -24,6 +24,12 @@ DEFAULT_RECOGNITION_CONF: dict[str, Any] = {
     # (benchmarks/bench_real.py): "best" ranks the true landmark first far more often.
     "candidate_score": "best",
     "alpha": 3.0,  # exponent of a neighbour's weight in the "sum" score
+    # Training-free re-ranking of the global neighbours before the vote (retrieval.global_rerank): "none", "qe"
+    # (alpha query expansion: the query averaged with its first global_rerank_k neighbours, searched again) or
+    # "superglobal" (the k neighbours re-scored SuperGlobal-style, each refined with its own nearest ones among
+    # them). Measured on real photos with benchmarks/bench_shortlist.py (docs/recognition.md#the-shortlist).
+    "global_rerank": "none",
+    "global_rerank_k": 1,  # neighbours that refine a descriptor (small: one- and two-image landmarks are common)
     "num_candidates": 10,  # C: landmarks verified per query, in score order
     "refs_per_candidate": 2,  # R: best-ranked images of a candidate verified (all first images before any second)
     "max_verifications": 20,  # total verification pairs per query

@@ -15,11 +15,13 @@ logger = logging.getLogger(__name__)
 
 
 def neighbours_table(db: IndexReader, scores: np.ndarray, rows: np.ndarray) -> list[dict[str, Any]]:
-    """Rows of one query's search result as dicts: rank, id, landmark_id (None = non-landmark), score, path."""
+    """Rows of one query's search result as dicts: rank, id, landmark_id (None = non-landmark), score, path and
+    channel (the retrieval channel that found the image: "global", the global descriptor's kNN search)."""
     valid = [(rank, s, int(r)) for rank, (s, r) in enumerate(zip(scores, rows), start=1) if r >= 0]
     ids, landmarks, paths = db.rows(np.array([r for _, _, r in valid], dtype=np.int64))  # just these rows
     return [
-        {"rank": rank, "id": i, "landmark_id": lm or None, "score": round(float(score), 6), "path": p}
+        {"rank": rank, "id": i, "landmark_id": lm or None, "score": round(float(score), 6), "path": p,
+         "channel": "global"}
         for (rank, score, _), i, lm, p in zip(valid, ids, landmarks, paths)
     ]
 

@@ -29,6 +29,7 @@ from .decision import (  # noqa: F401 (re-exported: the decision's public names,
     decide, decide_many, global_only, submission_answer, threshold_sweep, verified_confidence,
 )
 from .defaults import DEFAULT_RECOGNITION_CONF
+from .global_rerank import alpha_qe, superglobal_rerank
 from .extract import DEFAULT_LOCAL_IMAGE_SIZE, FeatureExtractor, Features
 from .image_io import ImageError, load_image
 from .local_features import LocalExtractor, LocalFeatures, extractors, local_confs, make_local_extractor
@@ -38,6 +39,7 @@ from .registry import decision_defaults
 logger = logging.getLogger(__name__)
 
 CANDIDATE_SCORES = ("best", "top2", "sum")
+GLOBAL_RERANKS = ("none", "qe", "superglobal")
 
 
 def resolve_recognition_conf(overrides: Mapping[str, Any] | None = None, base: Mapping[str, Any] | None = None,
@@ -68,6 +70,8 @@ def resolve_recognition_conf(overrides: Mapping[str, Any] | None = None, base: M
         ("min_margin", conf["min_margin"] >= 1, "must be >= 1"),
         ("candidate_score", conf["candidate_score"] in CANDIDATE_SCORES, f"must be one of {', '.join(CANDIDATE_SCORES)}"),
         ("alpha", conf["alpha"] > 0, "must be > 0"),
+        ("global_rerank", conf["global_rerank"] in GLOBAL_RERANKS, f"must be one of {', '.join(GLOBAL_RERANKS)}"),
+        ("global_rerank_k", conf["global_rerank_k"] >= 1, "must be >= 1"),
         ("distractor_k", conf["distractor_k"] >= 1, "must be >= 1"),
         ("cache_mb", conf["cache_mb"] >= 0, "must be >= 0"),
         ("cascade", conf["cascade"] in ("auto", "none") or conf["cascade"] in local_confs,
@@ -286,6 +290,10 @@ class Recognizer:
         timings["search"] = time.perf_counter() - start
         valid = I[0] >= 0
         rows, sims = I[0][valid], D[0][valid]
+        if c["global_rerank"] != "none" and len(rows):
+            start = time.perf_counter()
+            rows, sims = self.rerank(features.global_desc, rows, sims, k)
+            timings["rerank"] = time.perf_counter() - start
         ids, lms = (self._ids[rows], self._landmarks[rows]) if len(rows) else ([], [])  # one read per column
         neighbours = [(str(i), str(lm), float(s)) for i, lm, s in zip(ids, lms, sims)]
         discount = self.distractor_discount(features.global_desc) if c["distractor_discount"] else 0.0
@@ -353,6 +361,20 @@ class Recognizer:
                 cand.verified_refs2 += 1
                 cand.inliers2 = int(res.inliers)
                 cand.best_match_id2 = id_of[row]
+
+    def rerank(self, q: np.ndarray, rows: np.ndarray, sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The global neighbours after the configured training-free re-ranking (``global_rerank``), from the
+        stored descriptors of the neighbours (one descriptor per photo, as built): (rows, scores), descending."""
+        q = np.asarray(q, np.float32)
+        kk = int(self.conf["global_rerank_k"])
+        if self.conf["global_rerank"] == "qe":
+            q2 = alpha_qe(q, self.db.global_descriptors(rows[:kk]), sims[:kk], np.arange(min(kk, len(rows))), kk)
+            D, I = self.db.search(q2[None].astype(np.float32), k)
+            keep = I[0] >= 0
+            return I[0][keep], D[0][keep]
+        scores = superglobal_rerank(q, self.db.global_descriptors(rows), kk)
+        order = np.argsort(-scores, kind="stable")
+        return rows[order], scores[order].astype(np.float32)
 
     def distractor_discount(self, global_desc: np.ndarray) -> float:
         """Mean similarity of a query to its ``distractor_k`` nearest non-landmark references (0 if none).

@@ -33,6 +33,8 @@ class CandidateBody(_Open):
     vote: float
     inliers: int
     best_match_id: Optional[str]
+    channels: list[str] = Field(default_factory=lambda: ["global"],
+                                description="The retrieval channels that proposed the candidate: 'global' (the global kNN)")
 
 
 class Recognition(_Open):
@@ -62,6 +64,7 @@ class NeighbourRow(_Open):
                                                            "(build-index --landmark-names); absent otherwise")
     score: float
     path: str
+    channel: str = Field("global", description="The retrieval channel that found the image: 'global' (the global kNN)")
 
 
 class Neighbours(_Open):

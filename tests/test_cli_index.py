@@ -62,7 +62,8 @@ def test_build_and_query_json(demo_data, built_index):
     assert obj["image"] == str(path)
     neigh = obj["neighbours"]
     assert [n["rank"] for n in neigh] == [1, 2, 3, 4, 5]
-    assert set(neigh[0]) == {"rank", "id", "landmark_id", "score", "path"}
+    assert set(neigh[0]) == {"rank", "id", "landmark_id", "score", "path", "channel"}
+    assert {n["channel"] for n in neigh} == {"global"}  # the channel that found each image
     assert neigh[0]["id"] == ref["id"] and neigh[0]["score"] > 0.99  # a reference finds itself
     scores = [n["score"] for n in neigh]
     assert scores == sorted(scores, reverse=True)

@@ -192,7 +192,8 @@ def test_recognize_json_one_shot_and_distractor(built_index, demo_data, holdout)
     assert result.exit_code == 0, result.output
     objs = [json.loads(l) for l in result.stdout.strip().splitlines()]
     assert set(objs[0]) == {"image", "landmark_id", "confidence", "inliers", "candidates"}
-    assert set(objs[0]["candidates"][0]) == {"landmark_id", "vote", "inliers", "best_match_id"}
+    assert set(objs[0]["candidates"][0]) == {"landmark_id", "vote", "inliers", "best_match_id", "channels"}
+    assert objs[0]["candidates"][0]["channels"] == ["global"]
     assert objs[0]["landmark_id"] == q1["landmark_id"], objs[0]
     assert objs[0]["inliers"] >= 20
     # non-landmark photos: no landmark
@@ -208,6 +209,24 @@ def test_recognizer_python_api_and_timings(built_index, demo_data, holdout):
     assert pred.landmark_id == seen["landmark_id"]
     assert {"decode", "global", "local", "search", "verify"} <= set(pred.timings)
     assert 0.5 <= pred.confidence <= 1.0
+
+
+@pytest.mark.parametrize("rerank", ["qe", "superglobal"])
+def test_global_rerank_reorders_the_neighbours_from_stored_descriptors(built_index, demo_data, holdout, rerank):
+    df, _ = holdout
+    seen = df[df["landmark_id"] != ""].iloc[0]
+    plain = Recognizer.from_index(built_index)
+    rec = Recognizer.from_index(built_index, global_rerank=rerank, global_rerank_k=2)
+    features = rec.fx.describe_image(demo_data.images_dir / f"{seen['id']}.jpg")
+    ev0, _ = plain.evidence(features, verify=False)
+    ev, timings = rec.evidence(features, verify=False)
+    assert "rerank" in timings and "rerank" not in _
+    scores = [n[2] for n in ev.neighbours]
+    assert scores == sorted(scores, reverse=True) and len(ev.neighbours) == len(ev0.neighbours)
+    assert scores != [n[2] for n in ev0.neighbours]  # re-scored, not the plain cosines
+    assert ev.candidates[0].landmark_id == seen["landmark_id"]
+    with pytest.raises(ValueError, match="global_rerank"):
+        Recognizer.from_index(built_index, global_rerank="dba")
 
 
 def test_on_demand_local_features(demo_data, tmp_path, holdout):
@@ -303,6 +322,13 @@ def test_evaluate_and_tune_threshold(index_copy, demo_data, tmp_path):
     assert report["gap"] > 0.5
     assert (out / "predictions.csv").is_file() and (out / "evidence.jsonl").is_file()
     assert (out / "precision_vs_rank.png").stat().st_size > 0
+    # the shortlist: where the true landmark ranks among the candidates, from the same evidence
+    short = report["shortlist"]
+    assert short["n_landmark_queries"] == report["n_landmark_queries"] == len(short["ranks"])
+    assert short["n_first"] <= short["n_among_candidates"] <= short["n_landmark_queries"]
+    assert short["recall"]["1"] <= short["recall"]["5"] <= short["recall"]["10"]
+    assert short["recall"]["1"] == pytest.approx(short["n_first"] / short["n_landmark_queries"], abs=1e-4)
+    assert short["recall"]["1"] >= 0.5 and short["channel_ms"]["global"] > 0
 
     result = invoke("tune-threshold", "--index", index_copy, "--queries", demo_data.holdout_csv, "--out", out, "--folds", 3)
     assert result.exit_code == 0, result.output

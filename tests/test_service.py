@@ -99,7 +99,7 @@ def test_recognize_matches_the_cli(client, built_index, demo_data, queries):
 
     res = client.get(f"/results/{rid}?k=5").json()
     assert res["recognition"] == served and len(res["neighbours"]) == 5
-    assert set(res["neighbours"][0]) == {"rank", "id", "landmark_id", "score", "path"}
+    assert set(res["neighbours"][0]) == {"rank", "id", "landmark_id", "score", "path", "channel"}
 
 
 def test_batch(client, queries):

@@ -1,0 +1,137 @@
+"""Local-feature retrieval with the aggregated selective match kernel (ASMK*, Tolias, Avrithis & Jegou, ICCV 2013).
+
+The method of the ``asmk`` package (used by HOW and FIRe), on faiss and numpy:
+
+- a codebook of ``n_words`` visual words, k-means on (a sample of) the stored local descriptors;
+- per image and visual word, the residuals of the descriptors assigned to the word are summed, L2-normalised
+  and binarised (sign bits, packed: 16 bytes for 128-d RootSIFT): one code per (image, word), which is what
+  makes ASMK robust to bursts (repetitive facades count once per word, not once per feature);
+- the similarity of two images is the sum over the words they share of the selective function
+  ``sigma(u) = u ** alpha if u > tau else 0`` of the codes' normalised Hamming similarity
+  ``u = 1 - 2 h / d``, divided by ``sqrt(#words)`` of each image (ASMK's normalisation);
+- the database side assigns each descriptor to 1 word, the query to its ``query_assign`` nearest (multiple
+  assignment, as in ASMK*).
+
+:class:`InvertedFile` holds the codes word by word (an inverted file): a query touches only the lists of its
+own words. Scores per image are turned into per-landmark scores by the best image (fair to class size, as the
+global vote).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import faiss
+import numpy as np
+
+ALPHA, TAU = 3.0, 0.0  # ASMK*'s selective function (the paper's defaults)
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)
+
+
+def train_codebook(descriptors: np.ndarray, n_words: int, niter: int = 20, seed: int = 0,
+                   max_points_per_word: int = 64) -> np.ndarray:
+    """(n_words, d) float32 centroids by k-means (faiss) on ``descriptors`` (subsampled to 64 points a word)."""
+    x = np.ascontiguousarray(descriptors, dtype=np.float32)
+    n_words = int(min(n_words, len(x)))
+    if n_words < 1:
+        raise ValueError("no local descriptors to train a codebook on")
+    km = faiss.Kmeans(x.shape[1], n_words, niter=niter, seed=seed, max_points_per_centroid=max_points_per_word,
+                      verbose=False)
+    km.train(x)
+    return km.centroids.astype(np.float32)
+
+
+class Codebook:
+    """Visual-word assignment (exact L2 search over the centroids)."""
+
+    def __init__(self, centroids: np.ndarray):
+        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        self.dim = self.centroids.shape[1]
+        self.code_bytes = (self.dim + 7) // 8
+        self._index = faiss.IndexFlatL2(self.dim)
+        self._index.add(self.centroids)
+
+    def aggregate(self, descriptors: np.ndarray, assign: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """One image's ASMK representation: (words (w,) int32 sorted, codes (w, code_bytes) uint8).
+
+        Each descriptor goes to its ``assign`` nearest words; per word the residuals are summed, normalised
+        and binarised. An image without descriptors gives empty arrays.
+        """
+        x = np.ascontiguousarray(descriptors, dtype=np.float32)
+        if len(x) == 0:
+            return np.zeros(0, np.int32), np.zeros((0, self.code_bytes), np.uint8)
+        _, idx = self._index.search(x, int(assign))
+        words = idx.reshape(-1)
+        resid = np.repeat(x, int(assign), axis=0) - self.centroids[words]
+        resid /= np.maximum(np.linalg.norm(resid, axis=1, keepdims=True), 1e-12)
+        uniq, inv = np.unique(words, return_inverse=True)
+        agg = np.zeros((len(uniq), self.dim), np.float32)
+        np.add.at(agg, inv, resid)
+        return uniq.astype(np.int32), np.packbits(agg > 0, axis=1)
+
+
+def selective(codes: np.ndarray, q: np.ndarray, dim: int, alpha: float = ALPHA, tau: float = TAU) -> np.ndarray:
+    """sigma(u) of each row of ``codes`` (n, b) against one query code ``q`` (b,), u = 1 - 2 hamming / dim."""
+    h = _POPCOUNT[np.bitwise_xor(codes, q)].sum(axis=1, dtype=np.int32)  # Hamming distance
+    u = 1.0 - 2.0 * h / dim
+    return np.where(u > tau, np.abs(u) ** alpha, 0.0)
+
+
+@dataclass
+class InvertedFile:
+    """The codes of many images grouped by visual word: ``rows``/``codes`` sorted by word, ``starts`` per word."""
+
+    dim: int
+    n_words: int
+    rows: np.ndarray  # (M,) int64 image row of each entry, sorted by word
+    codes: np.ndarray  # (M, code_bytes) uint8
+    starts: np.ndarray  # (n_words + 1,) int64: entries of word w are [starts[w], starts[w + 1])
+    norms: np.ndarray  # (n_images,) float32: 1 / sqrt(#words) of each image (0 for none)
+
+    @classmethod
+    def from_images(cls, words: np.ndarray, codes: np.ndarray, offsets: np.ndarray, n_words: int, dim: int) -> "InvertedFile":
+        """From images in CSR form: image i has entries ``offsets[i]:offsets[i + 1]`` of ``words``/``codes``."""
+        offsets = np.asarray(offsets, np.int64)
+        counts = np.diff(offsets)
+        rows = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+        order = np.argsort(words, kind="stable")
+        starts = np.searchsorted(np.asarray(words)[order], np.arange(n_words + 1)).astype(np.int64)
+        norms = np.where(counts > 0, 1.0 / np.sqrt(np.maximum(counts, 1)), 0.0).astype(np.float32)
+        return cls(dim, n_words, rows[order], np.ascontiguousarray(codes[order]), starts, norms)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.rows.nbytes + self.codes.nbytes + self.starts.nbytes + self.norms.nbytes)
+
+    def search(self, words: np.ndarray, codes: np.ndarray, k: int = 100) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, rows) of the ``k`` best images for one query's (words, codes), scores descending."""
+        n = len(self.norms)
+        hit_rows, hit_sims = [], []
+        for w, q in zip(np.asarray(words), np.asarray(codes)):
+            a, b = self.starts[w], self.starts[w + 1]
+            if a < b:
+                sim = selective(self.codes[a:b], q, self.dim)
+                nz = sim > 0  # most pairs fall below tau: keep the accumulation small
+                hit_rows.append(self.rows[a:b][nz])
+                hit_sims.append(sim[nz])
+        scores = (np.bincount(np.concatenate(hit_rows), np.concatenate(hit_sims), minlength=n) if hit_rows
+                  else np.zeros(n))
+        qnorm = 1.0 / np.sqrt(max(1, len(words)))
+        scores *= self.norms * qnorm
+        k = min(int(k), n)
+        if k == 0:
+            return np.zeros(0), np.zeros(0, np.int64)
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        keep = scores[top] > 0
+        return scores[top][keep], top[keep]
+
+
+def landmark_ranking(scores: np.ndarray, rows: np.ndarray, landmarks: Sequence[str]) -> list[tuple[str, float]]:
+    """[(landmark, best image score)] in descending order; non-landmark references ("") propose nothing."""
+    best: dict[str, float] = {}
+    for s, r in zip(scores, rows):
+        lm = str(landmarks[int(r)])
+        if lm and s > best.get(lm, -1.0):
+            best[lm] = float(s)
+    return sorted(best.items(), key=lambda t: (-t[1], t[0]))
