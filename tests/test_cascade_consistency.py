@@ -231,6 +231,8 @@ def test_a_stored_confidence_model_is_not_used_to_tune_and_bands_remove_it(index
     after = evaluate.tune(index_copy, csv, None, tmp_path / "b", **kwargs)
     for key in ("chosen", "in_sample_gap", "cv_gap", "folds"):
         assert after[key] == before[key], key
+    # every threshold's GAP, not only the chosen one's (where the model happens to rank these answers alike)
+    assert (tmp_path / "b" / "threshold_sweep.csv").read_text() == (tmp_path / "a" / "threshold_sweep.csv").read_text()
     evaluate.tune(index_copy, csv, None, tmp_path / "c", **{**kwargs, "write": True})
     assert IndexDatabase.open(index_copy).manifest["thresholds"].get("confidence_model") is None
 

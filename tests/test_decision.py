@@ -144,6 +144,8 @@ def test_decide_follows_the_reference(ev, p):
 
 @PROPS
 @given(st.lists(st.one_of(st.none(), evidences()), min_size=1, max_size=12), params_st, st.booleans())
+@example([Evidence([], [Candidate("A", 0.9, 0.8, inliers=30, verified_refs=1), Candidate("B", 0.5, 0.5, inliers=20, verified_refs=1)])],
+         {"inlier_threshold": 5, "cascade_threshold": 40, "min_margin": 1.5, "vote_weight": 0.5, "inlier_cap": 100}, True)  # margin met exactly
 def test_decide_many_follows_the_reference_query_by_query(evs, p, keep):
     """Padded (Q, C) arrays of queries with different candidate counts decide each query as the reference does."""
     arrays = CandidateArrays.from_candidates([[asdict(c) for c in ev.candidates] if ev else None for ev in evs])

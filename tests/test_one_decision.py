@@ -28,6 +28,8 @@ def test_predict_ships_what_evaluate_scores(demo_data, tmp_path, local, extra):
     built = runner.invoke(app, ["build-index", "--train", str(demo_data.train_csv), "--images", str(demo_data.images_dir),
                                 "--index", str(index), "--local-conf", local, *FAST_BUILD])
     assert built.exit_code == 0, built.output
+    if "+" in local:  # what --cascade auto takes: the set the index was built with
+        assert json.loads((index / "manifest.json").read_text())["cascade_set"] == local.split("+")[1]
     # a few landmark and non-landmark queries: what matters is that the two commands agree, query by query
     holdout = read_csv(demo_data.holdout_csv)
     queries = tmp_path / "queries.csv"
