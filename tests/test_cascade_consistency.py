@@ -126,6 +126,10 @@ def test_captions_quote_the_matcher_that_decided():
     pred = decide(ev, **PARAMS)
     assert pred.verified and pred.matcher == 2 and pred.inliers == 116
     assert explain(pred, PARAMS, MATCHERS) == "116 aliked inliers"
+    # RootSIFT's 30 (2.5x its 12) decided over ALIKED's 40 (1.33x its 30): quoted on RootSIFT's scale
+    ev = Evidence([], [Candidate("7", 0.9, 0.9, inliers=30, verified_refs=1, inliers2=40, verified_refs2=1)])
+    pred = decide(ev, **PARAMS)
+    assert pred.matcher == 1 and pred.inliers == 30 and explain(pred, PARAMS, MATCHERS) == "30 rootsift inliers"
     # no landmark: ALIKED's 25 is under ALIKED's threshold 30, though above RootSIFT's 12
     ev = Evidence([], [Candidate("7", 0.9, 0.9, inliers=5, verified_refs=1, inliers2=25, verified_refs2=1)])
     pred = decide(ev, **PARAMS)
