@@ -14,7 +14,7 @@ import typer
 from gldv2.download import DEFAULT_BASE_URL as GLDV2_BASE_URL
 from index.choices import check_name
 from retrieval.defaults import DEFAULT_GLOBAL, DEFAULT_LOCAL, DEFAULT_RECOGNITION_CONF
-from retrieval.registry import local_conf_sets, local_registry
+from retrieval.registry import check_cascade, local_conf_sets, local_registry
 
 app = typer.Typer(
     add_completion=False,
@@ -344,9 +344,21 @@ _INLIER_THRESHOLD = typer.Option(None, "--inlier-threshold", help="Inliers neede
                                  + ", ".join(f"{name} {e.decision['inlier_threshold']}" for name, e in local_registry.items() if "inlier_threshold" in e.decision) + ").")
 
 
-_CASCADE = typer.Option(None, "--cascade", help="The matcher cascade's second, learned matcher: auto (the index's "
-                        "secondary local set, e.g. built with --local-conf rootsift+xfeat; default), none, or a local "
-                        "configuration name (its reference features are then extracted on demand: slow).")
+def _check_cascade(value: Optional[str]) -> Optional[str]:
+    """--cascade is checked when the options are parsed, before any model or index is opened."""
+    if value is not None:
+        try:
+            check_cascade(value)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return value
+
+
+_CASCADE = typer.Option(None, "--cascade", callback=_check_cascade,
+                        help="The matcher cascade's second, learned matcher: auto (the set the index was built with, "
+                        "e.g. --local-conf rootsift+aliked; default), none, or a local configuration name that needs "
+                        "no fitted PCA (its reference features are then extracted on demand unless the index stores "
+                        "them: slow).")
 
 
 _CASCADE_PAIRS = typer.Option(None, "--cascade-pairs", min=0, help="Budget of the cascade's second matcher: candidates it "
@@ -404,11 +416,10 @@ def recognize(
                 answer = pred.to_json(str(image))
                 typer.echo(json.dumps(with_names(answer, names) if names else answer))
             elif pred.landmark_id is None:
-                typer.echo(f"{image}: no landmark (best guess {pred.guess or '-'}{_named(names, pred.guess)}, "
-                           f"{pred.inliers} inliers, threshold {rec.conf['inlier_threshold']})")
+                typer.echo(f"{image}: no landmark ({rec.explain(pred, lambda lm: f'{lm}{_named(names, lm)}')})")
             else:
                 typer.echo(f"{image}: landmark {pred.landmark_id}{_named(names, pred.landmark_id)}  "
-                           f"confidence {pred.confidence:.3f}  ({pred.inliers} inliers)")
+                           f"confidence {pred.confidence:.3f}  ({rec.explain(pred)})")
         if failed:
             raise typer.Exit(code=1)
 
@@ -462,9 +473,9 @@ def show_matches(
     def body():
         from retrieval import visualize
 
-        path, pred = visualize.main(index, image, out, max_candidates=candidates, device=device)
+        path, pred, explained = visualize.main(index, image, out, max_candidates=candidates, device=device)
         answer = f"landmark {pred.landmark_id}" if pred.landmark_id is not None else "no landmark"
-        typer.echo(f"{image}: {answer} ({pred.inliers} inliers); drawing written to {path}")
+        typer.echo(f"{image}: {answer} ({explained}); drawing written to {path}")
 
     _guard(body, max_pixels)
 
@@ -585,7 +596,7 @@ def tune_threshold(
     strict: bool = typer.Option(False, "--strict", help="Tune for strict answers (unverified = no landmark) instead of a submission with guesses."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Report only; do not write the manifest."),
     param: str = typer.Option("inlier_threshold", "--param", help="Decision parameter to tune: inlier_threshold, cascade_threshold (the cascade's second matcher), vote_weight (share of similarity vs inliers in a verified confidence) or min_margin (best candidate's score over the runner-up's)."),
-    confidence: str = typer.Option("auto", "--confidence", help="auto: also fit a confidence model (logistic, monotone in the evidence) and store it when its cross-validated GAP (folds grouped by landmark) beats the confidence bands'; fitted: store it regardless; bands: keep the bands."),
+    confidence: str = typer.Option("auto", "--confidence", help="auto: also fit a confidence model (logistic, monotone in the evidence) and store it when its cross-validated GAP (folds grouped by landmark) beats the confidence bands'; fitted: store it regardless; bands: use the bands (a stored model is removed)."),
     device: Optional[str] = typer.Option(None, "--device"),
 ) -> None:
     """Choose the inlier threshold (or --param) that maximises GAP, with a cross-validated estimate, and store it in the index."""
@@ -601,6 +612,11 @@ def tune_threshold(
             f"{res['in_sample_gap']:.3f}, cross-validated GAP {res['cv_gap']:.3f} +- {res['cv_gap_std']:.3f} "
             f"({len(res['folds'])} folds grouped by landmark, {res['n_values']} values)"
         )
+        tf = res["tuned_for"]
+        typer.echo(f"decided as the evidence was made: --cascade {tf['cascade']} --cascade-pairs {tf['cascade_pairs']} "
+                   "(recognize with the same for this value to hold)"
+                   + (f"; values above {res['limit']:g} not scored (the first matcher resolved queries there)"
+                      if res.get("limit") is not None else ""))
         fc = res.get("confidence")
         if fc:
             typer.echo(f"confidence: fitted model cross-validated GAP {fc['cv_gap_fitted']:.3f} vs bands {fc['cv_gap_bands']:.3f} "

@@ -100,7 +100,7 @@ def main(
     shown = next((q for q in sorted(solution) if solution[q] and (predictions.get(q) or ("", 0.0))[1] >= VERIFIED_BASE), None)
     picture = None
     if shown is not None:
-        picture, _ = visualize.main(index_dir, resolve_image_path(Path(images_dir), shown), report_dir / "matches.png", device=device)
+        picture, *_ = visualize.main(index_dir, resolve_image_path(Path(images_dir), shown), report_dir / "matches.png", device=device)
     return {
         "work_dir": str(work_dir),
         "data": str(data_dir),

@@ -25,6 +25,7 @@ from index.reader import IndexReader
 from index.writer import IndexWriter
 from retrieval.data import resolve_image_path
 from retrieval.decision import GUESS_SCALE, ConfidenceModel, answer_features
+from retrieval.defaults import DEFAULT_RECOGNITION_CONF
 from retrieval.recognize import (
     DECISION_KEYS, VERIFIED_BASE, CandidateArrays, Evidence, Recognizer, decide, decide_many, global_only, index_decision_conf,
     submission_answer,
@@ -227,8 +228,9 @@ def _id_and_candidates(line: str) -> tuple[str, list[dict[str, Any]] | None]:
     return record["id"], (record["evidence"] or {}).get("candidates") if record.get("evidence") else None
 
 
-def candidates_for(db: IndexReader, evidence_path: str | Path, solution: Mapping[str, Any]) -> CandidateArrays:
-    """The stored candidates of the solution's queries (rows in sorted query-id order), checked against the index.
+def candidates_for(db: IndexReader, evidence_path: str | Path, solution: Mapping[str, Any]) -> tuple[CandidateArrays, dict[str, Any]]:
+    """The stored candidates of the solution's queries (rows in sorted query-id order), checked against the index,
+    and the evidence file's header (what the evidence was made with).
 
     The evidence file is streamed line by line and only the candidates are kept, so 100,000 queries with
     their 50 neighbours each never sit in memory as objects.
@@ -259,7 +261,47 @@ def candidates_for(db: IndexReader, evidence_path: str | Path, solution: Mapping
     missing = [q for q in solution if q not in found]
     if missing:
         raise ValueError(f"{evidence_path} has no evidence for {len(missing)} queries, e.g. {missing[0]!r}; run evaluate first")
-    return CandidateArrays.from_candidates([found[q] for q in sorted(solution)])
+    return CandidateArrays.from_candidates([found[q] for q in sorted(solution)]), header
+
+
+def evidence_decision_conf(db: IndexReader, header: Mapping[str, Any]) -> dict[str, Any]:
+    """The recognition conf the evidence was made with: the index's (its calibrated and tuned values) under the
+    evidence-shaping parameters of the evidence's header, with the cascade's second matcher that really ran
+    (``second_set``: evidence from ``evaluate --cascade xfeat`` is decided with XFeat's scale and margin)."""
+    params = {k: v for k, v in (header.get("params") or {}).items() if k in DEFAULT_RECOGNITION_CONF}
+    params["cascade"] = header.get("second_set") or "none"
+    return index_decision_conf(db, params)
+
+
+def second_matcher_ran(conf: Mapping[str, Any]) -> bool:
+    """Whether queries the primary matcher left unresolved went on to a second matcher under ``conf``."""
+    return conf["cascade"] != "none" and conf["cascade_pairs"] > 0
+
+
+def sweep_limit(conf: Mapping[str, Any], param: str) -> float | None:
+    """The largest value of ``param`` the evidence made with ``conf`` can score, or None (no limit).
+
+    With a cascade, a query whose primary matcher reached ``cascade_resolve_inliers`` inliers and
+    ``cascade_resolve_margin`` times the runner-up's never went to the second matcher. A higher
+    ``inlier_threshold`` (or ``min_margin``) would turn it into "no landmark" on evidence where the second
+    matcher never had its chance, while ``predict`` with that value would run it (the resolve rule is never
+    looser than the decision: :func:`~retrieval.recognize.resolve_recognition_conf`): such values are not scored."""
+    if not second_matcher_ran(conf):
+        return None
+    return {"inlier_threshold": conf["cascade_resolve_inliers"], "min_margin": conf["cascade_resolve_margin"]}.get(param)
+
+
+def finite_json(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by None (JSON has no NaN: ``tune.json`` stays valid)."""
+    if isinstance(obj, Mapping):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
 
 
 def threshold_grid(arrays: CandidateArrays, param: str = "inlier_threshold", dense_up_to: int = 200) -> list[float]:
@@ -332,9 +374,16 @@ def tune(
         ids = list(sol_df["id"])
         collect_evidence(rec, ids, query_paths(ids, images_dir), evidence_path, early_exit=True, progress=progress)
     db = IndexReader.open(index_dir)
-    arrays = candidates_for(db, evidence_path, solution)
-    base = index_decision_conf(db)
+    arrays, header = candidates_for(db, evidence_path, solution)
+    # Decided as the evidence was made (its cascade, its budget), and with the bands: a stored fitted confidence
+    # was fitted on such answers (maybe these very queries), so ranking the sweep with it would be in-sample.
+    base = {**evidence_decision_conf(db, header), "confidence_model": None}
     grid = threshold_grid(arrays, param) if param in ("inlier_threshold", "cascade_threshold") else list(TUNABLE[param])
+    limit = sweep_limit(base, param)
+    if limit is not None and any(v > limit for v in grid):
+        logger.info("%s: values above %g not scored: the first matcher resolved queries there, and the second "
+                    "matcher never ran on them", param, limit)
+        grid = [v for v in grid if v <= limit]
     by_value = prediction_matrix(arrays, solution, base, param, grid, mode)
     table = tuning.sweep(by_value, solution, seed=seed)
     # Ties in GAP are broken by the fewest wrong answers that recognize would show as verified.
@@ -372,15 +421,20 @@ def tune(
         "written_to_manifest": bool(write),
         "plot": str(out_dir / f"gap_vs_{stem}.png"),
         "evidence": str(evidence_path),
+        # the evidence's matcher cascade: the value holds for recognition with the same (predict --cascade ...)
+        "tuned_for": {"cascade": base["cascade"], "cascade_pairs": base["cascade_pairs"]},
+        "limit": limit,
         "confidence": fitted,
     }
     if write:
         # What the value was tuned on, so that evaluate can say when its queries are the same (in-sample).
         thresholds: dict[str, Any] = {param: chosen}
-        if fitted is not None:
-            thresholds["confidence_model"] = fitted["model"] if fitted["used"] else None
+        # --confidence bands removes a stored model: the bands are what was asked for
+        thresholds["confidence_model"] = fitted["model"] if fitted is not None and fitted["used"] else None
         with IndexWriter.open_for_write(index_dir) as writer:  # the reader above writes nothing
             writer.update_manifest(thresholds=thresholds, tuned_on={"queries": str(Path(queries_csv).resolve()),
-                                                                     "query_ids": query_ids_digest(solution)})
-    atomic_write_text(out_dir / f"tune_{stem}.json".replace("tune_threshold.json", "tune.json"), json.dumps(result, indent=2, default=float) + "\n")
+                                                                     "query_ids": query_ids_digest(solution),
+                                                                     **result["tuned_for"]})
+    atomic_write_text(out_dir / f"tune_{stem}.json".replace("tune_threshold.json", "tune.json"),
+                      json.dumps(finite_json(result), indent=2, allow_nan=False) + "\n")
     return result

@@ -45,6 +45,9 @@ from .hdf5 import _dataset, _row_view, h5_file, open_h5
 
 LOCAL_SETS_DIR = "local_sets"
 LOCAL_SETS_KEY = "local_sets"
+# Manifest key: the secondary set the last build named first (``--local-conf A+B`` records B), the one
+# recognition verifies second with by default (``--cascade auto``); absent in an index built before it existed.
+CASCADE_SET_KEY = "cascade_set"
 PART_FORMAT = 1
 MAX_OPEN_PARTS = 64  # part files kept open per index (each holds a few file descriptors)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

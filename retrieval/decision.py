@@ -90,11 +90,12 @@ class Prediction:
 
     landmark_id: str | None
     confidence: float
-    inliers: int
+    inliers: int  # the answer's (or guess's) inliers by the matcher that decided (see ``matcher``)
     verified: bool
     guess: str | None = None  # the unverified top-voted landmark when landmark_id is None
     candidates: list[Candidate] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    matcher: int = 0  # which matcher's inliers decided: 1 the primary, 2 the cascade's second, 0 none ran
 
     def to_json(self, image: str | None = None) -> dict[str, Any]:
         return {
@@ -252,10 +253,51 @@ def decide(evidence: Evidence, inlier_threshold: float = 20, inlier_cap: float =
     column, confidence, verified = decide_many(
         arrays, inlier_threshold, inlier_cap, vote_weight, min_margin, cascade_threshold, confidence_model, keep_guesses=True)
     chosen = cands[int(column[0])]
+    matcher = matcher_of(chosen, inlier_threshold, cascade_threshold)
+    inliers = chosen.inliers2 if matcher == 2 else chosen.inliers
     if verified[0]:
-        return Prediction(chosen.landmark_id, float(confidence[0]), max(chosen.inliers, chosen.inliers2), True, candidates=cands)
-    return Prediction(None, float(confidence[0]), max(chosen.inliers, chosen.inliers2), False, guess=chosen.landmark_id,
-                      candidates=cands)
+        return Prediction(chosen.landmark_id, float(confidence[0]), inliers, True, candidates=cands, matcher=matcher)
+    return Prediction(None, float(confidence[0]), inliers, False, guess=chosen.landmark_id, candidates=cands,
+                      matcher=matcher)
+
+
+def matcher_of(cand: Candidate, inlier_threshold: float, cascade_threshold: float) -> int:
+    """The matcher whose inliers give ``cand`` its score (the larger multiple of that matcher's own threshold; the
+    primary on a tie): 1 the primary, 2 the cascade's second, 0 when neither verified it."""
+    first = cand.inliers / max(float(inlier_threshold), 1.0) if cand.verified_refs else None
+    second = cand.inliers2 / max(float(cascade_threshold), 1.0) if cand.verified_refs2 else None
+    if first is None and second is None:
+        return 0
+    return 2 if second is not None and (first is None or second > first) else 1
+
+
+def explain(pred: Prediction, params: Mapping[str, Any], matchers: Mapping[int, str],
+            label: Any = str) -> str:
+    """A verified answer's or a "no landmark"'s evidence in words, quoting the matcher that decided and *its*
+    threshold (``params``: the decision parameters; ``matchers``: {1: primary name, 2: second name}; ``label``:
+    how a landmark id is written). E.g. ``116 aliked inliers``, ``best guess 3, 6 rootsift inliers < threshold
+    12``, or, when a candidate passed a threshold but not the margin, ``best guess 3; 7 has 45 aliked inliers,
+    under 1.5x the runner-up's score``."""
+    def count(cand: Candidate | None, matcher: int) -> str:
+        if cand is None or matcher == 0:
+            return "not verified"
+        return f"{cand.inliers2 if matcher == 2 else cand.inliers} {matchers.get(matcher, 'local')} inliers"
+
+    t1, t2 = params["inlier_threshold"], params["cascade_threshold"]
+    if pred.landmark_id is not None:
+        return count(next(c for c in pred.candidates if c.landmark_id == pred.landmark_id), pred.matcher)
+    guess = next((c for c in pred.candidates if c.landmark_id == pred.guess), None)
+    head = f"best guess {label(pred.guess) if pred.guess is not None else '-'}"
+    passing = [c for c in pred.candidates if (c.verified_refs and c.inliers >= t1) or (c.verified_refs2 and c.inliers2 >= t2)]
+    if passing:  # a threshold was reached, the margin was not
+        score = lambda c: max(c.inliers / max(t1, 1) if c.verified_refs else 0, c.inliers2 / max(t2, 1) if c.verified_refs2 else 0)  # noqa: E731
+        best = max(passing, key=score)
+        return (f"{head}; {label(best.landmark_id)} has {count(best, matcher_of(best, t1, t2))}, under "
+                f"{params['min_margin']:g}x the runner-up's score")
+    matcher = matcher_of(guess, t1, t2) if guess is not None else 0
+    if matcher == 0:
+        return f"{head}, not verified"
+    return f"{head}, {count(guess, matcher)} < threshold {t2 if matcher == 2 else t1:g}"
 
 
 # ----------------------------------------------------------------------------- fitted confidence

@@ -58,7 +58,9 @@ DEFAULT_RECOGNITION_CONF: dict[str, Any] = {
     "cascade_pairs": 5,  # budget: second-matcher pairs per query (one image of each of the first candidates)
     "cascade_threshold": 40,  # the second matcher's inlier threshold (its scale; see retrieval.registry, as_second)
     # The primary matcher resolves a query (no second stage) when its best candidate has this many inliers and
-    # this many times the runner-up's: RootSIFT's wrong pairs of real photos stay at <= 10 inliers.
+    # this many times the runner-up's. Per first matcher (its scale) in retrieval.registry: these are RootSIFT's,
+    # whose wrong pairs of real photos stay at <= 10 inliers. Never looser than the decision: raised to
+    # inlier_threshold / min_margin when those are higher (retrieval.recognize.resolve_recognition_conf).
     "cascade_resolve_inliers": 20,
     "cascade_resolve_margin": 2.0,
     # A fitted confidence (tune-threshold writes one into the manifest when it beats the bands in cross-validation); None: the bands.

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from index.local_sets import CASCADE_SET_KEY
 from index.reader import IndexReader
 from index.shards import ShardBatch
 from index.writer import IndexWriter
@@ -383,7 +384,8 @@ def main(
     ``local_sets``: secondary local feature sets (:data:`~retrieval.local_features.local_confs` names) to store
     beside the primary ``local_conf``; after the build they are extracted by :func:`add_local_sets` for every
     row that lacks them, together with the sets the index already holds (so new rows get every set). Stats of
-    that pass under ``"local_sets"``.
+    that pass under ``"local_sets"``. The first of them is recorded in the manifest (``"cascade_set"``) as the
+    set the cascade's second matcher uses (``--cascade auto``).
     """
     check_secondary_sets(local_sets)
     start = time.perf_counter()
@@ -406,6 +408,9 @@ def main(
     with db.writer_lock(what="build-index"):
         job = ShardJob(batch_size, num_workers, shard_size, shard_seconds, progress)
         stats = _build(db, fx, references, index_dir, job, factory, nprobe, rebuild, write_shards or write_shards_here)
+        if local_sets and db.manifest.get(CASCADE_SET_KEY) != local_sets[0]:
+            # what --cascade auto verifies with: the set named second in the last --local-conf A+B
+            db.update_manifest(**{CASCADE_SET_KEY: local_sets[0]})
     db.close()
     if set_extractors:
         if write_shards is not None:

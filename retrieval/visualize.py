@@ -14,7 +14,7 @@ from index.manifest import atomic_output
 from .extract import Features, scale_keypoints
 from .image_io import load_image
 from .matching import verify_pair
-from .recognize import Evidence, Prediction, Recognizer
+from .recognize import Candidate, Evidence, Prediction, Recognizer, matcher_of
 
 logger = logging.getLogger(__name__)
 
@@ -88,43 +88,68 @@ def draw_pair(
     return canvas
 
 
+def sheet_rows(rec: Recognizer, evidence: Evidence, max_candidates: int = 3) -> list[tuple[Candidate, int, str]]:
+    """What the match sheet draws, one ``(candidate, matcher, reference id)`` per row: the candidates by score (the
+    inliers of the matcher that decided, each on its own threshold's scale: the answer first), each with the
+    pair of the matcher that gave it that score (1 the primary, 2 the cascade's second; an unverified candidate:
+    the primary matcher on its most similar image)."""
+    t1, t2 = rec.conf["inlier_threshold"], rec.conf["cascade_threshold"]
+
+    def score(c: Candidate) -> float:
+        return max(c.inliers / max(t1, 1) if c.verified_refs else 0.0, c.inliers2 / max(t2, 1) if c.verified_refs2 else 0.0)
+
+    rows = []
+    for cand in sorted(evidence.candidates, key=lambda c: (-score(c), -c.vote, c.landmark_id))[:max_candidates]:
+        matcher = matcher_of(cand, t1, t2)
+        if matcher == 2 and rec.second is None:  # drawn by a recognizer whose cascade is off (a reload)
+            matcher = 1 if cand.verified_refs else 0
+        ref_id = cand.best_match_id2 if matcher == 2 else cand.best_match_id
+        if ref_id is None:
+            # not verified (no local features): show its most similar image
+            ref_id = next((n[0] for n in evidence.neighbours if n[1] == cand.landmark_id), None)
+        if ref_id is not None:
+            rows.append((cand, max(matcher, 1), ref_id))
+    return rows
+
+
 def render(rec: Recognizer, name: str, query_arr: np.ndarray, features: Features, evidence: Evidence,
            pred: Prediction, max_candidates: int = 3, names: Mapping[str, str] | None = None) -> np.ndarray:
-    """The match sheet (RGB) of a recognised query: one row per candidate, the answer first.
+    """The match sheet (RGB) of a recognised query: one row per candidate, the answer first (:func:`sheet_rows`).
 
+    Each row draws the pair of the matcher that decided that candidate (RootSIFT's, or the cascade's learned
+    matcher's when its inliers gave the score), and the caption quotes that matcher and its threshold.
     ``query_arr`` is the decoded query at any size; ``features``, ``evidence`` and ``pred`` come from ``rec``
     (``describe_image``, ``evidence``, ``decide``). Keypoints are in detection pixels: they are drawn on the
     decoded arrays (the query's features carry their detection size; a stored reference's is derived from
     the decoded size and the extractor's resize rule). ``names``: landmark names to show beside the ids
     (``gldv2.names.load_names``).
     """
-    decision = (f"landmark {landmark_label(pred.landmark_id, names)} (confidence {pred.confidence:.3f}, {pred.inliers} inliers)"
-                if pred.landmark_id is not None else
-                f"no landmark (best guess {landmark_label(pred.guess, names)}, {pred.inliers} inliers < threshold {rec.conf['inlier_threshold']})")
+    label = lambda lm: landmark_label(lm, names)  # noqa: E731
+    explained = rec.explain(pred, label)
+    decision = (f"landmark {label(pred.landmark_id)} (confidence {pred.confidence:.3f}, {explained})"
+                if pred.landmark_id is not None else f"no landmark ({explained})")
     side = rec.local_image_size or 1024
-    resize_max = rec.local.conf.get("resize_max")  # DELF has none: it detects on the decoded image itself
     q_size = (query_arr.shape[1], query_arr.shape[0])
-    query_kp = scale_keypoints(features.local, q_size, resize_max).keypoints
+    query_local = {1: features.local}
     rows = []
-    # the answer first: candidates by inliers, then by vote
-    ranked = sorted(evidence.candidates, key=lambda c: (-c.inliers, -c.vote, c.landmark_id))
-    for rank, cand in enumerate(ranked[:max_candidates], start=1):
-        ref_id = cand.best_match_id
-        if ref_id is None:
-            # not verified (no local features): show its most similar image
-            ref_id = next((n[0] for n in evidence.neighbours if n[1] == cand.landmark_id), None)
-        if ref_id is None:
-            continue
+    for rank, (cand, matcher, ref_id) in enumerate(sheet_rows(rec, evidence, max_candidates), start=1):
+        extractor = rec.second if matcher == 2 else rec.local
+        assert extractor is not None
+        if matcher not in query_local:  # the query's learned features, from the image the cascade saw
+            source = features.local_image if features.local_image is not None else query_arr
+            query_local[matcher] = extractor.extract(source)
         row = int(rec.db.find_rows([ref_id])[0])
-        ref_local = rec._reference_local(row)
-        res = verify_pair(features.local, ref_local, rec.match_conf or None)
+        ref_local = rec._reference_local(row, second=matcher == 2)
+        res = verify_pair(query_local[matcher], ref_local, (rec.second_match_conf if matcher == 2 else rec.match_conf) or None)
+        resize_max = extractor.conf.get("resize_max")  # DELF has none: it detects on the decoded image itself
+        query_kp = scale_keypoints(query_local[matcher], q_size, resize_max).keypoints
         ref_arr, _ = load_image(rec.db.column("path")[row], max_side=side)
         r_size = (ref_arr.shape[1], ref_arr.shape[0])
         ref_kp = scale_keypoints(ref_local, r_size, resize_max).keypoints
         header = [
             f"{name}: {decision}",
-            f"#{rank} by inliers: landmark {landmark_label(cand.landmark_id, names)}  vote {cand.vote:.3f}  sim {cand.sim:.3f}  "
-            f"inliers {res.inliers} / {len(res.matches)} matches",
+            f"#{rank}: landmark {label(cand.landmark_id)}  vote {cand.vote:.3f}  sim {cand.sim:.3f}  "
+            f"{rec.matchers.get(matcher, 'local')} inliers {res.inliers} / {len(res.matches)} matches",
             f"reference {ref_id}",
         ]
         rows.append(draw_pair(query_arr, ref_arr, query_kp, ref_kp, res.inlier_matches, q_size, r_size, header))
@@ -138,8 +163,9 @@ def render(rec: Recognizer, name: str, query_arr: np.ndarray, features: Features
 
 
 def main(index_dir: str | Path, image: str | Path, out_png: str | Path, max_candidates: int = 3,
-         device: str | None = None) -> tuple[Path, Prediction]:
-    """Recognise ``image`` and draw its verification against the best image of each candidate."""
+         device: str | None = None) -> tuple[Path, Prediction, str]:
+    """Recognise ``image`` and draw its verification against the best image of each candidate; returns the
+    picture's path, the prediction and its evidence in words (:meth:`Recognizer.explain`)."""
     rec = Recognizer.from_index(index_dir, device=device)
     features = rec.fx.describe_image(image)
     evidence, _ = rec.evidence(features, early_exit=False)
@@ -153,4 +179,4 @@ def main(index_dir: str | Path, image: str | Path, out_png: str | Path, max_cand
     with atomic_output(out_png, keep_suffix=True) as tmp:
         if not cv2.imwrite(str(tmp), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
             raise ValueError(f"cannot write {out_png}")
-    return out_png, pred
+    return out_png, pred, rec.explain(pred)

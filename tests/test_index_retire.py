@@ -41,9 +41,9 @@ def test_reader_opened_before_compaction_keeps_answering(tmp_path, monkeypatch):
     db.close()
     xq = np.random.default_rng(9).normal(size=(5, DIM)).astype(np.float32)
 
-    reader = IndexDatabase.open(path)  # e.g. a service or `predict` on another node, opened before
-    before = answers(reader, xq)
-    old = [e["file"] for e in reader.manifest["segments"]]
+    old_reader = IndexDatabase.open(path)  # e.g. a service or `predict` on another node, opened before
+    before = answers(old_reader, xq)
+    old = [e["file"] for e in old_reader.manifest["segments"]]
     assert len(old) == 3
 
     stats = IndexDatabase.open_for_write(path).compact()
@@ -53,11 +53,14 @@ def test_reader_opened_before_compaction_keeps_answering(tmp_path, monkeypatch):
     assert set(old) <= retired  # replaced, not deleted
     assert all((path / f).exists() for f in old)
 
-    # The old reader answers from the files it opened, without noticing anything (no manifest re-read).
+    # The old reader answers from the files it opened, without noticing anything (no manifest re-read): the
+    # module's read_manifest, the one IndexReader calls, is watched.
     reads = []
     real = reader.read_manifest
     monkeypatch.setattr(reader, "read_manifest", lambda p: reads.append(p) or real(p))
-    after = answers(reader, xq)
+    assert IndexDatabase.read_manifest(path)["segments"] and len(reads) == 1  # the watch sees a read
+    reads.clear()
+    after = answers(old_reader, xq)
     assert after[:3] == before[:3]
     np.testing.assert_array_equal(after[3], before[3])
     np.testing.assert_array_equal(after[4], before[4])

@@ -23,11 +23,13 @@ CASES = [(name, []) for name in sorted(local_confs)] + [("rootsift", ["--cascade
 
 
 @pytest.mark.parametrize("local, extra", CASES, ids=[c[0] + ("+cascade" if c[1] else "") for c in CASES])
-def test_predict_ships_what_evaluate_scores(demo_data, tmp_path, local, extra):
+def test_predict_ships_what_evaluate_scores(demo_data, tmp_path, monkeypatch, local, extra):
     index = tmp_path / "index"
     built = runner.invoke(app, ["build-index", "--train", str(demo_data.train_csv), "--images", str(demo_data.images_dir),
                                 "--index", str(index), "--local-conf", local, *FAST_BUILD])
     assert built.exit_code == 0, built.output
+    if "+" in local:  # what --cascade auto takes: the set the index was built with
+        assert json.loads((index / "manifest.json").read_text())["cascade_set"] == local.split("+")[1]
     # a few landmark and non-landmark queries: what matters is that the two commands agree, query by query
     holdout = read_csv(demo_data.holdout_csv)
     queries = tmp_path / "queries.csv"
@@ -48,3 +50,18 @@ def test_predict_ships_what_evaluate_scores(demo_data, tmp_path, local, extra):
     if "+" in local or extra:  # the cascade ran where RootSIFT left a query unresolved, and its inliers are in the evidence
         records = [json.loads(line) for line in (report_dir / "evidence.jsonl").read_text().splitlines()[1:]]
         assert any(c["verified_refs2"] for r in records if r["evidence"] for c in r["evidence"]["candidates"])
+    if "+" in local:  # the match picture draws the second matcher's pair where its inliers decided
+        from retrieval import visualize
+        from retrieval.recognize import Evidence, Recognizer
+
+        rec = Recognizer.from_index(index, num_candidates=3, inlier_threshold=8)
+        record = next(r for r in records if r["evidence"] and any(c["verified_refs2"] for c in r["evidence"]["candidates"]))
+        evidence = Evidence.from_json(record["evidence"])
+        for c in evidence.candidates:
+            c.verified_refs = 0 if c.verified_refs2 else c.verified_refs  # only the second matcher's inliers count
+        drawn = []
+        monkeypatch.setattr(visualize, "_text", lambda canvas, text, *a, **k: drawn.append(text))
+        path = record["path"]
+        sheet = visualize.render(rec, "q", visualize.load_image(path, max_side=1024)[0], rec.fx.describe_image(path), evidence,
+                                 rec.decide(evidence))
+        assert sheet.shape[0] > 100 and any(" xfeat inliers " in t for t in drawn), drawn

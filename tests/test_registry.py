@@ -69,11 +69,15 @@ def test_every_local_configuration_has_decision_defaults_that_resolve(name):
     extractor = entry.extractor["extractor"]
     first = resolve_recognition_conf(extractor=extractor)
     assert {k: first[k] for k in entry.decision} == entry.decision
-    assert decision_defaults(extractor) == entry.decision
+    # verifying first, its resolve rule never settles a query its own decision would not verify
+    assert first["cascade_resolve_inliers"] >= first["inlier_threshold"]
+    assert first["cascade_resolve_margin"] >= first["min_margin"]
     # as the cascade's second matcher: its own scale over the primary's decision
     second = resolve_recognition_conf(extractor="rootsift", second=extractor)
     assert {k: second[k] for k in entry.as_second} == entry.as_second
-    assert decision_defaults(extractor, as_second=True) == entry.as_second
+    # a matcher counts inliers on one scale wherever it verifies: as second, its threshold is its own
+    if "cascade_threshold" in entry.as_second:
+        assert entry.as_second["cascade_threshold"] == first["inlier_threshold"]
     # what an entry leaves unsaid stays the shipped default; the index's tuned values and the user's win
     untouched = set(DEFAULT_RECOGNITION_CONF) - set(entry.decision) - {"num_candidates"}
     assert all(first[k] == DEFAULT_RECOGNITION_CONF[k] for k in untouched)
@@ -84,7 +88,13 @@ def test_every_local_configuration_has_decision_defaults_that_resolve(name):
 def test_the_table_is_consistent():
     assert list(local_confs) == list(local_registry) and DEFAULT_RECOGNITION_CONF["on_demand_local"] in local_registry
     for name, entry in local_registry.items():
-        assert entry.name == name and local_confs[name] is entry.extractor
+        # the output stem (the stored file's name) encodes the key settings, so two settings never share a file
+        stem = entry.extractor["output"].split("-")
+        assert stem[:2] == ["feats", name] and f"n{entry.extractor['max_keypoints']}" in stem, stem
+        for key, tag in (("resize_max", "r"), ("pca_dim", "pca")):
+            if entry.extractor.get(key) is not None:
+                assert f"{tag}{entry.extractor[key]}" in stem, (name, key, stem)
+        assert entry.fitted == extractors[entry.extractor["extractor"]].needs_pca  # fitted sets only verify first
         assert entry.extractor["extractor"] in extractors and entry.matcher in match_confs
         resolve_match_conf(entry.matcher)  # a valid match conf
         assert set(entry.decision) | set(entry.as_second) <= set(DEFAULT_RECOGNITION_CONF)
