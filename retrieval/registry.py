@@ -160,3 +160,20 @@ def decision_defaults(extractor: str | None, as_second: bool = False) -> dict[st
     if entry is None:
         return {}
     return dict(entry.as_second if as_second else entry.decision)
+
+
+def outdated_set(name: str, stored: Mapping[str, Any]) -> str | None:
+    """A one-line message when an index's local set ``name`` was extracted with other settings than the shipped
+    conf of that name (e.g. ALIKED at 1024 px with 2048 keypoints, before its working size and keypoint budget
+    were sized for a CPU); None when they agree or ``name`` is not a shipped conf.
+
+    Such a set stays usable: queries and new rows extract with the stored settings (both sides of a pair must
+    match), but its cost and the decision defaults calibrated for the shipped conf no longer describe it."""
+    current = local_confs.get(name)
+    # the settings the shipped entry names (the output stem alone can be kept by a hand-made conf)
+    differ = [k for k, v in (current or {}).items() if k != "output" and stored.get(k) != v]
+    if not differ:
+        return None
+    return (f"the index's local set {name!r} was extracted with "
+            + ", ".join(f"{k} {stored.get(k)!r} (shipped {current[k]!r})" for k in differ)
+            + f"; the shipped {current.get('output')!r} costs and is calibrated otherwise: build a new index for it")
