@@ -15,7 +15,7 @@ enlarged to ~12 MP (--large-side) is timed too. Enlarged copies add no detail: t
 A configuration is ``second:cascade_pairs``; ``second`` is "none", a local conf name, or a name with extractor
 overrides in brackets (a variant of the stored set, e.g. the earlier ALIKED settings). Ends with one JSON line:
 per size and configuration the mean, median and p90 seconds, the share of photos that reached each matcher,
-and the ratio of the mean to RootSIFT alone.
+LightGlue's mean layers run per pair (adaptive depth: 9 at most), and the ratio of the mean to RootSIFT alone.
 """
 from __future__ import annotations
 
@@ -80,18 +80,21 @@ def build(data: Path, index: Path, second: str | None, overrides: dict[str, Any]
 def time_photos(rec: Any, paths: list[Path]) -> dict[str, Any]:
     """Wall seconds of ``rec.recognize`` per photo (after a warm-up) and the share reaching each matcher."""
     rec.recognize(paths[0])  # warm-up: the models load once
-    times, first, second = [], 0, 0
+    times, first, second, pairs2, layers2 = [], 0, 0, 0.0, 0.0
     for path in paths:
         start = time.perf_counter()
         pred = rec.recognize(path)
         times.append(time.perf_counter() - start)
         first += "pairs" in pred.timings
         second += "pairs2" in pred.timings
+        pairs2 += pred.timings.get("pairs2", 0.0)
+        layers2 += pred.timings.get("layers2", 0.0)
     times.sort()
     n = len(paths)
     return {"mean_s": round(statistics.mean(times), 3), "median_s": round(statistics.median(times), 3),
             "p90_s": round(times[int(0.9 * (n - 1))], 3), "first_matcher_share": round(first / n, 3),
-            "second_matcher_share": round(second / n, 3)}
+            "second_matcher_share": round(second / n, 3),
+            "lightglue_layers_per_pair": round(layers2 / pairs2, 2) if pairs2 else None}
 
 
 def main() -> None:
@@ -140,7 +143,9 @@ def main() -> None:
                 print(f"[{label}] {second}{overrides or ''} pairs {pairs}: mean {row['mean_s']:.2f} s, median "
                       f"{row['median_s']:.2f} s, p90 {row['p90_s']:.2f} s per photo; first matcher on "
                       f"{100 * row['first_matcher_share']:.0f}%, second on {100 * row['second_matcher_share']:.0f}% of "
-                      f"{len(paths)} photos{large}", flush=True)
+                      f"{len(paths)} photos{large}"
+                      + (f"; LightGlue ran {row['lightglue_layers_per_pair']} of 9 layers a pair on average"
+                         if row["lightglue_layers_per_pair"] else ""), flush=True)
             base_mean = next((r["mean_s"] for r in rows if r["second"] == "none"), None)
             for r in rows:
                 r["ratio_vs_rootsift"] = round(r["mean_s"] / base_mean, 2) if base_mean else None
