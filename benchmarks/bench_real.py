@@ -10,7 +10,10 @@ global and local configuration, and prints one table:
 - the full pipeline: ``predict`` with the shipped defaults (GAP of the submission it writes, seconds per
   photo), ``evaluate`` (submission and strict), and ``tune-threshold`` (chosen value, in-sample and
   cross-validated GAP);
-- top-1 accuracy, the share of non-landmark queries answered (as verified), per-stage latency.
+- top-1 accuracy, the share of non-landmark queries answered (as verified), per-stage latency, the share of
+  queries that reached each matcher;
+- with ``--time-side`` (default 1024): predict's seconds per photo again with every photo enlarged to that
+  longer side (benchmarks/upscaled.py; devset-large's photos are <= 800 px, users' are larger).
 
 It ends with one JSON line of the headline figures of the first combination (the shipped default unless
 ``--global``/``--local`` say otherwise).
