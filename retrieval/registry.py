@@ -95,9 +95,9 @@ local_registry: dict[str, LocalConf] = _entries(
             "model_name": "aliked-n16",
             # Sized for a CPU, so that a photo's cost does not grow with its size: ALIKED's dense maps grow with
             # the pixels and LightGlue's attention with the keypoints squared. At 1024 px with 2048 keypoints the
-            # query's features cost ~1 s and a pair 0.25-0.8 s on 2 cores; at 800 px with 1024 keypoints about
-            # half and a third (docs/figures.md, "The matcher cascade"). An index built with other settings keeps
-            # them (registry.outdated_set says so).
+            # query's features cost ~1 s and a pair 0.25-0.8 s on 2 cores (a harder real set); a quiet timing of
+            # these settings is still to be taken (docs/figures.md, "The matcher cascade"). An index built with
+            # other settings keeps them (outdated_set says so).
             "max_keypoints": 1024,
             "resize_max": 800,
         },
