@@ -363,7 +363,7 @@ _CASCADE = typer.Option(None, "--cascade", callback=_check_cascade,
 
 _CASCADE_PAIRS = typer.Option(None, "--cascade-pairs", min=0, help="Budget of the cascade's second matcher: candidates it "
                               "verifies (one image each) on a query the primary matcher left unresolved (default: per "
-                              "second matcher, `landmarks confs`; more verifies more landmarks at ~0.15-0.3 s a pair).")
+                              "second matcher, `landmarks confs`; ALIKED: 3; more reach deeper into the candidates, each pair at a fixed cost).")
 
 
 def _overrides(k, candidates, refs, threshold, cascade=None, cascade_pairs=None) -> dict:

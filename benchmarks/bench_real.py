@@ -13,7 +13,10 @@ global and local configuration, and prints one table:
 - the full pipeline: ``predict`` with the shipped defaults (GAP of the submission it writes, seconds per
   photo), ``evaluate`` (submission and strict), and ``tune-threshold`` (chosen value, in-sample and
   cross-validated GAP);
-- top-1 accuracy, the share of non-landmark queries answered (as verified), per-stage latency.
+- top-1 accuracy, the share of non-landmark queries answered (as verified), per-stage latency, the share of
+  queries that reached each matcher;
+- with ``--time-side`` (default 1024): predict's seconds per photo again with every photo enlarged to that
+  longer side (benchmarks/upscaled.py; devset-large's photos are <= 800 px, users' are larger).
 
 It ends with one JSON line of the headline figures of the first combination (the shipped default unless
 ``--global``/``--local`` say otherwise).
@@ -37,7 +40,7 @@ import numpy as np
 from eval import evaluate, predict
 from eval.metrics import gap, nonlandmark_prediction_rate, top1_accuracy
 from eval.csv_io import read_solution, read_submission, solution_dict
-from eval.evidence import read_evidence
+from eval.evidence import COUNT_KEYS, read_evidence
 from eval.shortlist import hard_queries
 from retrieval import extract
 from retrieval.data import read_reference_csv
@@ -72,7 +75,7 @@ def verification_figures(evidence_path: Path, solution: dict[str, frozenset[str]
     from retrieval.decision import Evidence, decide
 
     _, records = read_evidence(evidence_path)
-    right = wrong = second = 0
+    right = wrong = first = second = 0
     stages: dict[str, list[float]] = {}
     totals = []
     for qid, truth in solution.items():
@@ -84,14 +87,16 @@ def verification_figures(evidence_path: Path, solution: dict[str, frozenset[str]
         if pred.verified:
             right += pred.landmark_id in truth
             wrong += pred.landmark_id not in truth
+        first += any(c.verified_refs for c in ev.candidates)
         second += any(c.verified_refs2 for c in ev.candidates)
-        t = {k: v for k, v in (r.get("timings") or {}).items() if not k.startswith("pairs")}
+        t = {k: v for k, v in (r.get("timings") or {}).items() if k not in COUNT_KEYS}
         for k, v in t.items():
             stages.setdefault(k, []).append(v)
         totals.append(sum(t.values()))
     n = max(1, len(totals))
-    return {"verified_right": right, "verified_wrong": wrong, "second_stage_share": second / n,
+    return {"verified_right": right, "verified_wrong": wrong, "first_stage_share": first / n, "second_stage_share": second / n,
             "s_per_photo_median": float(np.median(totals)) if totals else float("nan"),
+            "s_per_photo_mean": float(np.mean(totals)) if totals else float("nan"),
             "stage_s_median": {k: round(float(np.median(v)), 4) for k, v in stages.items()}}
 
 
@@ -123,6 +128,27 @@ def run_one(data: Path, work: Path, gname: str, lname: str, n_boot: int, overrid
         "predict_nonlandmark_verified": nonlandmark_prediction_rate(verified, solution),
         "predict_s_per_query": predict_s, "evaluate": report, "tuned": tuned, "verification": verification,
     }
+
+
+def time_enlarged(data: Path, work: Path, gname: str, lname: str, side: int, overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """predict's seconds per photo with every photo (references and queries) enlarged to ``side`` px
+    (benchmarks/upscaled.py: cost, not quality); from predict's evidence, models loaded once."""
+    from upscaled import upscaled_folder
+
+    big = upscaled_folder(data, work / f"data{side}", side)
+    tag = f"{gname}__{lname}__{side}"
+    index_dir, out = work / f"index_{tag}", work / f"report_{tag}" / "submission.csv"
+    primary, secondary = split_local_conf(lname)
+    extract.main(read_reference_csv(big / "train.csv", big / "images"), index_dir, resolve_global_conf(gname), primary,
+                 local_sets=secondary, progress=False)
+    n = len(read_solution(big / "holdout.csv"))
+    t0 = time.perf_counter()
+    predict.main(index_dir, big / "holdout.csv", big / "images", out, progress=False, overrides=overrides)
+    wall = (time.perf_counter() - t0) / max(1, n)
+    v = verification_figures(predict.evidence_path_for(out), solution_dict(read_solution(big / "holdout.csv")), {})
+    return {"side": side, "predict_wall_s_per_query": wall, "s_per_photo_median": v["s_per_photo_median"],
+            "s_per_photo_mean": v["s_per_photo_mean"], "stage_s_median": v["stage_s_median"],
+            "first_stage_share": v["first_stage_share"], "second_stage_share": v["second_stage_share"]}
 
 
 def print_table(results: list[dict[str, Any]], data: Path) -> None:
@@ -169,9 +195,16 @@ def print_table(results: list[dict[str, Any]], data: Path) -> None:
         v = r["verification"]
         fc = t.get("confidence") or {}
         print(f"{'':28s}verification: strict GAP {e['strict']['gap']:.3f}, true pairs verified {v['verified_right']} of "
-              f"{e['n_landmark_queries']}, wrong verified answers {v['verified_wrong']}, second matcher on "
-              f"{100 * v['second_stage_share']:.0f}% of queries, {v['s_per_photo_median']:.2f} s/photo median "
+              f"{e['n_landmark_queries']}, wrong verified answers {v['verified_wrong']}, first matcher on "
+              f"{100 * v['first_stage_share']:.0f}%, second on {100 * v['second_stage_share']:.0f}% of queries, "
+              f"{v['s_per_photo_mean']:.2f} s/photo mean, {v['s_per_photo_median']:.2f} median "
               f"({', '.join(f'{k} {x:.3f}' for k, x in v['stage_s_median'].items())})")
+        big = r.get("enlarged")
+        if big:
+            print(f"{'':28s}at {big['side']} px (enlarged copies): {big['s_per_photo_mean']:.2f} s/photo mean, "
+                  f"{big['s_per_photo_median']:.2f} median ({', '.join(f'{k} {x:.3f}' for k, x in big['stage_s_median'].items())}); "
+                  f"predict wall {big['predict_wall_s_per_query']:.2f} s/query; second matcher on "
+                  f"{100 * big['second_stage_share']:.0f}%")
         if fc:
             print(f"{'':28s}confidence: fitted CV GAP {fc['cv_gap_fitted']:.3f} vs bands {fc['cv_gap_bands']:.3f} "
                   f"({fc['n_folds']} folds grouped by landmark)")
@@ -190,6 +223,8 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="PARAM=VALUE",
                     help="a recognition parameter for predict and evaluate, e.g. cascade_pairs=8 (repeatable)")
     ap.add_argument("--work-dir", type=Path, default=None, help="keep indexes and reports here")
+    ap.add_argument("--time-side", type=int, default=1024,
+                    help="also time predict with every photo enlarged to this longer side (0: skip)")
     args = ap.parse_args()
     if (args.data is None) == (not args.synthetic):
         ap.error("give --data DIR or --synthetic")
@@ -205,6 +240,9 @@ def main() -> None:
         overrides = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.overrides)}
         results = [run_one(Path(data), work, g, l, args.bootstrap, overrides)
                    for g in args.global_confs.split(",") for l in args.local_confs.split(",")]
+        if args.time_side:
+            for r in results:
+                r["enlarged"] = time_enlarged(Path(data), work, r["global"], r["local"], args.time_side, overrides)
     print_table(results, Path(data))
     r = results[0]
     print(json.dumps({
@@ -222,12 +260,21 @@ def main() -> None:
         "verified_wrong": r["verification"]["verified_wrong"],
         "second_stage_share": round(r["verification"]["second_stage_share"], 4),
         "s_per_photo_median": round(r["verification"]["s_per_photo_median"], 3),
+        "s_per_photo_mean": round(r["verification"]["s_per_photo_mean"], 3),
+        "first_stage_share": round(r["verification"]["first_stage_share"], 4),
+        "s_per_photo_enlarged": {str(r["enlarged"]["side"]): {"mean": round(r["enlarged"]["s_per_photo_mean"], 3),
+                                                              "median": round(r["enlarged"]["s_per_photo_median"], 3),
+                                                              "second_stage_share": round(r["enlarged"]["second_stage_share"], 4)}}
+        if r.get("enlarged") else None,
         "confidence_cv_gap_fitted": (r["tuned"].get("confidence") or {}).get("cv_gap_fitted"),
         "confidence_cv_gap_bands": (r["tuned"].get("confidence") or {}).get("cv_gap_bands"),
         "configs": [{"local": x["local"], "gap": round(x["predict_gap"], 4), "strict_gap": round(x["evaluate"]["strict"]["gap"], 4),
                      "verified_right": x["verification"]["verified_right"], "verified_wrong": x["verification"]["verified_wrong"],
                      "second_stage_share": round(x["verification"]["second_stage_share"], 4),
-                     "s_per_photo_median": round(x["verification"]["s_per_photo_median"], 3)} for x in results],
+                     "s_per_photo_median": round(x["verification"]["s_per_photo_median"], 3),
+                     "s_per_photo_mean": round(x["verification"]["s_per_photo_mean"], 3),
+                     "s_per_photo_enlarged_mean": round(x["enlarged"]["s_per_photo_mean"], 3) if x.get("enlarged") else None}
+                    for x in results],
     }))
 
 

@@ -308,21 +308,28 @@ class EvidenceActor(RayActor):
         return pack_results(batch["pos"], out, self.take_warnings(), self.where)
 
 
+# Counts among a query's timings (pairs verified by each matcher, LightGlue layers run): not seconds.
+COUNT_KEYS = ("pairs", "pairs2", "layers2")
+
+
 def timing_summary(records: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
-    """Median milliseconds per stage over the queries (and per RANSAC pair)."""
+    """Median milliseconds per stage over the queries (and per pair of each matcher)."""
     stages: dict[str, list[float]] = {}
-    per_pair: list[float] = []
+    per_pair: dict[str, list[float]] = {"verify": [], "verify2": []}
     for r in records.values():
         t = r.get("timings") or {}
         for k, v in t.items():
-            if k != "pairs":
+            if k not in COUNT_KEYS:
                 stages.setdefault(k, []).append(v)
-        if t.get("pairs"):
-            per_pair.append(t["verify"] / t["pairs"])
+        for stage, count in (("verify", "pairs"), ("verify2", "pairs2")):
+            if t.get(count):
+                per_pair[stage].append(t[stage] / t[count])
     out = {f"{k}_ms": round(1000 * float(np.median(v)), 2) for k, v in stages.items()}
-    if per_pair:
-        out["verify_per_pair_ms"] = round(1000 * float(np.median(per_pair)), 2)
-    totals = [sum(v for k, v in (r.get("timings") or {}).items() if k != "pairs") for r in records.values() if r.get("timings")]
+    for stage, values in per_pair.items():
+        if values:
+            out[f"{stage}_per_pair_ms"] = round(1000 * float(np.median(values)), 2)
+    totals = [sum(v for k, v in (r.get("timings") or {}).items() if k not in COUNT_KEYS) for r in records.values()
+              if r.get("timings")]
     if totals:
         out["total_ms"] = round(1000 * float(np.median(totals)), 2)
     return out

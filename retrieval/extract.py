@@ -34,6 +34,7 @@ from .local_features import (
     make_local_extractor,
     split_local_conf,
 )
+from .registry import outdated_set
 
 logger = logging.getLogger(__name__)
 
@@ -399,7 +400,13 @@ def main(
         logger.info("index %s also holds local set(s) %s: new rows get them too", index_dir, ", ".join(held))
     # Secondary extractors before the build: a requested set stored with another conf is refused before any
     # work; a set the index holds but was not named is extended with its stored conf.
-    set_extractors = {name: make_local_extractor(name, device=device) for name in local_sets}
+    stored = db.local_sets()
+    set_extractors = {}
+    for name in local_sets:
+        outdated = outdated_set(name, stored[name]) if name in stored else None
+        if outdated:  # new rows must match the rows already stored, so the set keeps its stored settings
+            logger.warning("%s; new rows are extracted with the stored settings", outdated)
+        set_extractors[name] = make_local_extractor(stored[name] if outdated else name, device=device)
     set_extractors.update({name: make_local_extractor(db.local_sets()[name], device=device) for name in held})
     for name, lex in set_extractors.items():
         db.check_local_set(name, lex.conf, lex.dim)

@@ -147,7 +147,7 @@ def estimated_image_size(keypoints: np.ndarray) -> np.ndarray:
 def lightglue_match(
     kind: str, kp0: np.ndarray, desc0: np.ndarray, size0: np.ndarray, kp1: np.ndarray, desc1: np.ndarray,
     size1: np.ndarray, device: torch.device | str = "cpu", adaptive: bool = True, amp: bool = True,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, int]:
     """LightGlue / LighterGlue matches between two feature sets.
 
     Args:
@@ -157,7 +157,9 @@ def lightglue_match(
         adaptive: LightGlue's early stopping and point pruning (deterministic for given inputs).
         amp: float16 autocast on CUDA (ignored on CPU).
     Returns:
-        ``((m, 2) int64 index pairs sorted by query index, (m,) float32 match scores)``.
+        ``((m, 2) int64 index pairs sorted by query index, (m,) float32 match scores, transformer layers run)``:
+        with ``adaptive`` LightGlue stops after fewer layers once its matchability predictions are confident
+        (wrong pairs, whose points are confidently unmatchable, stop early; benchmarks report the layers).
     """
     device = torch.device(device)
     model = load_model(kind, device, bool(adaptive))
@@ -175,4 +177,4 @@ def lightglue_match(
     matches = out["matches"][0].cpu().numpy().astype(np.int64).reshape(-1, 2)
     scores = out["scores"][0].float().cpu().numpy().astype(np.float32).reshape(-1)
     order = np.argsort(matches[:, 0], kind="stable")
-    return matches[order], scores[order]
+    return matches[order], scores[order], int(out.get("stop", 0))

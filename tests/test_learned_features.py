@@ -117,6 +117,9 @@ def test_view_pair_many_inliers_unrelated_few(feats, name, matcher):
     # few, relative to a true pair (XFeat + LighterGlue finds ~30 on an unrelated photo: its 2048 dense
     # keypoints give RANSAC many chances; thresholds for it must be set higher than for RootSIFT)
     assert other.inliers <= 0.1 * same.inliers, (same.inliers, other.inliers)
+    # the transformer layers it ran are reported (LightGlue 9, LighterGlue 6 at most; adaptive depth may stop early)
+    assert 1 <= same.layers <= {"lightglue": 9, "lighterglue": 6}[matcher] and other.layers >= 1
+    assert verify_pair(f["image"], f["view"], "mnn").layers == 0
     # the homography found maps points as the true one does (keypoints in detection pixels)
     grid = np.array([[[60.0, 60.0], [180.0, 60.0], [60.0, 180.0], [180.0, 180.0]]], np.float32)
     err = np.abs(cv2.perspectiveTransform(grid, same.transform) - cv2.perspectiveTransform(grid, H_TRUE)).max()

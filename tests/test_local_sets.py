@@ -247,3 +247,31 @@ def test_unpublished_part_files_are_garbage(index_copy):
     IndexDatabase.open_for_write(index_copy)
     assert not stray.exists()
     assert IndexDatabase.open(index_copy).local_features(0, "xfeat")[1].shape == (3, 64)
+
+
+def test_a_set_extracted_with_other_settings_keeps_them_and_says_so(index_copy, demo_data, caplog):
+    """An index whose xfeat set predates the shipped settings (here 128 keypoints at 128 px): queries and a rerun of
+    build-index with the shipped name extract with the stored settings (both sides of a pair must match), and
+    both say which settings differ; the shipped conf itself is not flagged."""
+    from retrieval.recognize import Recognizer
+    from retrieval.registry import outdated_set
+
+    extract.add_local_sets(index_copy, ["xfeat"], progress=False, extractors={"xfeat": small_xfeat()})
+    stored = IndexDatabase.open(index_copy).local_sets()["xfeat"]
+    message = outdated_set("xfeat", stored)
+    assert "max_keypoints 128 (shipped 1024)" in message and "'feats-xfeat-n1024-r1024'" in message
+    assert "resize_max 128 (shipped 1024)" in message
+    assert outdated_set("xfeat", make_local_extractor("xfeat", device="cpu").conf) is None
+    assert outdated_set("nope", stored) is None
+
+    with caplog.at_level(logging.WARNING):
+        rec = Recognizer.from_index(index_copy, device="cpu", cascade="auto")
+    assert rec.second_name == "xfeat" and rec.second.conf == stored  # queries extract as the stored rows were
+    assert "local set 'xfeat' was extracted with max_keypoints 128" in caplog.text
+    caplog.clear()
+    result = runner.invoke(app, ["build-index", "--train", str(demo_data.train_csv), "--images",  # the shipped name
+                                 str(demo_data.images_dir), "--index", str(index_copy), "--local-conf", "rootsift+xfeat",
+                                 *FAST_BUILD])
+    assert result.exit_code == 0, result.output
+    assert "new rows are extracted with the stored settings" in result.output
+    assert IndexDatabase.open(index_copy).local_sets()["xfeat"] == stored
