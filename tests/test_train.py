@@ -162,3 +162,36 @@ def test_finetune_resume_after_kill9_gives_the_same_checkpoint(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_ray_two_workers_train_what_one_worker_trains(tmp_path):
+    """Ray Train, same global batch: 2 CPU workers (each half of every batch, gradients averaged) give the weights
+    1 worker gives, to float32 round-off (summation order differs): max |difference| <= 1e-5 of the largest weight.
+    SGD: Adam divides each gradient by its own running scale, so on weights whose gradient is ~0 it turns round-off
+    into full-size steps and no tolerance in weights would hold."""
+    pytest.importorskip("ray.train")
+    import ray
+
+    from engines import RayOptions
+    from retrieval.training import run
+
+    csv, images = _write_set(tmp_path / "data", sizes=(2, 2, 1), nonlandmarks=0)
+    common = dict(train=csv, images=images, route="finetune", global_conf="resnet18-gem", weights="random",
+                  image_size=32, seed=0, val_fraction=0, engine="ray", progress=False,
+                  finetune={"epochs": 2, "batch_size": 4, "checkpoint_every": 100, "optimizer": "sgd", "lr": 0.01})
+    try:
+        one = run.main(tmp_path / "one", ray_options=RayOptions(workers=1, num_cpus=2), **common)
+        two = run.main(tmp_path / "two", ray_options=RayOptions(workers=2, num_cpus=2), **common)
+    finally:
+        ray.shutdown()
+    assert one["route"] == two["route"] == "finetune"
+    a, b = _tensors(Path(one["model"])), _tensors(Path(two["model"]))
+    scale = max(float(v.abs().max()) for v in a.values())
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst <= 1e-5 * scale, worst
+    # and training moved the weights at all (a test that cannot fail would not show equality of anything)
+    from retrieval.training.finetune import build_net
+
+    net0, _ = build_net({"model": "resnet18", "weights": "random", "gem_p": 3.0, "mean": None, "std": None}, None)
+    start = {f"b.{k}": v for k, v in net0.backbone.state_dict().items()}
+    assert max(float((a[k] - start[k]).abs().max()) for k in start if k in a and a[k].is_floating_point()) > 1e-4

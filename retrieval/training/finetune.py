@@ -44,6 +44,7 @@ DEFAULT_FINETUNE_CONF: dict[str, Any] = {
     "epochs": 10,
     "batch_size": 16,  # images per micro-batch (global: split over workers)
     "accum_steps": 1,  # micro-batches per optimiser step
+    "optimizer": "adamw",  # adamw, or sgd (momentum 0.9, nesterov)
     "lr": 1e-4,  # peak learning rate of the backbone; GeM, neck and head get head_lr_mult times it
     "head_lr_mult": 10.0,
     "weight_decay": 1e-4,
@@ -207,9 +208,15 @@ def train_loop(job: Mapping[str, Any], rank: int = 0, world: int = 1, device: to
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     new = [p for n, p in model.named_parameters() if not n.startswith("net.backbone.")]
-    opt = torch.optim.AdamW([{"params": list(net.backbone.parameters()), "lr_mult": 1.0},
-                             {"params": new, "lr_mult": float(conf["head_lr_mult"])}],
-                            lr=float(conf["lr"]), weight_decay=float(conf["weight_decay"]))
+    groups = [{"params": list(net.backbone.parameters()), "lr_mult": 1.0},
+              {"params": new, "lr_mult": float(conf["head_lr_mult"])}]
+    if conf["optimizer"] == "sgd":
+        opt = torch.optim.SGD(groups, lr=float(conf["lr"]), momentum=0.9, nesterov=True,
+                              weight_decay=float(conf["weight_decay"]))
+    elif conf["optimizer"] == "adamw":
+        opt = torch.optim.AdamW(groups, lr=float(conf["lr"]), weight_decay=float(conf["weight_decay"]))
+    else:
+        raise ValueError(f"optimizer must be adamw or sgd, got {conf['optimizer']!r}")
     scaler = torch.amp.GradScaler("cuda", enabled=cuda)
     batch, accum = int(conf["batch_size"]), int(conf["accum_steps"])
     steps_per_epoch = max(1, len(labels) // (batch * accum))
