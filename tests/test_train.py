@@ -67,6 +67,31 @@ def test_learned_whitening_math():
         learn_whitening(x, diffs, 1.5)
 
 
+def test_finetune_math():
+    """Dynamic margins fall with landmark size; the ArcFace loss prefers the true landmark; warm-up then cosine;
+    the validation split holds out whole landmarks that have a second image."""
+    from retrieval.training.data import split_by_landmark
+    from retrieval.training.finetune import SubCenterArcFace, dynamic_margins, epoch_order, lr_factor
+
+    m = dynamic_margins(np.array([1, 2, 10, 100]), 0.05, 0.5)
+    assert m[0] == pytest.approx(0.5) and m[-1] == pytest.approx(0.05) and np.all(np.diff(m) < 0)
+    torch.manual_seed(0)
+    head = SubCenterArcFace(4, m, subcenters=2)
+    emb = head.weight[[0, 2]].detach().clone()  # on a sub-centre of landmarks 0 and 1
+    right = head(emb, torch.tensor([0, 1]))
+    wrong = head(emb, torch.tensor([1, 0]))
+    assert float(right) < float(wrong)
+    assert lr_factor(0, 100, 10) == pytest.approx(0.1) and lr_factor(9, 100, 10) == 1.0
+    assert lr_factor(55, 100, 10) == pytest.approx(0.5) and lr_factor(100, 100, 10) == pytest.approx(0.0)
+    labels = np.array([0] * 50 + [1])
+    assert np.mean(epoch_order(labels, 1.0, 4000, 0, 0) == 50) == pytest.approx(0.5, abs=0.05)  # class-balanced
+    np.testing.assert_array_equal(epoch_order(labels, 0.5, 10, 3, 2), epoch_order(labels, 0.5, 10, 3, 2))
+    names = np.array(["a", "a", "b", "b", "b", "c", "d", "d"])
+    val = split_by_landmark(names, 0.3, 0)
+    assert val.any() and not val[names == "c"].any()
+    assert all(val[names == n].all() or not val[names == n].any() for n in set(names))
+
+
 def test_train_whiten_then_build_index(tmp_path):
     """CPU `train` takes the whiten route and says so; build-index --weights builds that model (descriptors = the
     whitening of the frozen ones), records it in the manifest; another model's rows and a replaced file are refused."""
@@ -109,6 +134,9 @@ def test_train_whiten_then_build_index(tmp_path):
     (tmp_path / "g1" / "model.pt").write_bytes((tmp_path / "g2" / "model.pt").read_bytes())
     res = _invoke("query", "--index", idx, images / "l0i0.jpg")
     assert res.exit_code == 2 and "is not the checkpoint" in res.output
+    # --index: an index's own labelled rows (7 of 8: the non-landmark left out)
+    res = _invoke("train", "--index", idx, "--out", tmp_path / "g3", *TINY, "--views", 0)
+    assert res.exit_code == 0 and "7 images of 4 landmarks" in res.output, res.output
 
 
 def test_train_bad_input(tmp_path):
