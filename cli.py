@@ -257,7 +257,7 @@ def train_cmd(
         fig = summary["figures"]
         for name in ("val", "train"):
             before, after = fig.get(f"{name}_before"), fig.get(f"{name}_after")
-            if before and after:
+            if before and after and after.get("queries"):
                 typer.echo(f"{name} 1-NN (held-out landmarks)" if name == "val" else f"{name} 1-NN (leave one out)", nl=False)
                 typer.echo(f": R@1 {before['r1']:.3f} -> {after['r1']:.3f}, GAP {before['gap']:.3f} -> {after['gap']:.3f} "
                            f"({after['queries']} queries)")
