@@ -205,11 +205,13 @@ def test_ray_two_workers_train_what_one_worker_trains(tmp_path):
 
     csv, images = _write_set(tmp_path / "data", sizes=(2, 2, 1), nonlandmarks=0)
     common = dict(train=csv, images=images, route="finetune", global_conf="resnet18-gem", weights="random",
-                  image_size=32, seed=0, val_fraction=0, engine="ray", progress=False,
+                  image_size=32, seed=0, val_fraction=0, progress=False,
                   finetune={"epochs": 2, "batch_size": 4, "checkpoint_every": 100, "optimizer": "sgd", "lr": 0.01})
+    one = run.main(tmp_path / "one", device="cpu", **common)  # one worker: the same loop in this process
+    # a fresh local instance of 2 CPUs (not a cluster another process of this machine may be running)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
     try:
-        one = run.main(tmp_path / "one", ray_options=RayOptions(workers=1, num_cpus=2), **common)
-        two = run.main(tmp_path / "two", ray_options=RayOptions(workers=2, num_cpus=2), **common)
+        two = run.main(tmp_path / "two", engine="ray", ray_options=RayOptions(workers=2), **common)
     finally:
         ray.shutdown()
     assert one["route"] == two["route"] == "finetune"
