@@ -49,7 +49,12 @@ def read_checkpoint(path: str | Path, tensors: bool = True) -> dict[str, Any] | 
     """
     path = Path(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=not tensors)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=not tensors)
+        except RuntimeError:
+            if tensors:
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)  # a legacy (non-zip) file cannot be mapped
     except Exception as exc:  # torch raises many types for corrupt or foreign files
         raise ValueError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from exc
     if isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
