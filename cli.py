@@ -203,6 +203,73 @@ def build_index(
 # ----------------------------------------------------------------------------- download
 
 
+@app.command("train")
+def train_cmd(
+    out: Path = typer.Option(..., "--out", help="Run folder: model.pt (the checkpoint build-index --weights takes), train.json, state.pt while fine-tuning."),
+    train: Optional[Path] = typer.Option(None, "--train", help="Labelled CSV (id,landmark_id); rows with an empty landmark_id are left out."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Image folder of --train (or, without --train, one folder per landmark)."),
+    index: Optional[Path] = typer.Option(None, "--index", help="Train on an index's own labelled rows instead of --train/--images."),
+    route: str = typer.Option("auto", "--route", help="whiten (learned whitening on frozen descriptors: minutes on a CPU), finetune (backbone + neck with sub-center ArcFace: a GPU), or auto (finetune with a GPU or --engine ray, else whiten; says which)."),
+    conf: Optional[str] = typer.Option(None, "--conf", help=f"Global configuration to start from (see `landmarks confs`; default {DEFAULT_GLOBAL})."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Starting backbone weights (default: the configuration's, e.g. the packaged ImageNet weights)."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Override the configuration's input size (pixels)."),
+    dim: Optional[int] = typer.Option(None, "--dim", min=1, help="Descriptor dimension of the trained model (default: the backbone's width, so an index's dimension is unchanged)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of every random choice (split, sampling, augmentation)."),
+    val_fraction: float = typer.Option(0.2, "--val-fraction", min=0.0, max=0.9, help="Share of images held out for validation, as whole landmarks (with >= 2 images)."),
+    views: Optional[int] = typer.Option(None, "--views", min=0, help="whiten: augmented views per image (matching pairs; default 4)."),
+    shrinkage: Optional[float] = typer.Option(None, "--shrinkage", min=0.0, max=1.0, help="whiten: shrinkage of the matching-pair covariance towards the identity (default 0.6)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="finetune: epochs (default 10)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="finetune: peak learning rate of the backbone (the neck and head get 10x; default 1e-4)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Images per step (finetune: the global batch, split over workers; default 16)."),
+    accum_steps: Optional[int] = typer.Option(None, "--accum-steps", min=1, help="finetune: gradient accumulation steps per optimiser step (default 1)."),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", min=1, help="finetune: optimiser steps between checkpoints (state.pt; default 50)."),
+    resume: bool = typer.Option(False, "--resume", help="finetune: continue from <out>/state.pt (after an interruption or kill -9) to the same result."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, mps (default: best available)."),
+    engine: str = typer.Option("local", "--engine", help="local, or ray: data-parallel fine-tuning on Ray Train workers (needs the [ray] extra)."),
+    num_workers: Optional[int] = typer.Option(None, "--num-workers", min=1, help="--engine ray: training workers (default 1)."),
+    gpus_per_worker: Optional[float] = typer.Option(None, "--gpus-per-worker", min=0.0, help="--engine ray: GPUs per worker (0: CPU workers)."),
+    ray_address: Optional[str] = _RAY_ADDRESS,
+    max_pixels: Optional[int] = _MAX_PIXELS,
+) -> None:
+    """Fit the global descriptor to your labelled landmarks (recognition stays retrieval); writes <out>/model.pt
+    for `build-index --weights`."""
+
+    def body():
+        from engines import RayOptions, check_engine
+        from retrieval.training import run
+
+        check_engine(engine)
+        if engine != "ray" and (num_workers or gpus_per_worker or ray_address):
+            raise CliError("--num-workers, --gpus-per-worker and --ray-address need --engine ray")
+        ray_options = (RayOptions(address=ray_address, num_gpus_per_worker=gpus_per_worker or 0.0, workers=num_workers or 1)
+                       if engine == "ray" else None)
+        summary = run.main(
+            out, train=train, images=images, index=index, route=route, global_conf=conf, weights=weights,
+            image_size=image_size, device=device, seed=seed, val_fraction=val_fraction,
+            batch_size=batch_size or 16,
+            whiten={"views": views, "shrinkage": shrinkage, "dim": dim},
+            finetune={"epochs": epochs, "lr": lr, "batch_size": batch_size, "accum_steps": accum_steps,
+                      "checkpoint_every": checkpoint_every, "dim": dim},
+            resume=resume, engine=engine, ray_options=ray_options,
+            progress=os.environ.get("TQDM_DISABLE") != "1",
+        )
+        typer.echo(f"route {summary['route']} ({summary['route_reason']})")
+        fig = summary["figures"]
+        for name in ("val", "train"):
+            before, after = fig.get(f"{name}_before"), fig.get(f"{name}_after")
+            if before and after and after.get("queries"):
+                typer.echo(f"{name} 1-NN (held-out landmarks)" if name == "val" else f"{name} 1-NN (leave one out)", nl=False)
+                typer.echo(f": R@1 {before['r1']:.3f} -> {after['r1']:.3f}, GAP {before['gap']:.3f} -> {after['gap']:.3f} "
+                           f"({after['queries']} queries)")
+        typer.echo(f"{summary['model']}: {summary['images']} images of {summary['landmarks']} landmarks, "
+                   f"{summary['seconds']:.0f} s; next: landmarks build-index ... --weights {summary['model']}")
+        if summary["skipped"]:
+            typer.echo(f"skipped images and reasons: {summary['skipped_csv']}")
+            raise typer.Exit(code=1)
+
+    _guard(body, max_pixels)
+
+
 @app.command("download")
 def download(
     dataset: str = typer.Argument(..., help="The dataset: gldv2 (Google Landmarks v2)."),

@@ -336,7 +336,14 @@ def confs_for_index(
         gconf = resolve_global_conf(stored["global"], **global_overrides)
         taken.append(f"global {conf_label(stored['global'], global_confs)}")
     else:
-        gconf = resolve_global_conf(global_conf or DEFAULT_GLOBAL, **global_overrides)
+        base: str | dict[str, Any] = global_conf or DEFAULT_GLOBAL
+        weights = global_overrides.get("weights")
+        if global_conf is None and weights not in (None, "auto", "timm", "random") and Path(weights).is_file():
+            from .training.checkpoint import checkpoint_global_conf
+
+            # --weights runs/g1/model.pt alone: the configuration that checkpoint was trained with
+            base = checkpoint_global_conf(weights) or base
+        gconf = resolve_global_conf(base, **global_overrides)
     secondary: list[str] = []
     if local_conf is None and stored is not None:
         lconf = stored.get("local")  # the stored conf itself (None: the index stores no local features)

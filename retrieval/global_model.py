@@ -76,6 +76,8 @@ def resolve_conf(
 def resolve_global_conf(name_or_conf: str | Mapping[str, Any] = DEFAULT_GLOBAL, **overrides: Any) -> dict[str, Any]:
     """The full global configuration for a name in ``global_confs`` (or a dict), with overrides."""
     conf = resolve_conf(global_confs, DEFAULT_GLOBAL_CONF, name_or_conf, overrides, "global configuration")
+    if overrides.get("weights") is not None:
+        conf.pop("checkpoint", None)  # the record of the replaced weights; a trained checkpoint brings its own
     check_name(conf["resize"], ("longer", "shorter"), "resize")
     if int(conf["image_size"]) < 32:
         raise ValueError(f"image_size must be >= 32, got {conf['image_size']}")
@@ -84,6 +86,10 @@ def resolve_global_conf(name_or_conf: str | Mapping[str, Any] = DEFAULT_GLOBAL, 
     if conf["weights"] not in ("auto", "timm", "random"):
         # absolute, so that query/recognize find the checkpoint from any working directory
         conf["weights"] = str(Path(str(conf["weights"])).expanduser().resolve())
+        # a checkpoint written by `landmarks train` defines the network (backbone, GeM p, neck) and its record
+        from .training.checkpoint import apply_checkpoint
+
+        conf = apply_checkpoint(conf)
     return conf
 
 
@@ -132,11 +138,16 @@ class GlobalDescriptorNet(nn.Module):
         width = backbone.num_features
         self.proj = nn.Linear(width, proj_dim) if proj_dim else None
         self.dim = proj_dim or width
+        # L2-normalise the GeM vector before the projection: learned whitening (`landmarks train --route
+        # whiten`) is fitted on unit vectors; set from a trained checkpoint's "neck" record.
+        self.proj_input_norm = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, 3, H, W) normalised images of one size. Returns (B, dim) unit vectors."""
         desc = self.pool(self.backbone.forward_features(x).float())
         if self.proj is not None:
+            if self.proj_input_norm:
+                desc = F.normalize(desc, dim=-1)
             desc = self.proj(desc)
         return F.normalize(desc, dim=-1)
 
@@ -153,6 +164,9 @@ class GlobalExtractor:
 
     def __init__(self, conf: str | Mapping[str, Any] = DEFAULT_GLOBAL, device: str | None = None, **overrides: Any):
         self.conf = resolve_global_conf(conf, **overrides)
+        from .training.checkpoint import verify_checkpoint
+
+        verify_checkpoint(self.conf)  # a trained checkpoint replaced since the index was built is refused
         self.device = select_device(device)
         backbone = create_backbone(self.conf["model"], weights=self.conf["weights"])
         with torch.random.fork_rng(devices=[]):
@@ -183,6 +197,8 @@ class GlobalExtractor:
             return
         obj = torch.load(weights, map_location="cpu", weights_only=True)
         head = obj.get("head") if isinstance(obj, Mapping) else None
+        if isinstance(obj, Mapping) and isinstance(obj.get("neck"), Mapping):
+            self.net.proj_input_norm = bool(obj["neck"].get("input_norm"))
         if head:
             missing = self.net.load_state_dict({k: v for k, v in head.items()}, strict=False)
             logger.info("loaded GeM/projection from %s (missing: %s)", weights, missing.missing_keys[:3])

@@ -123,7 +123,7 @@ def test_the_check_catches_a_wrong_command_or_option():
     assert check_use("x", ["evaluate", "--index", "idx/", "--out", "r/"]) == []
     assert check_use("x", ["-q", "query", "--index", "i", "-k", "5", "[--json]"]) == []
     assert check_use("x", ["evaluate", "--thresold", "3"]) == ["x: `landmarks evaluate` has no option --thresold"]
-    assert check_use("x", ["train", "--index", "i"])[0].startswith("x: no command 'train'")
+    assert check_use("x", ["fit", "--index", "i"])[0].startswith("x: no command 'fit'")
     assert check_use("x", ["serve", "--max-pixels=5"]) == []
     page = "```bash\nlandmarks recognize --index idx/ a.jpg --bogus  # --also-bogus in a comment\n```\n" \
            "and `predict --no-guesss`, but not `--free-standing`.\n"
