@@ -24,7 +24,7 @@ from index.local_sets import CASCADE_SET_KEY
 from retrieval.decision import Candidate, ConfidenceModel, Evidence, decide, explain
 from retrieval.local_features import local_confs
 from retrieval.recognize import cascade_set, index_decision_conf, resolve_recognition_conf, resolved
-from retrieval.registry import check_cascade
+from retrieval.registry import check_cascade, local_registry
 
 runner = CliRunner()
 
@@ -201,7 +201,7 @@ def test_tuning_never_scores_thresholds_where_the_second_matcher_did_not_run(ind
     res = evaluate.tune(index_copy, csv, None, tmp_path / "out", evidence_path=evidence, write=False, n_folds=3,
                         confidence="bands")
     assert res["limit"] == 20 and res["chosen"] <= 20, res["chosen"]
-    assert res["tuned_for"] == {"cascade": "aliked", "cascade_pairs": 2}
+    assert res["tuned_for"] == {"cascade": "aliked", "cascade_pairs": local_registry["aliked"].as_second["cascade_pairs"]}
     conf = {**PARAMS, "cascade_threshold": 30, "inlier_threshold": res["chosen"]}
     assert decide(Evidence([], queries["q00"]), **conf).verified  # resolved at 25, still a verified answer
     # without a cascade nothing was resolved: every threshold is scored, and GAP takes one above 29
