@@ -15,7 +15,7 @@ For the whiten route (what a CPU user runs) it prints:
 
 The fine-tune route is measured with ``--finetune`` (slow on a CPU; meant for a GPU).
 
-    flock /work/cpu.lock python benchmarks/bench_train.py --data /work/shared/devset-large --pipeline
+    python benchmarks/bench_train.py --data ../shared/devset-large --pipeline
 
 Ends with one JSON line of the headline figures.
 """

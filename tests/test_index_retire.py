@@ -75,7 +75,7 @@ def test_reader_opened_before_compaction_keeps_answering(tmp_path, monkeypatch):
     time.sleep(0.6)
     IndexDatabase.open_for_write(path).close()
     assert all((path / f).exists() for f in old)  # past the grace period, but the old reader's lease holds them
-    reader.close()
+    old_reader.close()
     fresh.close()
     IndexDatabase.open_for_write(path).close()
     assert not any((path / f).exists() for f in old)
