@@ -31,6 +31,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from serve_data import generated_index
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -162,20 +164,7 @@ def main() -> None:
         index = args.index
         images_dir = args.images
         if index is None:
-            from retrieval import extract
-            from retrieval.data import read_reference_csv
-            from retrieval.global_model import resolve_global_conf
-            from synthetic import generate_demo_dataset
-
-            data = generate_demo_dataset(work / "data", n_landmarks=args.landmarks, seed=7)
-            index = work / "index"
-            if not (index / "manifest.json").exists():
-                extract.main(read_reference_csv(data.train_csv, data.images_dir), index, resolve_global_conf("lite0-gem"),
-                             "rootsift", progress=False)
-            import pandas as pd
-
-            holdout = pd.read_csv(data.holdout_csv, dtype=str, keep_default_na=False)
-            images = [data.images_dir / f"{i}.jpg" for i in holdout["id"]]
+            index, images = generated_index(work, args.landmarks)
         else:
             if images_dir is None:
                 raise SystemExit("--images is needed with --index")

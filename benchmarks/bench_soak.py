@@ -35,6 +35,7 @@ import httpx
 import numpy as np
 
 from bench_serve import free_port, rss_mb, start_server
+from serve_data import generated_index
 
 KINDS = (  # (what a client sends, weight)
     ("recognize", 60), ("neighbours", 10), ("batch", 5), ("matches", 8), ("bad_file", 6), ("truncated", 3),
@@ -160,20 +161,7 @@ def main() -> None:
         work = args.work_dir or Path(tmp)
         index = args.index
         if index is None:
-            import pandas as pd
-
-            from retrieval import extract
-            from retrieval.data import read_reference_csv
-            from retrieval.global_model import resolve_global_conf
-            from synthetic import generate_demo_dataset
-
-            data = generate_demo_dataset(work / "data", n_landmarks=args.landmarks, seed=7)
-            index = work / "index"
-            if not (index / "manifest.json").exists():
-                extract.main(read_reference_csv(data.train_csv, data.images_dir), index, resolve_global_conf("lite0-gem"),
-                             "rootsift", progress=False)
-            holdout = pd.read_csv(data.holdout_csv, dtype=str, keep_default_na=False)
-            images = [data.images_dir / f"{i}.jpg" for i in holdout["id"]]
+            index, images = generated_index(work, args.landmarks)
         else:
             if args.images is None:
                 raise SystemExit("--images is needed with --index")
