@@ -140,6 +140,15 @@ def start_server(index: Path, port: int, workers: int, log: Path, torch_threads:
         time.sleep(0.3)
 
 
+def stop_server(proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """Stop ``landmarks serve`` as Ctrl-C does (a clean shutdown), killing it if it has not exited in ``timeout``."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--index", type=Path, default=None, help="an existing index (default: build one on generated photos)")
@@ -209,11 +218,7 @@ def main() -> None:
                       f"{reloads['rss_mb_after']:.0f} MB, {reloads['open_snapshots']} snapshot(s) open after, "
                       f"{reloads['requests_during']} requests ({reloads['errors_during']} errors)", flush=True)
         finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_server(proc, timeout=20)
         # measured again after the service (other load on a shared machine drifts): the mean is the baseline
         after = baseline("after")
         base = {k: (before[k] + after[k]) / 2 for k in ("rps", "p50_ms", "p95_ms")}

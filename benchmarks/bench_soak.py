@@ -20,9 +20,7 @@ import json
 import logging
 import os
 import random
-import signal
 import struct
-import subprocess
 import tempfile
 import threading
 import time
@@ -34,7 +32,7 @@ import cv2
 import httpx
 import numpy as np
 
-from bench_serve import free_port, rss_mb, start_server
+from bench_serve import free_port, rss_mb, start_server, stop_server
 from serve_data import generated_index
 
 KINDS = (  # (what a client sends, weight)
@@ -196,11 +194,7 @@ def main() -> None:
             rss_end = rss_mb(proc.pid)
             health = httpx.get(f"{url}/health").json()
         finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_server(proc, timeout=30)
         server_log = (work / "server.log").read_text(errors="replace")
 
     limits = health["limits"]
