@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from eval.metrics import Prediction
+from eval.metrics import SubmissionRow
 from index.manifest import atomic_output
 from retrieval.data import read_table, unsafe_id_reason  # noqa: F401  (re-exported: shared table validation)
 
@@ -80,7 +80,7 @@ def solution_dict(df: pd.DataFrame) -> dict[str, frozenset[str]]:
     return {str(q): frozenset(s) for q, s in zip(df["id"], df["landmarks"])}
 
 
-def _format_prediction(qid: str, pred: Prediction) -> str:
+def _format_prediction(qid: str, pred: SubmissionRow) -> str:
     if pred is None:
         return ""
     landmark, conf = pred
@@ -93,7 +93,7 @@ def _format_prediction(qid: str, pred: Prediction) -> str:
     return f"{landmark} {conf:.6f}"
 
 
-def write_submission(predictions: Mapping[str, Prediction], ids: Sequence[str], out_csv: PathLike) -> Path:
+def write_submission(predictions: Mapping[str, SubmissionRow], ids: Sequence[str], out_csv: PathLike) -> Path:
     """Write a Kaggle recognition submission ``id,landmarks`` atomically.
 
     One row per id of ``ids``, in that order; the value is
@@ -122,7 +122,7 @@ def write_submission(predictions: Mapping[str, Prediction], ids: Sequence[str], 
     return out
 
 
-def read_submission(csv_path: PathLike) -> dict[str, Prediction]:
+def read_submission(csv_path: PathLike) -> dict[str, SubmissionRow]:
     """Parse a Kaggle recognition submission back into ``{id: (landmark_id, confidence) | None}``.
 
     Strict: a value must be empty or exactly ``"<landmark_id> <confidence>"``
@@ -130,7 +130,7 @@ def read_submission(csv_path: PathLike) -> dict[str, Prediction]:
     """
     path = Path(csv_path)
     df = read_table(path, required=("id", "landmarks"))
-    out: dict[str, Prediction] = {}
+    out: dict[str, SubmissionRow] = {}
     for qid, value, line in zip(df["id"], df["landmarks"], df["_line"]):
         parts = value.split()
         if not parts:

@@ -27,8 +27,9 @@ import pandas as pd
 
 logger = logging.getLogger(__name__)
 
-Prediction = tuple[str, float] | None
-"""``(landmark_id, confidence)`` or ``None`` for "no landmark"."""
+SubmissionRow = tuple[str, float] | None
+"""One query's row of a Kaggle submission: ``(landmark_id, confidence)``, or ``None`` for "no landmark" (not
+to be confused with :class:`retrieval.decision.Prediction`, the recognizer's full answer)."""
 
 Solution = Mapping[str, AbstractSet[str]]
 """Query id -> set of correct landmark ids (empty set: non-landmark query)."""
@@ -83,7 +84,7 @@ def _check_prediction(qid: Any, pred: Any) -> tuple[str, float]:
     return landmark, conf_f
 
 
-def _rank(predictions: Mapping[str, Prediction], solution: Solution) -> _Ranked:
+def _rank(predictions: Mapping[str, SubmissionRow], solution: Solution) -> _Ranked:
     """Validate inputs and put the predictions in GAP order."""
     _check_solution(solution)
     unknown = [q for q in predictions if q not in solution]
@@ -135,7 +136,7 @@ def _gap_from_ranked(ranked: _Ranked) -> float:
     return float(np.dot(precision, rel) / m)
 
 
-def gap(predictions: Mapping[str, Prediction], solution: Solution) -> float:
+def gap(predictions: Mapping[str, SubmissionRow], solution: Solution) -> float:
     """Kaggle Global Average Precision (micro-AP) of one-or-no prediction per query.
 
     GAP = (1/M) * sum_i P(i) * rel(i) over the non-``None`` predictions sorted
@@ -150,7 +151,7 @@ def gap(predictions: Mapping[str, Prediction], solution: Solution) -> float:
     return _gap_from_ranked(_rank(predictions, solution))
 
 
-def ranked_predictions(predictions: Mapping[str, Prediction], solution: Solution) -> pd.DataFrame:
+def ranked_predictions(predictions: Mapping[str, SubmissionRow], solution: Solution) -> pd.DataFrame:
     """The non-``None`` predictions in GAP order, one row each.
 
     Columns: ``rank`` (1-based), ``id``, ``landmark_id``, ``confidence``,
@@ -176,7 +177,7 @@ def ranked_predictions(predictions: Mapping[str, Prediction], solution: Solution
 
 
 def bootstrap_gap_ci(
-    predictions: Mapping[str, Prediction],
+    predictions: Mapping[str, SubmissionRow],
     solution: Solution,
     n_boot: int = 1000,
     seed: int = 0,
@@ -263,7 +264,7 @@ def landmark_clusters(solution: Solution) -> dict[str, str]:
     return {q: "lm:" + " ".join(sorted(s)) if len(s) else f"q:{q}" for q, s in solution.items()}
 
 
-def top1_accuracy(predictions: Mapping[str, Prediction], solution: Solution) -> float:
+def top1_accuracy(predictions: Mapping[str, SubmissionRow], solution: Solution) -> float:
     """Fraction of landmark queries whose prediction is one of their correct landmarks.
 
     ``None`` or a missing prediction is wrong. ``nan`` when the solution has no
@@ -276,7 +277,7 @@ def top1_accuracy(predictions: Mapping[str, Prediction], solution: Solution) -> 
     return float(ranked.correct.sum() / m)
 
 
-def nonlandmark_prediction_rate(predictions: Mapping[str, Prediction], solution: Solution) -> float:
+def nonlandmark_prediction_rate(predictions: Mapping[str, SubmissionRow], solution: Solution) -> float:
     """Fraction of non-landmark queries (empty solution) that got a non-``None`` prediction.
 
     ``nan`` when there is no non-landmark query.
@@ -288,14 +289,14 @@ def nonlandmark_prediction_rate(predictions: Mapping[str, Prediction], solution:
     return float((~ranked.is_landmark[ranked.order]).sum() / n_non)
 
 
-def _landmark_only(predictions: Mapping[str, Prediction], solution: Solution) -> tuple[dict, dict]:
+def _landmark_only(predictions: Mapping[str, SubmissionRow], solution: Solution) -> tuple[dict, dict]:
     _rank(predictions, solution)  # same validation as everywhere else
     sol = {q: s for q, s in solution.items() if len(s) > 0}
     preds = {q: p for q, p in predictions.items() if q in sol}
     return preds, sol
 
 
-def gap_landmark_queries_only(predictions: Mapping[str, Prediction], solution: Solution) -> float:
+def gap_landmark_queries_only(predictions: Mapping[str, SubmissionRow], solution: Solution) -> float:
     """GAP after removing the non-landmark queries from both predictions and solution."""
     preds, sol = _landmark_only(predictions, solution)
     return gap(preds, sol)
@@ -307,7 +308,7 @@ def _json_float(x: float) -> float | None:
 
 
 def summary(
-    predictions: Mapping[str, Prediction],
+    predictions: Mapping[str, SubmissionRow],
     solution: Solution,
     n_boot: int = 1000,
     seed: int = 0,

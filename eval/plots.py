@@ -21,7 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from eval import metrics
-from eval.metrics import Prediction, Solution
+from eval.metrics import SubmissionRow, Solution
 from index.manifest import atomic_output
 
 logger = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def plot_gap_vs_value(
 
 
 def plot_precision_vs_rank(
-    predictions: Mapping[str, Prediction], solution: Solution, out_png: str | os.PathLike
+    predictions: Mapping[str, SubmissionRow], solution: Solution, out_png: str | os.PathLike
 ) -> Path:
     """Precision P(i) and cumulative correct against i, predictions in GAP order.
 
@@ -114,7 +114,7 @@ def plot_precision_vs_rank(
 
 
 def plot_confidence_histogram(
-    predictions: Mapping[str, Prediction], solution: Solution, out_png: str | os.PathLike
+    predictions: Mapping[str, SubmissionRow], solution: Solution, out_png: str | os.PathLike
 ) -> Path:
     """Confidence histograms of correct, wrong-landmark and non-landmark-query predictions.
 

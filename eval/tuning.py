@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from eval import metrics
-from eval.metrics import Prediction, Solution
+from eval.metrics import SubmissionRow, Solution
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class PredictionMatrix:
     is_landmark: np.ndarray  # (Q,) bool: the query shows a landmark
 
     @classmethod
-    def from_predictions(cls, predictions_by_value: Mapping[float, Mapping[str, Prediction]], solution: Solution) -> "PredictionMatrix":
+    def from_predictions(cls, predictions_by_value: Mapping[float, Mapping[str, SubmissionRow]], solution: Solution) -> "PredictionMatrix":
         values = _sorted_values(predictions_by_value)
         query_ids = sorted(solution)
         col = {q: i for i, q in enumerate(query_ids)}
@@ -106,7 +106,7 @@ class PredictionMatrix:
         correct = int((acc & self.correct[v]).sum())
         return int(acc.sum()) - correct, correct
 
-    def as_dicts(self, v: int, mask: np.ndarray | None = None) -> tuple[dict[str, Prediction], dict[str, frozenset[str]]]:
+    def as_dicts(self, v: int, mask: np.ndarray | None = None) -> tuple[dict[str, SubmissionRow], dict[str, frozenset[str]]]:
         """An equivalent ``(predictions, solution)`` pair for value ``v`` (landmark "T" right, "F" wrong), for the
         dict-based metrics such as the bootstrap interval: every metric of it equals the original's."""
         keep = range(len(self.query_ids)) if mask is None else np.flatnonzero(mask)
@@ -122,7 +122,7 @@ def _as_matrix(predictions_by_value: Any, solution: Solution) -> PredictionMatri
     return PredictionMatrix.from_predictions(predictions_by_value, solution)
 
 
-def _sorted_values(predictions_by_value: Mapping[float, Mapping[str, Prediction]]) -> list[float]:
+def _sorted_values(predictions_by_value: Mapping[float, Mapping[str, SubmissionRow]]) -> list[float]:
     if not predictions_by_value:
         raise ValueError("predictions_by_value is empty: no candidate value to evaluate")
     values = sorted(predictions_by_value)
@@ -136,7 +136,7 @@ BOOTSTRAP_MAX_QUERIES = 2_000  # above this, sweep leaves the per-value interval
 
 
 def sweep(
-    predictions_by_value: Mapping[float, Mapping[str, Prediction]] | PredictionMatrix,
+    predictions_by_value: Mapping[float, Mapping[str, SubmissionRow]] | PredictionMatrix,
     solution: Solution,
     n_boot: int = 200,
     seed: int = 0,
@@ -174,7 +174,7 @@ def sweep(
 
 
 def choose_value(
-    predictions_by_value: Mapping[float, Mapping[str, Prediction]] | PredictionMatrix,
+    predictions_by_value: Mapping[float, Mapping[str, SubmissionRow]] | PredictionMatrix,
     solution: Solution,
     query_ids: Iterable[str] | None = None,
     accept_confidence: float | None = None,
@@ -247,7 +247,7 @@ def assign_folds(solution: Solution, n_folds: int = 5, seed: int = 0,
 
 
 def cross_validated_gap(
-    predictions_by_value: Mapping[float, Mapping[str, Prediction]] | PredictionMatrix,
+    predictions_by_value: Mapping[float, Mapping[str, SubmissionRow]] | PredictionMatrix,
     solution: Solution,
     n_folds: int = 5,
     seed: int = 0,
