@@ -34,7 +34,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 
 from .auth import SCHEME, OperatorAuth
-from .engine import Engine
+from .engine import RecognitionService
 from .routes import admin, answers, recognition
 from .runtime import Limits, Service, ServiceError, error_response
 
@@ -92,11 +92,11 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 def create_app(index_dir: str | Path | None = None, limits: Limits | None = None, device: str | None = None,
                overrides: Mapping[str, Any] | None = None, handle_sighup: bool = False,
-               engine: Engine | None = None, operator_auth: OperatorAuth | None = None) -> FastAPI:
+               engine: RecognitionService | None = None, operator_auth: OperatorAuth | None = None) -> FastAPI:
     """The ASGI app for one index: the routers, the body limit, one-line errors. The index and models load
     at start-up (lifespan), once.
 
-    ``engine``: an already loaded :class:`Engine` to serve instead of ``index_dir`` (it is not
+    ``engine``: an already loaded :class:`RecognitionService` to serve instead of ``index_dir`` (it is not
     closed at shutdown; tests share one between apps with different limits). ``operator_auth``: who may call
     ``POST /reload`` (default: anyone, as for a service bound to localhost; :func:`serve` derives it from the bind).
     """
@@ -108,7 +108,7 @@ def create_app(index_dir: str | Path | None = None, limits: Limits | None = None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        engine = given or await asyncio.to_thread(Engine, index_dir, device, overrides, limits.max_global_batch,
+        engine = given or await asyncio.to_thread(RecognitionService, index_dir, device, overrides, limits.max_global_batch,
                                                   max_pixels=limits.max_pixels, answer_cache_mb=limits.answer_cache_mb)
         service = app.state.service = Service(engine, limits, operator_auth)
         if handle_sighup and hasattr(signal, "SIGHUP"):
@@ -206,7 +206,7 @@ def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, limi
     operator_auth = OperatorAuth.for_bind(host, operator_token)
     if not operator_auth.required and not operator_auth.open:
         logger.warning("binding %s without an operator token: POST /reload is refused (SIGHUP reloads)", host)
-    engine = Engine(index_dir, device, overrides, limits.max_global_batch, max_pixels=limits.max_pixels,
+    engine = RecognitionService(index_dir, device, overrides, limits.max_global_batch, max_pixels=limits.max_pixels,
                     answer_cache_mb=limits.answer_cache_mb)
     try:
         app = create_app(limits=limits, handle_sighup=True, engine=engine, operator_auth=operator_auth)

@@ -1,4 +1,5 @@
-"""The recognition engine behind the HTTP service: one loaded index, a bounded worker pool, global batching.
+"""The recognition service behind the HTTP API (:class:`RecognitionService`): one loaded index, a bounded worker
+pool, global batching.
 
 Everything here is synchronous and thread-safe; ``service.app`` runs it off the
 event loop. Recognition is the same Python API as the CLI
@@ -7,7 +8,7 @@ features, ``Prediction.to_json``); the engine only adds
 
 - a :class:`GlobalBatcher`: the global model runs on the images of concurrent
   requests in one batch (whatever is waiting, no added delay when idle);
-- a snapshot (:class:`Loaded`) of the index that :meth:`Engine.reload` replaces
+- a snapshot (:class:`IndexSnapshot`) of the index that :meth:`RecognitionService.reload` replaces
   atomically: a request keeps the snapshot it started with, and a replaced snapshot is
   closed when its last request ends; the models are shared while the configuration holds;
 - caches of recent answers (plain data for their match pictures: the query's features without its decoded
@@ -135,10 +136,10 @@ class GlobalBatcher:
                     e[2].set_result((d, per_image))
 
 
-class Loaded:
+class IndexSnapshot:
     """One snapshot of the index and its recogniser; replaced whole by a reload.
 
-    Requests hold it through :meth:`Engine.snapshot` (a reference count). A reload retires the
+    Requests hold it through :meth:`RecognitionService.snapshot` (a reference count). A reload retires the
     old snapshot; it is closed (its index files released) once its last request has finished,
     so memory and the disk space of segments removed by ``compact`` do not outlive a reload.
     """
@@ -149,7 +150,7 @@ class Loaded:
         self.names = dict(names or {})  # landmark names stored with the index (gldv2.names); {} when none
         self.index_dir = index_dir
         self.generation = generation
-        self.models_key = models_key  # answers drawn later need the same models (see Engine.matches_png)
+        self.models_key = models_key  # answers drawn later need the same models (see RecognitionService.matches_png)
         self.loaded_at = time.time()
         self._users = 0
         self._retired = False
@@ -203,7 +204,7 @@ class Answer:
 
     name: str
     generation: int  # the snapshot the answer was computed on
-    models_key: str  # its models (Loaded.models_key)
+    models_key: str  # its models (IndexSnapshot.models_key)
     features: Features  # the query's global descriptor and local features (numpy arrays; no decoded image)
     evidence: Evidence  # reference ids, landmark ids and scores
     pred: Prediction
@@ -232,7 +233,7 @@ def clean_name(name: str | None) -> str:
     return base or "upload"
 
 
-class Engine:
+class RecognitionService:
     """Loads an index once and answers recognise / neighbours / match-picture / thumbnail requests."""
 
     def __init__(self, index_dir: str | Path, device: str | None = None, overrides: Mapping[str, Any] | None = None,
@@ -258,7 +259,7 @@ class Engine:
         self.reloads = 0
         self.models_loaded = 0  # times the models were built (1 + reloads that changed the configuration)
         self._models: tuple[str, FeatureExtractor] | None = None  # (models_key, extractor) shared by snapshots
-        self._snapshots: weakref.WeakSet[Loaded] = weakref.WeakSet()  # every snapshot still in memory
+        self._snapshots: weakref.WeakSet[IndexSnapshot] = weakref.WeakSet()  # every snapshot still in memory
         self.tmp_dir = Path(tempfile.mkdtemp(prefix="landmarks-serve-"))
         self.state = self._load(generation=0)
         if max_batch is None:
@@ -278,7 +279,7 @@ class Engine:
                 h.update(np.ascontiguousarray(arr).tobytes())
         return h.hexdigest()[:16]
 
-    def _load(self, generation: int) -> Loaded:
+    def _load(self, generation: int) -> IndexSnapshot:
         start = time.perf_counter()
         overrides = dict(self.overrides)
         match_conf = overrides.pop("match_conf", None)
@@ -301,7 +302,7 @@ class Engine:
         self._models = (key, fx)
         logger.info("loaded index %s (%d images, index_id %s) in %.1f s", self.index_dir, db.size,
                     db.manifest.get("index_id"), time.perf_counter() - start)
-        state = Loaded(rec, self.index_dir, generation, key, names=load_names(db))
+        state = IndexSnapshot(rec, self.index_dir, generation, key, names=load_names(db))
         self._snapshots.add(state)
         return state
 
@@ -323,7 +324,7 @@ class Engine:
         return {"reloaded": True, "previous_index_id": old.rec.db.manifest.get("index_id"), **self.health()}
 
     @contextlib.contextmanager
-    def snapshot(self) -> Iterator[Loaded]:
+    def snapshot(self) -> Iterator[IndexSnapshot]:
         """The current snapshot, held open for the duration of a request."""
         while True:
             state = self.state
@@ -399,7 +400,7 @@ class Engine:
 
     # ------------------------------------------------------------------ requests (blocking; run in the pool)
 
-    def _decode(self, state: Loaded, data: bytes, name: str, local: bool = True) -> Item:
+    def _decode(self, state: IndexSnapshot, data: bytes, name: str, local: bool = True) -> Item:
         """Decode uploaded bytes exactly as the CLI decodes a file (``FeatureExtractor.decode``)."""
         if not data:
             raise BadImage(f"{name}: empty file (0 bytes)")
@@ -420,7 +421,7 @@ class Engine:
         finally:
             Path(tmp).unlink(missing_ok=True)
 
-    def features(self, state: Loaded, data: bytes, name: str, local: bool = True) -> tuple[Item, Features]:
+    def features(self, state: IndexSnapshot, data: bytes, name: str, local: bool = True) -> tuple[Item, Features]:
         """Decode, global descriptor (batched with concurrent requests) and local features of one upload."""
         fx = state.rec.fx
         item = self._decode(state, data, name, local)
@@ -586,7 +587,7 @@ def _named(answer: dict[str, Any], names: Mapping[str, str]) -> dict[str, Any]:
     return with_names(answer, names) if names else answer
 
 
-def _still_indexed(state: Loaded, evidence: Evidence) -> Evidence:
+def _still_indexed(state: IndexSnapshot, evidence: Evidence) -> Evidence:
     """``evidence`` without the references a later snapshot no longer holds (removed by a rebuild or compact)."""
     ids = sorted({n[0] for n in evidence.neighbours} | {c.best_match_id for c in evidence.candidates if c.best_match_id})
     present = {i for i, r in zip(ids, state.rows_of(ids)) if r >= 0}

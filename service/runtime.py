@@ -18,7 +18,7 @@ from starlette.datastructures import UploadFile
 
 from retrieval.image_io import DEFAULT_MAX_PIXELS
 
-from .engine import Engine
+from .engine import RecognitionService
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +35,10 @@ class Limits:
     max_global_batch: int | None = None  # images the global model describes together (None: 8 on GPU, 1 on CPU)
     # pixel budget of one upload, checked from its header before decoding (413 above it): a PNG has no
     # reduced decoding, so a 194 kB 13,000 x 13,000 one would otherwise cost a gigabyte and seconds of CPU
-    max_pixels: int = DEFAULT_MAX_PIXELS  # (an Engine handed to create_app keeps its own)
+    max_pixels: int = DEFAULT_MAX_PIXELS  # (a RecognitionService handed to create_app keeps its own)
     # recent answers kept for /matches and /results, bounded in bytes (their features, a small JPEG of the query,
     # the match pictures drawn): the service's memory beyond the index and models stays flat under any traffic
-    answer_cache_mb: float = 64.0  # (an Engine handed to create_app keeps its own)
+    answer_cache_mb: float = 64.0  # (a RecognitionService handed to create_app keeps its own)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -87,7 +87,7 @@ class Pool:
 class Service:
     """One app's engine, limits and pool, and its one-at-a-time reload."""
 
-    def __init__(self, engine: Engine, limits: Limits, operator_auth: Any = None):
+    def __init__(self, engine: RecognitionService, limits: Limits, operator_auth: Any = None):
         self.engine = engine
         self.limits = limits
         self.operator_auth = operator_auth  # service.auth.OperatorAuth (what /health states)

@@ -109,7 +109,7 @@ def test_service_json_has_names_as_the_cli(demo_data, index_copy, monkeypatch):
 
     from gldv2.names import store_names
     from service.app import create_app
-    from service.engine import Engine
+    from service.engine import RecognitionService
 
     landmarks = sorted(set(read_csv(demo_data.train_csv)["landmark_id"]) - {""})
     names = {lm: f"{EVIL} {lm}" for lm in landmarks}
@@ -117,7 +117,7 @@ def test_service_json_has_names_as_the_cli(demo_data, index_copy, monkeypatch):
     holdout = read_csv(demo_data.holdout_csv)
     qid = holdout[holdout["landmark_id"] != ""]["id"].iloc[0]
     photo = demo_data.images_dir / f"{qid}.jpg"
-    engine = Engine(index_copy, max_batch=1)
+    engine = RecognitionService(index_copy, max_batch=1)
     try:
         with TestClient(create_app(engine=engine)) as client:
             resp = client.post("/recognize", files={"image": (photo.name, photo.read_bytes(), "image/jpeg")})

@@ -24,7 +24,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from cli import app as cli_app  # noqa: E402
 from index.database import IndexDatabase  # noqa: E402
 from service.app import Limits, create_app  # noqa: E402
-from service.engine import Engine  # noqa: E402
+from service.engine import RecognitionService  # noqa: E402
 from tests.conftest import FAST_BUILD, read_csv  # noqa: E402
 
 runner = CliRunner()
@@ -33,7 +33,7 @@ LIMIT_MB = 1.0  # small, so that the oversize tests send little
 
 @pytest.fixture(scope="module")
 def engine(built_index):
-    eng = Engine(built_index, max_batch=8)
+    eng = RecognitionService(built_index, max_batch=8)
     yield eng
     eng.close()
 
@@ -257,7 +257,7 @@ def test_concurrent_requests_answer_as_sequential_ones(client, engine, queries, 
 @pytest.fixture(scope="module")
 def cpu_engine(built_index):
     """The CPU default: no global batching; the worker threads share one model."""
-    eng = Engine(built_index)
+    eng = RecognitionService(built_index)
     yield eng
     eng.close()
 

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from service.app import Limits, create_app  # noqa: E402
 from service.auth import TOKEN_ENV, OperatorAuth  # noqa: E402
-from service.engine import Engine, answer_bytes  # noqa: E402
+from service.engine import RecognitionService, answer_bytes  # noqa: E402
 from tests.conftest import read_csv  # noqa: E402
 
 TOKEN = "a-long-enough-operator-token"
@@ -24,7 +24,7 @@ TOKEN = "a-long-enough-operator-token"
 
 @pytest.fixture(scope="module")
 def small_cache_engine(built_index):
-    eng = Engine(built_index, answer_cache_mb=1.0)  # a few answers only: the bound is what is tested
+    eng = RecognitionService(built_index, answer_cache_mb=1.0)  # a few answers only: the bound is what is tested
     yield eng
     eng.close()
 
