@@ -6,7 +6,7 @@ references gets that ALIKED set, and ``evaluate`` runs once with ``cascade_pairs
 matcher verifies every candidate of each query RootSIFT leaves unresolved, as the shipped early exit decides).
 Every budget P (the first P candidates, in candidate order, as ``recognize`` runs them) and threshold T is then
 decided from that one evidence file with the product's own decision (``decide_many``, margin 1.5), and scored as
-issue 25 asks: **strict GAP** (verified answers only), true pairs verified, wrong verified answers (must stay 0).
+the verification is judged: **strict GAP** (verified answers only), true pairs verified, wrong verified answers (must stay 0).
 It also prints the inlier counts the second matcher gave true and wrong pairs, and its cost per query from the
 evidence's stage timings (the photos' own size; `bench_cascade.py` times `recognize` at 1024 px).
 

@@ -1,4 +1,4 @@
-"""One consistent cascade (issue 25): the resolve rule and the decision never contradict each other, per
+"""One consistent cascade: the resolve rule and the decision never contradict each other, per
 extractor; tune-threshold decides stored evidence as it was made (its cascade, its budget), never with a stored
 fitted confidence, and never scores values on evidence where the second matcher did not run; --cascade auto
 takes the set the index was built with; --cascade delf is refused when parsed; captions and match pictures

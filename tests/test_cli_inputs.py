@@ -1,4 +1,4 @@
-"""Through the CLI: what the index and the folders already say (issue 19).
+"""Through the CLI: what the index and the folders already say.
 
 An existing index's configuration is used when no --conf/--local-conf/--weights is given (only an explicit
 option that differs is refused), and a folder argument to recognize/query means its image files.

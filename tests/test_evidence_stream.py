@@ -1,5 +1,5 @@
 """Evidence files read as streams: the resume scan keeps byte offsets, never records; records are read back one at a
-time (issue 16, item 5). The end-to-end resume through predict is in test_recognition.py."""
+time. The end-to-end resume through predict is in test_recognition.py."""
 from __future__ import annotations
 
 import json
