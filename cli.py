@@ -164,7 +164,7 @@ def build_index(
         references = read_references(train, images, distractors)
         names = None
         if landmark_names is not None or train is None:
-            from gldv2 import names as names_mod  # read before the long build: a bad file fails at once
+            from index import names as names_mod  # read before the long build: a bad file fails at once
 
             names = (names_mod.read_names_csv(landmark_names) if landmark_names is not None
                      else names_mod.folder_names(references["landmark_id"].unique()))
@@ -380,7 +380,7 @@ def query(
 
         if k is not None and k < 1:
             raise CliError(f"--k must be >= 1, got {k}")
-        from gldv2.names import load_names, with_names
+        from index.names import load_names, with_names
         from index.reader import IndexReader
 
         with IndexReader.open(index) as db:  # one open index: the search and its landmark names
@@ -463,7 +463,7 @@ def recognize(
         from retrieval.image_io import ImageError
         from retrieval.recognize import Recognizer
 
-        from gldv2.names import load_names, with_names
+        from index.names import load_names, with_names
 
         paths = _query_images(images, recursive)
         rec = Recognizer.from_index(index, device=device, **_overrides(k, candidates, refs, threshold, cascade, cascade_pairs))

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gldv2 import names as names_mod
+from index import names as names_mod
 from retrieval import extract, visualize
 from retrieval.data import read_reference_csv, resolve_image_path
 from retrieval.recognize import VERIFIED_BASE

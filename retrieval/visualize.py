@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 
 from index.manifest import atomic_output
+from index.names import load_names
 
 from .extract import Features, scale_keypoints
 from .image_io import load_image
@@ -122,7 +123,7 @@ def render(rec: Recognizer, name: str, query_arr: np.ndarray, features: Features
     (``describe_image``, ``evidence``, ``decide``). Keypoints are in detection pixels: they are drawn on the
     decoded arrays (the query's features carry their detection size; a stored reference's is derived from
     the decoded size and the extractor's resize rule). ``names``: landmark names to show beside the ids
-    (``gldv2.names.load_names``).
+    (``index.names.load_names``).
     """
     label = lambda lm: landmark_label(lm, names)  # noqa: E731
     explained = rec.explain(pred, label)
@@ -171,8 +172,6 @@ def main(index_dir: str | Path, image: str | Path, out_png: str | Path, max_cand
     evidence, _ = rec.evidence(features, early_exit=False)
     pred = rec.decide(evidence)
     query_arr, _ = load_image(image, max_side=rec.local_image_size or 1024)
-    from gldv2.names import load_names  # here: gldv2 depends on retrieval, not the other way round at import
-
     sheet = render(rec, Path(str(image)).name, query_arr, features, evidence, pred, max_candidates,
                    names=load_names(rec.db))
     out_png = Path(out_png)

@@ -38,7 +38,7 @@ from typing import Any, Iterator, Mapping
 import cv2
 import numpy as np
 
-from gldv2.names import load_names, with_names
+from index.names import load_names, with_names
 from index.reader import IndexReader
 from index.manifest import package_version
 from retrieval.cache import LRU
@@ -147,7 +147,7 @@ class IndexSnapshot:
     def __init__(self, rec: Recognizer, index_dir: Path, generation: int, models_key: str,
                  names: Mapping[str, str] | None = None):
         self.rec = rec
-        self.names = dict(names or {})  # landmark names stored with the index (gldv2.names); {} when none
+        self.names = dict(names or {})  # landmark names stored with the index (index.names); {} when none
         self.index_dir = index_dir
         self.generation = generation
         self.models_key = models_key  # answers drawn later need the same models (see RecognitionService.matches_png)

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from gldv2.names import name_from_category, read_names_csv, with_names
+from index.names import name_from_category, read_names_csv, with_names
 from tests.conftest import FAST_BUILD, read_csv
 
 runner = CliRunner()
@@ -74,7 +74,7 @@ def test_build_index_stores_names_and_answers_show_them(demo_data, index_copy, t
     for n in json.loads(result.output.strip().splitlines()[-1])["neighbours"]:
         assert n["landmark_name"] == (f'Place {n["landmark_id"]} "quoted" <x>' if n["landmark_id"] else None)
     assert len(opened) == 1  # query reads the names through the index it searches: one open, not two
-    from gldv2.names import load_names
+    from index.names import load_names
 
     by_path = load_names(index_copy)  # a path reads the names file alone: no index opened
     assert len(opened) == 1 and by_path == load_names(IndexReader.open(index_copy)) and len(by_path) == len(landmarks)
@@ -107,7 +107,7 @@ def test_service_json_has_names_as_the_cli(demo_data, index_copy, monkeypatch):
     pytest.importorskip("httpx")
     from fastapi.testclient import TestClient
 
-    from gldv2.names import store_names
+    from index.names import store_names
     from service.app import create_app
     from service.engine import RecognitionService
 
@@ -188,7 +188,7 @@ def test_match_caption_is_ascii_safe():
 
 def test_demo_names_are_stored_and_printed(index_copy):
     from eval import demo
-    from gldv2.names import load_names, store_names
+    from index.names import load_names, store_names
 
     names = demo.landmark_names(demo.DEMO_PHOTOS)
     assert names["7"] == "cyprus_arch_ruin" and len(names) == 7  # eval/demo_photos/sources.csv
