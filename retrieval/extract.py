@@ -324,13 +324,12 @@ def confs_for_index(
     An explicit option that differs from the index is still refused when the index is opened
     (ConfigMismatchError).
     """
-    from index.manifest import MANIFEST_NAME, read_manifest
+    from index.reader import IndexReader
 
     from .defaults import DEFAULT_LOCAL
     from .global_model import global_confs
 
-    mpath = Path(index_dir) / MANIFEST_NAME
-    stored = read_manifest(mpath)["config"] if mpath.is_file() else None
+    stored = IndexReader.read_manifest(index_dir)["config"] if IndexReader.exists(index_dir) else None
     taken = []
     if global_conf is None and stored is not None and stored.get("global"):
         gconf = resolve_global_conf(stored["global"], **global_overrides)
