@@ -98,54 +98,83 @@ def reference(tmp_path_factory, batches) -> Path:
 # ----------------------------------------------------------------------------- round trip
 
 
-def test_round_trip(tmp_path, batches, reference, caplog):
+@pytest.fixture
+def stored(reference):
+    """The reference index opened for reading, closed afterwards (an open reader's lease would keep retired
+    files of a copy alive in the compaction tests)."""
+    with IndexDatabase.open(reference) as db:
+        yield db
+
+
+def test_a_consistent_index_opens_without_repair_warnings(reference, caplog):
     with caplog.at_level(logging.WARNING):
-        db = IndexDatabase.open(reference)
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], "a consistent index opens without repair warnings"
-    md = db.metadata
+        IndexDatabase.open(reference)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_metadata_lists_every_row_in_commit_order(stored, batches):
+    md = stored.metadata
     assert list(md.columns) == ["row", "id", "landmark_id", "path"] and md["row"].dtype == np.int64
-    all_ids = sum((b["ids"] for b in batches), [])
-    assert md["id"].tolist() == all_ids and db.size == 1200
+    assert md["id"].tolist() == sum((b["ids"] for b in batches), []) and stored.size == 1200
     assert md["path"].tolist() == sum((b["paths"] for b in batches), [])
+
+
+def test_global_descriptors_come_back_normalised_within_float16(stored, batches):
     xb = np.concatenate([b["xb"] for b in batches])
     xb /= np.linalg.norm(xb, axis=1, keepdims=True)
-    np.testing.assert_allclose(db.global_descriptors(), xb, atol=1e-3)  # float16 storage
-    np.testing.assert_array_equal(db.global_descriptors(np.array([5, 1, 5])), db.global_descriptors()[[5, 1, 5]])
-    segments = db.manifest["segments"]
+    np.testing.assert_allclose(stored.global_descriptors(), xb, atol=1e-3)
+    np.testing.assert_array_equal(stored.global_descriptors(np.array([5, 1, 5])), stored.global_descriptors()[[5, 1, 5]])
+
+
+def test_each_commit_appends_one_segment_of_float16_arrays(stored, reference):
+    segments = stored.manifest["segments"]
     assert [e["rows"] for e in segments] == [900, 300]  # two commits: two append-only segments
     with h5py.File(reference / segments[0]["file"]) as f:
         assert f["descriptors"].dtype == np.float16 and f["descriptors"].shape == (900, DIM)
         assert f["local_offsets"].shape == (901,) and f.attrs["local_dim"] == LOCAL_DIM
         assert f["local_descriptors"].dtype == np.float16 and f["local_keypoints"].shape[1] == 4
-    ids, lms, paths = db.rows(np.array([3, 1199, 3]))
+
+
+def test_rows_columns_and_id_lookups_agree_with_the_metadata(stored, batches):
+    md = stored.metadata
+    all_ids = sum((b["ids"] for b in batches), [])
+    ids, lms, paths = stored.rows(np.array([3, 1199, 3]))
     assert ids.tolist() == [all_ids[3], all_ids[1199], all_ids[3]]
     assert lms.tolist() == md["landmark_id"].iloc[[3, 1199, 3]].tolist()
-    assert db.column("path")[950] == md["path"].iloc[950]
-    assert db.find_rows([all_ids[1000], "nope", all_ids[0]]).tolist() == [1000, -1, 0]
-    assert db.has_local()
+    assert stored.column("path")[950] == md["path"].iloc[950]
+    assert stored.find_rows([all_ids[1000], "nope", all_ids[0]]).tolist() == [1000, -1, 0]
+
+
+def test_local_features_come_back_per_row(stored, batches):
+    assert stored.has_local()
     flat_b = [(b, i) for b in batches for i in range(len(b["ids"]))]
     for row in (0, 1, 6, 299, 300, 1199):  # row 0 and 6 have 0 local features
         b, i = flat_b[row]
-        kp, desc = db.local_features(row)
+        kp, desc = stored.local_features(row)
         assert kp.dtype == np.float32 and desc.dtype == np.float32
         assert kp.shape == b["local_keypoints"][i].shape and desc.shape == (kp.shape[0], LOCAL_DIM)
         np.testing.assert_allclose(kp, b["local_keypoints"][i], rtol=1e-6)
         np.testing.assert_allclose(desc, b["local_descriptors"][i], atol=2e-2, rtol=1e-3)
-    assert db.local_features(0)[0].shape == (0, 4)
+    assert stored.local_features(0)[0].shape == (0, 4)
     with pytest.raises(IndexError):
-        db.local_features(1200)
+        stored.local_features(1200)
+
+
+def test_the_manifest_counts_what_was_stored(stored, batches, reference):
     n_local = sum(len(k) for b in batches for k in b["local_keypoints"])
-    lm = md["landmark_id"]
-    assert db.manifest["counts"] == {"images": 1200, "landmarks": lm[lm != ""].nunique(),
-                                     "nonlandmarks": 240, "local_features": n_local}
-    assert db.manifest["local_bytes_per_image"] == pytest.approx(n_local * (16 + 2 * LOCAL_DIM) / 1200)
+    lm = stored.metadata["landmark_id"]
+    assert stored.manifest["counts"] == {"images": 1200, "landmarks": lm[lm != ""].nunique(),
+                                         "nonlandmarks": 240, "local_features": n_local}
+    assert stored.manifest["local_bytes_per_image"] == pytest.approx(n_local * (16 + 2 * LOCAL_DIM) / 1200)
     manifest = json.loads((reference / "manifest.json").read_text())
     assert manifest["format_version"] == 2 and manifest["dim"] == DIM and manifest["config"] == CONFIG
     assert manifest["faiss"]["metric"] == "IP" and manifest["faiss"]["factory"] == FACTORY
     assert {"created", "updated", "package_version", "thresholds"} <= set(manifest)
-    # a second open gives identical search results
-    xq = db.global_descriptors(np.arange(50))
-    D1, I1 = db.search(xq, 10)
+
+
+def test_a_second_open_searches_identically(stored, reference):
+    xq = stored.global_descriptors(np.arange(50))
+    D1, I1 = stored.search(xq, 10)
     D2, I2 = IndexDatabase.open(reference).search(xq, 10)
     np.testing.assert_array_equal(I1, I2)
     np.testing.assert_array_equal(D1, D2)
