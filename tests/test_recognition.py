@@ -306,23 +306,39 @@ def test_show_matches_draws_png(built_index, demo_data, holdout, tmp_path):
     assert arr.std() > 10  # real content, not a blank page
 
 
-def test_evaluate_and_tune_threshold(index_copy, demo_data, tmp_path):
-    out = tmp_path / "report"
-    result = invoke("evaluate", "--index", index_copy, "--queries", demo_data.holdout_csv, "--images", demo_data.images_dir,
+@pytest.fixture(scope="module")
+def evaluated(built_index, demo_data, tmp_path_factory):
+    """An index copy evaluated on the holdout (report in ``out``), then tuned: what the specifications below read."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("evaluated")
+    index, out = root / "index", root / "report"
+    shutil.copytree(built_index, index)
+    result = invoke("evaluate", "--index", index, "--queries", demo_data.holdout_csv, "--images", demo_data.images_dir,
                     "--out", out, "--bootstrap", 200, "--workers", "0")
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
+    result = invoke("tune-threshold", "--index", index, "--queries", demo_data.holdout_csv, "--out", out, "--folds", 3)
+    assert result.exit_code == 0, result.output
+    return {"index": index, "out": out, "report": report, "tuned": json.loads((out / "tune.json").read_text())}
+
+
+def test_evaluate_reports_gap_with_its_interval_and_writes_its_files(evaluated):
+    report, out = evaluated["report"], evaluated["out"]
     for key in ("gap", "gap_ci95", "top1_accuracy", "nonlandmark_prediction_rate", "gap_landmark_queries_only",
-                "n_queries", "n_landmark_queries", "n_nonlandmark_queries", "global_only", "strict", "latency_ms"):
+                "n_queries", "n_landmark_queries", "n_nonlandmark_queries", "global_only", "strict", "latency_ms",
+                "global_1nn", "gap_minus_global_1nn"):
         assert key in report, key
-    assert 0.0 <= report["gap"] <= 1.0
     lo, hi = report["gap_ci95"]
-    assert lo <= report["gap"] <= hi
+    assert 0.5 < report["gap"] <= 1.0 and lo <= report["gap"] <= hi
     assert report["gap"] >= report["global_only"]["gap"] - 0.05  # verification must not hurt
-    assert report["gap"] > 0.5
+    assert report["in_sample"] is False  # nothing was tuned on these queries yet
     assert (out / "predictions.csv").is_file() and (out / "evidence.jsonl").is_file()
     assert (out / "precision_vs_rank.png").stat().st_size > 0
-    # the shortlist: where the true landmark ranks among the candidates, from the same evidence
+
+
+def test_evaluate_reports_where_the_true_landmark_ranks(evaluated):
+    report = evaluated["report"]
     short = report["shortlist"]
     assert short["n_landmark_queries"] == report["n_landmark_queries"] == len(short["ranks"])
     assert short["n_first"] <= short["n_among_candidates"] <= short["n_landmark_queries"]
@@ -330,38 +346,49 @@ def test_evaluate_and_tune_threshold(index_copy, demo_data, tmp_path):
     assert short["recall"]["1"] == pytest.approx(short["n_first"] / short["n_landmark_queries"], abs=1e-4)
     assert short["recall"]["1"] >= 0.5 and short["channel_ms"]["global"] > 0
 
-    result = invoke("tune-threshold", "--index", index_copy, "--queries", demo_data.holdout_csv, "--out", out, "--folds", 3)
+
+def test_tune_threshold_writes_its_choice_to_the_manifest(evaluated):
+    manifest = json.loads((evaluated["index"] / "manifest.json").read_text())
+    assert manifest["thresholds"]["inlier_threshold"] == int(evaluated["tuned"]["chosen_inlier_threshold"])
+    assert (evaluated["out"] / "gap_vs_threshold.png").is_file()
+
+
+def test_evaluating_the_queries_a_threshold_was_tuned_on_is_in_sample(evaluated, demo_data, tmp_path):
+    result = invoke("evaluate", "--index", evaluated["index"], "--queries", demo_data.holdout_csv, "--images",
+                    demo_data.images_dir, "--out", tmp_path / "again", "--bootstrap", 50, "--workers", "0")
     assert result.exit_code == 0, result.output
-    tuned = json.loads((out / "tune.json").read_text())
-    manifest = json.loads((index_copy / "manifest.json").read_text())
-    assert manifest["thresholds"]["inlier_threshold"] == int(tuned["chosen_inlier_threshold"])
-    assert (out / "gap_vs_threshold.png").is_file()
-    assert report["in_sample"] is False and "global_1nn" in report and "gap_minus_global_1nn" in report
-    # evaluating on the queries the threshold was tuned on is in-sample: said in the log and the report
-    again = tmp_path / "again"
-    result = invoke("evaluate", "--index", index_copy, "--queries", demo_data.holdout_csv, "--images", demo_data.images_dir,
-                    "--out", again, "--bootstrap", 50, "--workers", "0")
-    assert result.exit_code == 0, result.output
-    assert json.loads((again / "report.json").read_text())["in_sample"] is True and "in-sample" in result.output
-    # another decision parameter, from the same evidence, without touching the manifest
-    result = invoke("tune-threshold", "--index", index_copy, "--queries", demo_data.holdout_csv, "--out", out,
+    assert json.loads((tmp_path / "again" / "report.json").read_text())["in_sample"] is True
+    assert "in-sample" in result.output
+
+
+def test_tune_threshold_tunes_another_parameter_and_dry_run_leaves_the_manifest(evaluated, demo_data):
+    index, out = evaluated["index"], evaluated["out"]
+    before = json.loads((index / "manifest.json").read_text())["thresholds"]
+    result = invoke("tune-threshold", "--index", index, "--queries", demo_data.holdout_csv, "--out", out,
                     "--folds", 3, "--param", "vote_weight", "--dry-run")
     assert result.exit_code == 0, result.output
     assert "vote weight" in result.output and (out / "gap_vs_vote_weight.png").is_file()
-    assert json.loads((index_copy / "manifest.json").read_text())["thresholds"] == manifest["thresholds"]
-    result = invoke("tune-threshold", "--index", index_copy, "--queries", demo_data.holdout_csv, "--out", out, "--param", "k")
+    assert json.loads((index / "manifest.json").read_text())["thresholds"] == before
+    result = invoke("tune-threshold", "--index", index, "--queries", demo_data.holdout_csv, "--out", out, "--param", "k")
     assert result.exit_code == 2 and "unknown tunable parameter" in result.output
-    # evidence belongs to one index: another build (same data, same second even) never reuses it
+
+
+def test_evidence_of_one_index_is_never_reused_for_another(evaluated, demo_data, tmp_path):
+    # another build (same data, same settings even) is another index
     other = tmp_path / "other"
     result = invoke("build-index", "--train", demo_data.train_csv, "--images", demo_data.images_dir, "--index", other,
                     "--local-conf", "rootsift", "--image-size", "224", "--workers", "0")
     assert result.exit_code == 0, result.output
+    out = evaluated["out"]
     result = invoke("evaluate", "--index", other, "--queries", demo_data.holdout_csv, "--images", demo_data.images_dir,
                     "--out", out, "--bootstrap", 50, "--workers", "0")
     assert result.exit_code == 2 and "index_id" in result.output, result.output
     result = invoke("tune-threshold", "--index", other, "--queries", demo_data.holdout_csv, "--out", out)
     assert result.exit_code == 2 and "another index" in result.output, result.output
-    # a manifest threshold changes later predictions: an impossible threshold turns every answer into a guess
+
+
+def test_a_manifest_threshold_changes_later_predictions(index_copy, demo_data):
+    # an impossible threshold turns every answer into a guess
     with IndexDatabase.open_for_write(index_copy) as writer:
         writer.update_manifest(thresholds={"inlier_threshold": 100000})
     rec = Recognizer.from_index(index_copy)
