@@ -102,60 +102,81 @@ def test_folder_layout_names_landmarks_by_folder(demo_data, tmp_path):
 EVIL = '<script>alert("x")</script> & Café 東京 ☃'  # markup, an accent, CJK and a symbol cv2 cannot draw
 
 
-def test_service_json_has_names_as_the_cli(demo_data, index_copy, monkeypatch):
+@pytest.fixture(scope="module")
+def named_service(demo_data, built_index, tmp_path_factory):
+    """The service over an index copy whose landmarks have hostile names, and its answer for one landmark photo."""
     pytest.importorskip("fastapi")
     pytest.importorskip("httpx")
+    import shutil
+
     from fastapi.testclient import TestClient
 
     from index.names import store_names
     from service.app import create_app
     from service.engine import RecognitionService
 
+    index = tmp_path_factory.mktemp("named") / "index"
+    shutil.copytree(built_index, index)
     landmarks = sorted(set(read_csv(demo_data.train_csv)["landmark_id"]) - {""})
     names = {lm: f"{EVIL} {lm}" for lm in landmarks}
-    store_names(index_copy, names)
+    store_names(index, names)
     holdout = read_csv(demo_data.holdout_csv)
-    qid = holdout[holdout["landmark_id"] != ""]["id"].iloc[0]
-    photo = demo_data.images_dir / f"{qid}.jpg"
-    engine = RecognitionService(index_copy, max_batch=1)
+    photo = demo_data.images_dir / f"{holdout[holdout['landmark_id'] != '']['id'].iloc[0]}.jpg"
+    engine = RecognitionService(index, max_batch=1)
     try:
         with TestClient(create_app(engine=engine)) as client:
             resp = client.post("/recognize", files={"image": (photo.name, photo.read_bytes(), "image/jpeg")})
             assert resp.status_code == 200, resp.text
-            served = resp.json()
-            cli = runner.invoke(app, ["recognize", "--index", str(index_copy), str(photo), "--json"])
-            assert cli.exit_code == 0, cli.output
-            expected = json.loads(cli.stdout.strip().splitlines()[-1])
-            assert list(served) == list(expected) and served == {**expected, "image": photo.name}  # as the CLI
-            keys = list(served)
-            assert keys[keys.index("landmark_id") + 1] == "landmark_name"
-            assert served["candidates"] and all(c["landmark_name"] == names[c["landmark_id"]] for c in served["candidates"])
-            # the name is returned as data: the raw text, not escaped or stripped
-            assert all(c["landmark_name"].startswith('<script>alert("x")</script>') for c in served["candidates"])
-            rid = resp.headers["X-Request-Id"]
-
-            batch = client.post("/recognize/batch", files=[("image", (photo.name, photo.read_bytes()))]).json()
-            assert batch == [served]
-            res = client.get(f"/results/{rid}?k=4").json()
-            assert res["recognition"] == served
-            for rows in (res["neighbours"], client.post("/neighbours?k=4", files={"image": (photo.name, photo.read_bytes())}).json()["neighbours"]):
-                assert rows and all(list(n)[list(n).index("landmark_id") + 1] == "landmark_name" for n in rows)
-                assert all(n["landmark_name"] == (names[n["landmark_id"]] if n["landmark_id"] else None) for n in rows)
-            # the match picture draws the names (non-ASCII included) without error, ASCII-safe
-            from retrieval import visualize
-
-            drawn: list[str] = []
-            monkeypatch.setattr(visualize.cv2, "putText", lambda img, text, *a, **k: drawn.append(text))
-            png = client.get(f"/matches/{rid}.png")
-            c0 = served["candidates"][0]["landmark_id"]
-            assert any(f"landmark {c0} (<script>alert(\"x\")</script> & Cafe ?? ? {c0})" in t for t in drawn), drawn
-            assert all(t.isascii() for t in drawn)
-            assert png.status_code == 200 and png.headers["content-type"] == "image/png"
-            assert cv2.imdecode(np.frombuffer(png.content, np.uint8), cv2.IMREAD_COLOR) is not None
-            spec = client.get("/openapi.json").json()["components"]["schemas"]
-            assert "landmark_name" in spec["Recognition"]["properties"] and "landmark_name" in spec["NeighbourRow"]["properties"]
+            yield {"client": client, "index": index, "names": names, "photo": photo, "served": resp.json(),
+                   "rid": resp.headers["X-Request-Id"]}
     finally:
         engine.close()
+
+
+def test_service_json_is_the_cli_json_with_names(named_service):
+    served, photo = named_service["served"], named_service["photo"]
+    cli = runner.invoke(app, ["recognize", "--index", str(named_service["index"]), str(photo), "--json"])
+    assert cli.exit_code == 0, cli.output
+    expected = json.loads(cli.stdout.strip().splitlines()[-1])
+    assert list(served) == list(expected) and served == {**expected, "image": photo.name}
+    keys = list(served)
+    assert keys[keys.index("landmark_id") + 1] == "landmark_name"
+    names = named_service["names"]
+    assert served["candidates"] and all(c["landmark_name"] == names[c["landmark_id"]] for c in served["candidates"])
+
+
+def test_service_returns_names_as_raw_data(named_service):
+    # the raw text, not escaped or stripped: escaping is each output medium's job
+    assert all(c["landmark_name"].startswith('<script>alert("x")</script>') for c in named_service["served"]["candidates"])
+
+
+def test_batch_results_and_neighbours_carry_the_same_names(named_service):
+    client, photo, served, names = (named_service[k] for k in ("client", "photo", "served", "names"))
+    batch = client.post("/recognize/batch", files=[("image", (photo.name, photo.read_bytes()))]).json()
+    assert batch == [served]
+    res = client.get(f"/results/{named_service['rid']}?k=4").json()
+    assert res["recognition"] == served
+    for rows in (res["neighbours"], client.post("/neighbours?k=4", files={"image": (photo.name, photo.read_bytes())}).json()["neighbours"]):
+        assert rows and all(list(n)[list(n).index("landmark_id") + 1] == "landmark_name" for n in rows)
+        assert all(n["landmark_name"] == (names[n["landmark_id"]] if n["landmark_id"] else None) for n in rows)
+
+
+def test_the_match_picture_draws_names_ascii_safe(named_service, monkeypatch):
+    from retrieval import visualize
+
+    drawn: list[str] = []
+    monkeypatch.setattr(visualize.cv2, "putText", lambda img, text, *a, **k: drawn.append(text))
+    png = named_service["client"].get(f"/matches/{named_service['rid']}.png")
+    c0 = named_service["served"]["candidates"][0]["landmark_id"]
+    assert any(f"landmark {c0} (<script>alert(\"x\")</script> & Cafe ?? ? {c0})" in t for t in drawn), drawn
+    assert all(t.isascii() for t in drawn)
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert cv2.imdecode(np.frombuffer(png.content, np.uint8), cv2.IMREAD_COLOR) is not None
+
+
+def test_openapi_declares_the_name_fields(named_service):
+    spec = named_service["client"].get("/openapi.json").json()["components"]["schemas"]
+    assert "landmark_name" in spec["Recognition"]["properties"] and "landmark_name" in spec["NeighbourRow"]["properties"]
 
 
 def test_page_sets_names_as_text_only():
