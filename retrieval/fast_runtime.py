@@ -29,6 +29,7 @@ import logging
 import os
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -147,7 +148,8 @@ def export_dense_onnx(aliked: nn.Module) -> bytes:
     torch.onnx.register_custom_op_symbolic("torchvision::deform_conv2d", _deform_conv2d_symbolic, _OPSET)
     model = _DenseALIKED(aliked).eval().to("cpu")
     buf = io.BytesIO()
-    with torch.inference_mode(False), torch.no_grad():
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about Python values: shapes are dynamic axes here
         torch.onnx.export(model, (torch.rand(1, 3, 128, 160),), buf, input_names=["image"],
                           output_names=["feature_map", "score_map"], opset_version=_OPSET, dynamo=False,
                           dynamic_axes={"image": {2: "height", 3: "width"}})
@@ -173,11 +175,16 @@ def _weights_hash(module: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def cached_path(aliked: nn.Module, model_name: str) -> Path:
+    """Where the exported dense network of these weights is kept (named by model, weights, exporter)."""
+    torch_version = torch.__version__.split("+")[0]
+    return cache_dir() / f"{model_name}-dense-{_weights_hash(aliked)}-torch{torch_version}-v{_FORMAT}.onnx"
+
+
 def cached_onnx(aliked: nn.Module, model_name: str) -> bytes | Path:
     """The exported model's cached file (exported and written atomically when missing), or the model's bytes
     when the cache folder cannot be written."""
-    torch_version = torch.__version__.split("+")[0]
-    path = cache_dir() / f"{model_name}-dense-{_weights_hash(aliked)}-torch{torch_version}-v{_FORMAT}.onnx"
+    path = cached_path(aliked, model_name)
     if path.is_file():
         return path
     logger.info("exporting %s's dense network to ONNX (once; kept in %s)", model_name, path.parent)
