@@ -246,6 +246,14 @@ def aliked_dense_map(aliked: nn.Module, model_name: str, device: torch.device | 
     ``(1, 128, H, W)``, score map ``(1, 1, H, W)``), as ``aliked.extract_dense_map``, on the runtime
     :func:`resolve_runtime` picks for ``device``."""
     runtime = resolve_runtime(device)
+    if runtime == "onnxruntime":
+        try:  # open it now: an ONNX Runtime without a CPU DeformConv (older than 1.32) fails here, not mid-query
+            _session(aliked, model_name, torch.get_num_threads())
+        except Exception as exc:  # ONNX Runtime and the exporter raise their own types
+            if runtime_setting() == "onnxruntime":
+                raise
+            logger.warning("ONNX Runtime cannot run %s's dense network (%s): PyTorch runs it", model_name, exc)
+            runtime = "torch"
     if runtime == "torch":
         _announce("torch", f" ({RUNTIME_ENV}={runtime_setting()}, device {torch.device(device)})")
         return "torch", aliked.extract_dense_map

@@ -50,10 +50,10 @@ def test_same_features_and_matches_as_pytorch(monkeypatch, caplog):
     path = fast_runtime.cached_path(ref.model, "aliked-n16")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"not an onnx model")
-    fast = make_local_extractor("aliked")
-    assert fast.runtime == "onnxruntime"
     with caplog.at_level("WARNING", logger="retrieval.fast_runtime"):
-        f_fast, v_fast = fast.extract(img), fast.extract(view)
+        fast = make_local_extractor("aliked")
+    assert fast.runtime == "onnxruntime"
+    f_fast, v_fast = fast.extract(img), fast.extract(view)
     assert "unreadable" in caplog.text and path.stat().st_size > 1_000_000  # exported again, kept
     f_ref, v_ref = ref.extract(img), ref.extract(view)
 
@@ -90,3 +90,20 @@ def test_runtime_choice_and_fallback(monkeypatch):
     monkeypatch.setenv(RUNTIME_ENV, "tensorrt")
     with pytest.raises(ValueError, match="unknown runtime.*'tensorrt'.*auto, torch, onnxruntime"):
         resolve_runtime("cpu")
+
+
+def test_runtime_that_cannot_run_falls_back(monkeypatch, caplog):
+    """An ONNX Runtime that cannot run the graph (one without a CPU DeformConv) leaves PyTorch running, unless
+    ONNX Runtime was asked for by name."""
+    def no_deform_conv(*args):
+        raise RuntimeError("NOT_IMPLEMENTED : Could not find an implementation for DeformConv(19)")
+
+    monkeypatch.setattr(fast_runtime, "onnxruntime_available", lambda: True)
+    monkeypatch.setattr(fast_runtime, "_session", no_deform_conv)
+    monkeypatch.setenv(RUNTIME_ENV, "auto")
+    with caplog.at_level("WARNING", logger="retrieval.fast_runtime"):
+        assert make_local_extractor("aliked").runtime == "torch"
+    assert "DeformConv" in caplog.text and "PyTorch runs it" in caplog.text
+    monkeypatch.setenv(RUNTIME_ENV, "onnxruntime")
+    with pytest.raises(RuntimeError, match="DeformConv"):
+        make_local_extractor("aliked")
