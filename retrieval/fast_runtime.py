@@ -1,8 +1,8 @@
 """ALIKED's dense network on ONNX Runtime: the faster CPU runtime of the learned matcher, PyTorch the fallback.
 
 ALIKED spends most of its time in its dense network (four conv blocks, two of them deformable, and the
-score head over the full image). On a CPU, ONNX Runtime runs that network in about half PyTorch's time
-(``benchmarks/bench_runtime.py``, figures in docs/figures.md, "The matcher cascade"). Only the dense network
+score head over the full image). On a CPU, ONNX Runtime runs that network in 0.3 to 0.6 of PyTorch's time, and
+the whole extraction in 0.6 to 0.7 (``benchmarks/bench_runtime.py``; docs/figures.md, "ALIKED on ONNX Runtime"). Only the dense network
 moves: keypoint selection (DKD), the descriptor head (a few hundred keypoints) and LightGlue (whose adaptive
 depth and point pruning are data-dependent control flow) stay in PyTorch, so matches stay the same within
 float rounding (``tests/test_fast_runtime.py`` states the tolerance).
