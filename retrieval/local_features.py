@@ -596,7 +596,7 @@ class ALIKEDExtractor(_LearnedExtractor):
     default_conf = {
         "model_name": "aliked-n16",  # packaged ALIKED variant (aliked-n16 is LightGlue's; t16 / n32 also ship)
         "max_keypoints": 1024,  # keep at most the N highest-scoring keypoints (LightGlue's cost grows with N^2)
-        "resize_max": 800,  # detect on the image shrunk so that its longer side is <= this (px); None: never
+        "resize_max": 640,  # detect on the image shrunk so that its longer side is <= this (px); None: never
         "detection_threshold": 0.2,  # keypoint score threshold (ALIKED's default; 0: above the image's mean score)
         "nms_radius": 2,  # non-maximum suppression radius (px of the detection image)
         "amp": False,  # float16 autocast on CUDA (not measured on a GPU yet; never used on CPU)

