@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from retrieval.asmk import Codebook, InvertedFile
+from index.asmk import Codebook, InvertedFile
 
 CODE_BYTES = 16  # 128 sign bits of a RootSIFT-sized residual
 

@@ -57,17 +57,32 @@ class Codebook:
         Each descriptor goes to its ``assign`` nearest words; per word the residuals are summed, normalised
         and binarised. An image without descriptors gives empty arrays.
         """
+        x = np.asarray(descriptors, dtype=np.float32).reshape(-1, self.dim)
+        words, codes, _ = self.aggregate_many(x, np.array([len(x)]), assign)
+        return words, codes
+
+    def aggregate_many(self, descriptors: np.ndarray, counts: np.ndarray, assign: int = 1
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Many images at once (image i has ``counts[i]`` consecutive rows of ``descriptors``): CSR
+        (words (m,) int32, codes (m, code_bytes) uint8, offsets (n + 1,) int64), each image's words sorted."""
         x = np.ascontiguousarray(descriptors, dtype=np.float32)
+        counts = np.asarray(counts, np.int64)
+        n = len(counts)
         if len(x) == 0:
-            return np.zeros(0, np.int32), np.zeros((0, self.code_bytes), np.uint8)
+            return np.zeros(0, np.int32), np.zeros((0, self.code_bytes), np.uint8), np.zeros(n + 1, np.int64)
         _, idx = self._index.search(x, int(assign))
-        words = idx.reshape(-1)
+        words = idx.reshape(-1).astype(np.int64)
         resid = np.repeat(x, int(assign), axis=0) - self.centroids[words]
         resid /= np.maximum(np.linalg.norm(resid, axis=1, keepdims=True), 1e-12)
-        uniq, inv = np.unique(words, return_inverse=True)
-        agg = np.zeros((len(uniq), self.dim), np.float32)
-        np.add.at(agg, inv, resid)
-        return uniq.astype(np.int32), np.packbits(agg > 0, axis=1)
+        image = np.repeat(np.arange(n, dtype=np.int64), counts * int(assign))
+        key = image * len(self.centroids) + words  # one entry per (image, word)
+        order = np.argsort(key, kind="stable")
+        key = key[order]
+        first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        agg = np.add.reduceat(resid[order], first, axis=0)  # summed residuals per (image, word)
+        per_image = np.bincount(key[first] // len(self.centroids), minlength=n)
+        offsets = np.concatenate([[0], np.cumsum(per_image)]).astype(np.int64)
+        return (key[first] % len(self.centroids)).astype(np.int32), np.packbits(agg > 0, axis=1), offsets
 
 
 def selective(codes: np.ndarray, q: np.ndarray, dim: int, alpha: float = ALPHA, tau: float = TAU) -> np.ndarray:
@@ -83,7 +98,7 @@ class InvertedFile:
 
     dim: int
     n_words: int
-    rows: np.ndarray  # (M,) int64 image row of each entry, sorted by word
+    rows: np.ndarray  # (M,) image row of each entry (int32 when stored), sorted by word
     codes: np.ndarray  # (M, code_bytes) uint8
     starts: np.ndarray  # (n_words + 1,) int64: entries of word w are [starts[w], starts[w + 1])
     norms: np.ndarray  # (n_images,) float32: 1 / sqrt(#words) of each image (0 for none)
@@ -103,8 +118,8 @@ class InvertedFile:
     def nbytes(self) -> int:
         return int(self.rows.nbytes + self.codes.nbytes + self.starts.nbytes + self.norms.nbytes)
 
-    def search(self, words: np.ndarray, codes: np.ndarray, k: int = 100) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, rows) of the ``k`` best images for one query's (words, codes), scores descending."""
+    def scores(self, words: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """(n_images,) ASMK similarity of every image to one query's (words, codes); 0 for no shared word."""
         n = len(self.norms)
         hit_rows, hit_sims = [], []
         for w, q in zip(np.asarray(words), np.asarray(codes)):
@@ -116,15 +131,22 @@ class InvertedFile:
                 hit_sims.append(sim[nz])
         scores = (np.bincount(np.concatenate(hit_rows), np.concatenate(hit_sims), minlength=n) if hit_rows
                   else np.zeros(n))
-        qnorm = 1.0 / np.sqrt(max(1, len(words)))
-        scores *= self.norms * qnorm
-        k = min(int(k), n)
-        if k == 0:
-            return np.zeros(0), np.zeros(0, np.int64)
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top], kind="stable")]
-        keep = scores[top] > 0
-        return scores[top][keep], top[keep]
+        return scores * self.norms / np.sqrt(max(1, len(words)))
+
+    def search(self, words: np.ndarray, codes: np.ndarray, k: int = 100) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, rows) of the ``k`` best images for one query's (words, codes), scores descending."""
+        return top_k(self.scores(words, codes), k)
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, rows) of the ``k`` highest positive ``scores``, descending (ties: lower row first)."""
+    k = min(int(k), len(scores))
+    if k <= 0:
+        return np.zeros(0), np.zeros(0, np.int64)
+    top = np.argpartition(-scores, k - 1)[:k]
+    top = top[np.lexsort((top, -scores[top]))]
+    keep = scores[top] > 0
+    return scores[top][keep], top[keep].astype(np.int64)
 
 
 def landmark_ranking(scores: np.ndarray, rows: np.ndarray, landmarks: Sequence[str]) -> list[tuple[str, float]]:
