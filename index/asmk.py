@@ -87,9 +87,14 @@ class Codebook:
 
 def selective(codes: np.ndarray, q: np.ndarray, dim: int, alpha: float = ALPHA, tau: float = TAU) -> np.ndarray:
     """sigma(u) of each row of ``codes`` (n, b) against one query code ``q`` (b,), u = 1 - 2 hamming / dim."""
-    h = _POPCOUNT[np.bitwise_xor(codes, q)].sum(axis=1, dtype=np.int32)  # Hamming distance
-    u = 1.0 - 2.0 * h / dim
-    return np.where(u > tau, np.abs(u) ** alpha, 0.0)
+    codes, q = np.ascontiguousarray(codes), np.ascontiguousarray(q)
+    if codes.shape[1] % 8 == 0 and hasattr(np, "bitwise_count"):  # 64 bits at a time (numpy >= 2): ~10x faster
+        x = np.bitwise_xor(codes.view(np.uint64), q.view(np.uint64))
+        h = np.bitwise_count(x).sum(axis=1, dtype=np.int32)
+    else:
+        h = _POPCOUNT[np.bitwise_xor(codes, q)].sum(axis=1, dtype=np.int32)  # Hamming distance
+    u = 1.0 - 2.0 * np.arange(dim + 1) / dim  # sigma of every possible Hamming distance: one table look-up each
+    return np.where(u > tau, np.abs(u) ** alpha, 0.0)[h]
 
 
 @dataclass
@@ -108,7 +113,7 @@ class InvertedFile:
         """From images in CSR form: image i has entries ``offsets[i]:offsets[i + 1]`` of ``words``/``codes``."""
         offsets = np.asarray(offsets, np.int64)
         counts = np.diff(offsets)
-        rows = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+        rows = np.repeat(np.arange(len(counts), dtype=np.int32), counts)  # int32: rows of one part
         order = np.argsort(words, kind="stable")
         starts = np.searchsorted(np.asarray(words)[order], np.arange(n_words + 1)).astype(np.int64)
         norms = np.where(counts > 0, 1.0 / np.sqrt(np.maximum(counts, 1)), 0.0).astype(np.float32)

@@ -150,7 +150,7 @@ def _write_part(index_path: Path, codebook: Codebook, segments: Sequence[Any], a
     with atomic_output(final) as tmp:
         with h5_file(tmp, "w") as f:
             f.attrs.update(format=ASMK_FORMAT, start=a, n=b - a, n_words=n_words, dim=dim)
-            f.create_dataset("rows", data=ivf.rows.astype(np.int32))
+            f.create_dataset("rows", data=ivf.rows)
             f.create_dataset("codes", data=ivf.codes)
             f.create_dataset("starts", data=ivf.starts)
             f.create_dataset("norms", data=ivf.norms)

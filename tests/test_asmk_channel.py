@@ -102,6 +102,9 @@ def test_added_images_extend_the_inverted_file_and_rebuild_retrains(asmk_index, 
     after = json.loads((index / "manifest.json").read_text())["asmk"]
     assert after["codebook"] == before["codebook"]  # new images are assigned to the existing codebook
     assert after["parts"][0] == before["parts"][0] and [(p["start"], p["rows"]) for p in after["parts"]] == [(0, 8), (8, 2)]
+    result = invoke("compact", "--index", index)  # segments merged: row numbers, hence the parts, stay valid
+    assert result.exit_code == 0, result.output
+    assert json.loads((index / "manifest.json").read_text())["asmk"] == after
     db = IndexDatabase.open(index)
     q = db.local_features(int(db.find_rows(["r9"])[0]))[1]
     lms = db.column("landmark_id")
