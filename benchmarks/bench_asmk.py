@@ -5,10 +5,12 @@ it has to be and real where it can be:
 
 - **descriptors**: with ``--index DIR`` (an index with stored RootSIFT, e.g. devset-large's train.csv built with
   the defaults), the real stored descriptors of its images: their count per image, and their aggregation. The
-  ``--words`` codebook is a random sample of those descriptors (a stand-in for k-means centroids: the same
-  assignment cost, realistic words per image). Without ``--index``: random unit vectors, ``--features`` a photo;
+  ``--words`` codebook is a random sample of RootSIFT descriptors of *other* photos (``--codebook-data``: the
+  holdout photos of a GLDv2-style folder, extracted as the index extracts; a stand-in for k-means centroids with
+  the same assignment cost and realistic words per image: sampling the aggregated images' own descriptors would
+  give every descriptor a word of its own). Without ``--index``: random unit vectors, ``--features`` a photo;
 - **aggregation** (build and query): seconds per image to assign its descriptors to the codebook (exact
-  search, as ``index/asmk_store.py``) and aggregate them (one word a descriptor on the database side, 3 on the
+  search, or its HNSW graph above 8,192 words, as ``index/asmk_store.py``) and aggregate them (one word a descriptor on the database side, 3 on the
   query side), timed on the real images; the build time at N images is N times that (extrapolated) plus the
   inverted file's construction and HDF5 write (``_write_part``'s format), measured;
 - **bytes per image**: the stored inverted file (int32 row + 16-byte code per (image, word), word starts, row
@@ -19,7 +21,8 @@ it has to be and real where it can be:
   words: this is a lower bound of the search time). Sizes whose inverted file exceeds ``--max-gb`` in memory
   are measured on the lists a query touches only, each at the length it has at N images (all a query reads).
 
-    flock /work/cpu.lock python benchmarks/bench_asmk.py --index idx/ --words 65536 --sizes 10000,100000,1000000
+    flock /work/cpu.lock python benchmarks/bench_asmk.py --index idx/ --codebook-data ../shared/devset-large \
+        --words 65536 --sizes 10000,100000,1000000
 """
 from __future__ import annotations
 
@@ -61,6 +64,21 @@ def real_images(index: Path | None, features: int, n: int, rng: np.random.Genera
     return out
 
 
+def codebook_descriptors(index: Path, data: Path) -> np.ndarray:
+    """RootSIFT (the index's local conf) of the holdout photos of ``data`` (holdout.csv, images/<id>.jpg)."""
+    import pandas as pd
+
+    from index.reader import IndexReader
+    from retrieval.extract import FeatureExtractor
+
+    db = IndexReader.open(index)
+    fx = FeatureExtractor.for_index(db, need_local=True)
+    ids = pd.read_csv(data / "holdout.csv", dtype=str)["id"]
+    out = [fx.local_extractor.extract(fx.decode(str(data / "images" / f"{i}.jpg")).local_image).descriptors for i in ids]
+    db.close()
+    return np.concatenate(out).astype(np.float32)
+
+
 def write_part(path: Path, ivf: InvertedFile) -> int:
     """The part file as index/asmk_store.py writes it; its size in bytes."""
     with h5py.File(path, "w") as f:
@@ -72,6 +90,8 @@ def write_part(path: Path, ivf: InvertedFile) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--index", type=Path, default=None, help="an index with stored RootSIFT (real descriptors)")
+    ap.add_argument("--codebook-data", type=Path, default=None,
+                    help="GLDv2-style folder whose holdout photos' descriptors sample the codebook (with --index)")
     ap.add_argument("--sizes", default="10000,100000,1000000")
     ap.add_argument("--words", type=int, default=65536, help="codebook size")
     ap.add_argument("--features", type=int, default=1000, help="descriptors per image without --index")
@@ -81,9 +101,15 @@ def main() -> None:
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     images = real_images(args.index, args.features, args.images, rng)
-    pool = np.concatenate(images)
+    pool = (codebook_descriptors(args.index, args.codebook_data) if args.index and args.codebook_data
+            else unit(rng.standard_normal((args.words, 128))) if args.index is None
+            else np.concatenate(images[len(images) // 2:]))  # (then only the first half is aggregated)
+    if args.index and not args.codebook_data:
+        images = images[: len(images) // 2]
     n_words = min(args.words, len(pool))
-    cb = Codebook(pool[rng.choice(len(pool), n_words, replace=False)])
+    start = time.perf_counter()
+    cb = Codebook(pool[rng.choice(len(pool), n_words, replace=False)])  # HNSW graph above 8,192 words (index/asmk.py)
+    graph_s = time.perf_counter() - start
     start = time.perf_counter()
     agg = [cb.aggregate(x) for x in images]
     db_agg_s = (time.perf_counter() - start) / len(images)
@@ -95,7 +121,8 @@ def main() -> None:
     print(f"{'real' if args.index else 'random'} descriptors: {len(images)} images, {feats:.0f} per image; codebook "
           f"{n_words} words; {wpi.mean():.0f} words per image (database), {np.mean([len(w) for w, _ in queries]):.0f} "
           f"per query (3 words a descriptor); aggregation {1000 * db_agg_s:.0f} ms per image, {1000 * q_agg_s:.0f} ms "
-          f"per query ({os.cpu_count()} cores)")
+          f"per query ({os.cpu_count()} cores); word assignment {'HNSW' if cb.hnsw else 'exact'} (graph built in "
+          f"{graph_s:.1f} s, once per codebook)")
     rows_out = []
     for n in (int(s) for s in args.sizes.split(",")):
         counts = rng.choice(wpi, n)  # words per image from the real distribution
@@ -149,6 +176,7 @@ def main() -> None:
         ivf = None
     print(json.dumps({"descriptors": "real" if args.index else "random", "images_aggregated": len(images),
                       "features_per_image": round(feats), "words": n_words, "words_per_image": round(float(wpi.mean())),
+                      "assignment": "hnsw" if cb.hnsw else "exact", "graph_s": round(graph_s, 1),
                       "db_aggregation_ms": round(1000 * db_agg_s, 1), "query_aggregation_ms": round(1000 * q_agg_s, 1),
                       "sizes": rows_out}))
 

@@ -19,7 +19,7 @@ global vote).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import faiss
 import numpy as np
@@ -41,15 +41,44 @@ def train_codebook(descriptors: np.ndarray, n_words: int, niter: int = 20, seed:
     return km.centroids.astype(np.float32)
 
 
-class Codebook:
-    """Visual-word assignment (exact L2 search over the centroids)."""
+# Codebooks larger than this assign descriptors through an HNSW graph over the centroids instead of an exact
+# search: the exact search costs n_words x dim flops a descriptor (65,536 words: 8.4 MFLOP, about 12 GFLOP for a
+# 1,500-feature photo), the graph a few thousand distance computations, with nearly the same nearest word.
+HNSW_FROM_WORDS = 8192
+# efSearch 64: 99.96 % of devset-large's RootSIFT get the exact nearest of 65,536 words, 6.5x faster than exact.
+HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 64
 
-    def __init__(self, centroids: np.ndarray):
+
+class Codebook:
+    """Visual-word assignment: exact L2 search over the centroids, or an HNSW graph over them for codebooks of
+    more than ``HNSW_FROM_WORDS`` words (built single-threaded, so the same centroids give the same graph and
+    the same assignments wherever it is built; ``graph``: that graph already built, e.g. read from the index,
+    where building it costs tens of seconds for 65,536 words)."""
+
+    def __init__(self, centroids: np.ndarray, hnsw: bool | None = None, graph: Any = None):
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         self.dim = self.centroids.shape[1]
         self.code_bytes = (self.dim + 7) // 8
-        self._index = faiss.IndexFlatL2(self.dim)
-        self._index.add(self.centroids)
+        self.hnsw = len(self.centroids) > HNSW_FROM_WORDS if hnsw is None else bool(hnsw)
+        if graph is not None:
+            if graph.ntotal != len(self.centroids) or graph.d != self.dim:
+                raise ValueError(f"codebook graph of {graph.ntotal} x {graph.d} does not match "
+                                 f"{len(self.centroids)} x {self.dim} centroids")
+            self._index, self.hnsw = graph, True
+            self._index.hnsw.efSearch = HNSW_EF_SEARCH
+        elif self.hnsw:
+            self._index = faiss.IndexHNSWFlat(self.dim, HNSW_M)
+            self._index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+            self._index.hnsw.efSearch = HNSW_EF_SEARCH
+            threads = faiss.omp_get_max_threads()
+            faiss.omp_set_num_threads(1)  # a parallel build inserts in a racy order: another graph each time
+            try:
+                self._index.add(self.centroids)
+            finally:
+                faiss.omp_set_num_threads(threads)
+        else:
+            self._index = faiss.IndexFlatL2(self.dim)
+            self._index.add(self.centroids)
 
     def aggregate(self, descriptors: np.ndarray, assign: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """One image's ASMK representation: (words (w,) int32 sorted, codes (w, code_bytes) uint8).

@@ -40,6 +40,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from . import faiss_index as fi
 from .asmk import Codebook, InvertedFile, top_k, train_codebook
 from .hdf5 import _dataset, h5_file, open_h5
 from .manifest import IndexFormatError, atomic_output, fsync_dir
@@ -77,7 +78,7 @@ def asmk_files(manifest: dict) -> list[str]:
     entry = manifest.get(ASMK_KEY)
     if not entry:
         return []
-    return [entry["codebook"]] + [p["file"] for p in entry["parts"]]
+    return [entry["codebook"]] + ([entry["graph"]] if entry.get("graph") else []) + [p["file"] for p in entry["parts"]]
 
 
 def stale_files(index_path: Path, manifest: dict, retired: set[str]) -> list[Path]:
@@ -119,15 +120,36 @@ def _sample_descriptors(segments: Sequence[Any], n_rows: int, n_points: int, see
     return np.concatenate(out)
 
 
-def _write_codebook(index_path: Path, centroids: np.ndarray) -> str:
-    name = f"{ASMK_DIR}/codebook-{uuid.uuid4().hex[:12]}.h5"
+def _write_codebook(index_path: Path, centroids: np.ndarray) -> tuple[str, str | None]:
+    """The codebook file, and for a large codebook the file of its HNSW graph (readers load it instead of
+    building it); (codebook, graph or None) relative to the index directory."""
+    key = uuid.uuid4().hex[:12]
+    name = f"{ASMK_DIR}/codebook-{key}.h5"
     final = index_path / name
     final.parent.mkdir(exist_ok=True)
     with atomic_output(final) as tmp:
         with h5_file(tmp, "w") as f:
             f.attrs.update(format=ASMK_FORMAT, n_words=len(centroids), dim=centroids.shape[1])
             f.create_dataset("centroids", data=np.asarray(centroids, np.float32))
-    return name
+    codebook = Codebook(centroids)
+    if not codebook.hnsw:
+        return name, None
+    graph = f"{ASMK_DIR}/codebook-{key}.hnsw"
+    fi.write_index(codebook._index, index_path / graph)  # temp name, fsync, rename
+    return name, graph
+
+
+def open_codebook(index_path: Path, entry: dict[str, Any]) -> Codebook:
+    """The codebook an ASMK manifest entry names (with its stored HNSW graph, when it has one)."""
+    centroids = read_codebook(Path(index_path) / entry["codebook"])
+    graph = None
+    if entry.get("graph"):
+        gpath = Path(index_path) / entry["graph"]
+        try:
+            graph = fi.read_index(gpath)
+        except (RuntimeError, OSError) as e:
+            raise IndexFormatError(f"{gpath}: unreadable ASMK codebook graph (truncated or corrupt?): {e}") from e
+    return Codebook(centroids, graph=graph)
 
 
 def _write_part(index_path: Path, codebook: Codebook, segments: Sequence[Any], a: int, b: int) -> dict[str, Any]:
@@ -192,9 +214,10 @@ def update_for_commit(index_path: Path, manifest: dict, segments: Sequence[Any],
             logger.warning("ASMK: only %d stored local descriptors: codebook of %d words", len(sample), n_words)
         centroids = train_codebook(sample, n_words)
         retired = asmk_files(manifest)
+        codebook_file, graph_file = _write_codebook(index_path, centroids)
         entry = {"local_set": "primary", "local_conf": local_conf, "dim": int(local_dim), "n_words": len(centroids),
                  "requested_words": words_asked, "query_assign": QUERY_ASSIGN,
-                 "codebook": _write_codebook(index_path, centroids),
+                 "codebook": codebook_file, "graph": graph_file,
                  "trained_on": {"images": n, "descriptors": int(total)}, "parts": []}
         logger.info("ASMK: codebook of %d words trained on %d of %d stored descriptors in %.1f s", len(centroids),
                     len(sample), total, time.perf_counter() - t0)
@@ -204,7 +227,7 @@ def update_for_commit(index_path: Path, manifest: dict, segments: Sequence[Any],
             raise IndexFormatError(f"{index_path}: ASMK codebook is {entry['dim']}-d, local features {local_dim}-d")
     covered = sum(int(p["rows"]) for p in entry["parts"])
     if covered < n:
-        codebook = Codebook(read_codebook(index_path / entry["codebook"]))
+        codebook = open_codebook(index_path, entry)
         part = _write_part(index_path, codebook, segments, covered, n)
         entry["parts"] = list(entry["parts"]) + [part]
         fsync_dir(index_path / ASMK_DIR)
@@ -246,7 +269,7 @@ class AsmkIndex:
 
     def __init__(self, index_path: Path, entry: dict[str, Any]):
         self.entry = entry
-        self.codebook = Codebook(read_codebook(Path(index_path) / entry["codebook"]))
+        self.codebook = open_codebook(index_path, entry)
         n_words, dim = len(self.codebook.centroids), self.codebook.dim
         self.parts = [(int(p["start"]), _read_part(Path(index_path) / p["file"], p, n_words, dim))
                       for p in entry["parts"]]

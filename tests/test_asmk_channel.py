@@ -156,3 +156,32 @@ def test_asmk_needs_stored_local_features(tmp_path):
     result = invoke("build-index", "--train", csv, "--images", tmp_path / "images", "--index", tmp_path / "idx",
                     *BUILD[:-6], "--local-conf", "none", "--workers", "0", "--asmk")
     assert result.exit_code != 0 and "--asmk needs local features" in result.output
+
+
+def test_a_large_codebook_is_searched_through_its_stored_graph(tmp_path, monkeypatch):
+    """Codebooks over HNSW_FROM_WORDS words assign through an HNSW graph stored beside them (lowered here)."""
+    from index import asmk
+    from index.shards import ShardBatch
+    from index.writer import IndexWriter
+    from index.asmk_store import asmk_request
+
+    monkeypatch.setattr(asmk, "HNSW_FROM_WORDS", 16)
+    rng = np.random.default_rng(0)
+    scenes = [rng.standard_normal((60, 32)).astype(np.float32) for _ in range(6)]
+    db = IndexWriter.create_or_open(tmp_path / "idx", {"global": {"model": "x"}}, 8)
+    db.write_shard(ShardBatch([f"i{i}" for i in range(6)], [f"L{i}" for i in range(6)], [""] * 6,
+                              rng.standard_normal((6, 8)).astype(np.float32),
+                              [np.zeros((60, 4), np.float32)] * 6, scenes))
+    db.commit(asmk=asmk_request(32))
+    entry = db.manifest["asmk"]
+    assert entry["graph"].endswith(".hnsw") and (tmp_path / "idx" / entry["graph"]).is_file()
+    db.close()
+    reader = IndexDatabase.open(tmp_path / "idx")
+    index = reader.asmk()
+    assert index.codebook.hnsw
+    built = asmk.Codebook(index.codebook.centroids)  # built again: the same graph, the same words
+    x = scenes[2] + 0.1 * rng.standard_normal((60, 32)).astype(np.float32)
+    for a, b in zip(built.aggregate(x, 3), index.codebook.aggregate(x, 3)):
+        np.testing.assert_array_equal(a, b)
+    assert index.search(x, 1)[1][0] == 2
+    reader.close()
