@@ -142,7 +142,9 @@ def build_index(
     resize: Optional[str] = typer.Option(None, "--resize", help="Which side gets --image-size: longer or shorter (aspect ratio is kept)."),
     faiss_factory: Optional[str] = typer.Option(None, "--faiss", help="FAISS index_factory string, e.g. 'IVF4096,PQ64x4fs' (default: chosen from the collection size)."),
     nprobe: Optional[int] = typer.Option(None, "--nprobe", help="IVF lists visited per query."),
-    rebuild: bool = typer.Option(False, "--rebuild", help="Retrain the FAISS index from the stored descriptors (parameters chosen for today's size) even if it could be extended."),
+    rebuild: bool = typer.Option(False, "--rebuild", help="Retrain the FAISS index from the stored descriptors (parameters chosen for today's size) even if it could be extended; with ASMK, retrain its codebook too."),
+    asmk: bool = typer.Option(False, "--asmk", help="Add local-feature retrieval (ASMK: a codebook and an inverted file over the stored primary local features) as a second retrieval channel beside the global kNN; kept up to date by every later build. Off by default: it costs memory and build time and did not pay on devset-large."),
+    asmk_words: Optional[int] = typer.Option(None, "--asmk-words", min=1, help="ASMK codebook size (default: chosen from the number of stored local descriptors, about 100 per word, at most 65536); changed on an existing index with --rebuild."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, mps (default: best available)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding worker processes (default: none on the CPU, where the model uses every core; cores-1, at most 4, with a GPU)."),
@@ -155,6 +157,7 @@ def build_index(
 
     def body():
         from engines import build_index
+        from index.asmk_store import asmk_request
         from index.reader import IndexReader
         from retrieval import extract
 
@@ -174,7 +177,7 @@ def build_index(
         stats = build_index(
             references, index, gconf, lconf, device=device, batch_size=batch_size, num_workers=workers,
             factory=faiss_factory, nprobe=nprobe, rebuild=rebuild, engine=engine, ray_options=ray_options,
-            local_sets=lsets,
+            local_sets=lsets, asmk=asmk_request(asmk_words) if asmk or asmk_words is not None else None,
         )
         typer.echo(
             f"index {index}: {stats['n_total']} images ({stats['n_added']} added, {stats['already_stored']} already "
@@ -189,6 +192,11 @@ def build_index(
             per_image = manifest.get("local_bytes_per_image") or 0
             typer.echo(f"local features ({extract.conf_label(lconf)}): {manifest['counts'].get('local_features', 0)} keypoints, "
                        f"{per_image / 1024:.0f} KiB per image")
+        if manifest.get("asmk"):
+            a = manifest["asmk"]
+            per_image = sum(p["entries"] for p in a["parts"]) / max(1, manifest["counts"]["images"])
+            typer.echo(f"ASMK: {a['n_words']} visual words, {per_image:.0f} words per image "
+                       f"({per_image * 20 / 1024:.1f} KiB per image in memory)")
         for name, s in (stats.get("local_sets") or {}).items():
             typer.echo(f"local set {name}: {s['rows_extracted']} images extracted ({s['failed']} unreadable), "
                        f"{(s.get('bytes_per_image') or 0) / 1024:.0f} KiB per image, {s['seconds']:.1f} s "

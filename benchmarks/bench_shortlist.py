@@ -142,7 +142,7 @@ def evaluate(xq: np.ndarray, xb: np.ndarray, ref_lms: np.ndarray, qids: list[str
 def asmk_channel(index_dir: Path, qpaths: list[str], n_words: int, assign: int) -> dict[str, Any]:
     """ASMK over the index's stored primary local descriptors: per-query landmark rankings and its costs."""
     from index.reader import IndexReader
-    from retrieval.asmk import Codebook, InvertedFile, landmark_ranking, train_codebook
+    from index.asmk import Codebook, InvertedFile, landmark_ranking, train_codebook
     from retrieval.extract import FeatureExtractor
 
     db = IndexReader.open(index_dir)

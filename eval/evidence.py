@@ -47,6 +47,9 @@ def evidence_header(rec: Recognizer, verify: bool, early_exit: bool) -> dict[str
         "verify": verify,
         "early_exit": early_exit,
         "confirm_inliers": rec.conf["confirm_inliers"] if early_exit else None,
+        # the ASMK channel (an index option), when it runs: absent otherwise, so earlier evidence stays valid
+        **({"asmk": {"candidates": rec.conf["asmk_candidates"], "codebook": rec.asmk.entry["codebook"]}}
+           if rec.asmk is not None else {}),
     }
 
 
@@ -70,7 +73,7 @@ def read_evidence(path: str | Path) -> tuple[dict[str, Any] | None, dict[str, di
 def _evidence_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     # not the index path: an index directory may be moved; its creation time and size identify it
     keys = ("evidence_version", "index_id", "index_created", "index_images", "params", "match_conf", "second_set",
-            "second_match_conf", "verify", "early_exit", "confirm_inliers")
+            "second_match_conf", "verify", "early_exit", "confirm_inliers", "asmk")
     return [k for k in keys if a.get(k) != b.get(k)]
 
 

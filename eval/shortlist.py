@@ -6,7 +6,8 @@ order), the number of landmark queries whose true landmark is among the candidat
 rank (None: not a candidate). Read from the evidence ``evaluate`` stores, so it costs no model run.
 
 Channel costs: the median milliseconds per query of each retrieval channel that proposes candidates:
-``global`` (the global descriptor, its kNN search and any re-ranking of the neighbours). A channel's timings are
+``global`` (the global descriptor, its kNN search and any re-ranking of the neighbours) and, for an index built
+with ``--asmk``, ``asmk`` (the local-feature retrieval; its local features are verification's). A channel's timings are
 the evidence timings named in :data:`CHANNEL_TIMINGS`.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ RECALL_KS = (1, 5, 10)
 # The evidence timings (seconds) that make up each retrieval channel's cost per query.
 CHANNEL_TIMINGS: dict[str, tuple[str, ...]] = {
     "global": ("global", "search", "rerank"),
+    "asmk": ("asmk",),  # the query's ASMK aggregation, the inverted-file search and the merge (index option)
 }
 
 

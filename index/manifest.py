@@ -46,6 +46,7 @@ MANAGED_KEYS = frozenset(
         "local_dim",
         "local_sets",
         "retired",
+        "asmk",
     }
 )
 

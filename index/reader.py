@@ -61,6 +61,7 @@ import numpy as np
 import pandas as pd
 
 from . import faiss_index as fi
+from .asmk_store import ASMK_KEY, AsmkIndex, asmk_files
 from .aux_files import AUX_DIR, check_aux_name, read_aux_file
 from .choices import check_name
 from .lease import ReaderLease, take_lease
@@ -140,6 +141,7 @@ class IndexReader:
         self._search_index = None  # _faiss, or its GPU clone
         self._exact = False
         self._parts = PartCache(self.path)  # secondary local set parts, opened on first use
+        self._asmk: AsmkIndex | None = None  # the ASMK inverted file (index option), loaded on first use
         self._lease: ReaderLease | None = None  # what this reader holds (a writer holds the lock instead)
         self._load()
 
@@ -186,6 +188,7 @@ class IndexReader:
         """Files (relative to the index directory) of the state this reader opened: what its lease names."""
         files = {e["file"] for e in self.manifest["segments"]}
         files |= {p["file"] for e in self.manifest[LOCAL_SETS_KEY].values() for p in e["parts"]}
+        files |= set(asmk_files(self.manifest))
         fname = (self.manifest.get("faiss") or {}).get("file")
         return files | ({fname} if fname else set())
 
@@ -667,6 +670,18 @@ class IndexReader:
             raise ConfigMismatchError(f"index {self.path} local set {set_name!r} is {entry['dim']}-d, "
                                       f"got {dim}-d descriptors")
 
+    # ------------------------------------------------------------------ ASMK
+
+    def asmk(self) -> AsmkIndex | None:
+        """The index's ASMK inverted file over its stored local features (``build-index --asmk``), loaded into
+        memory on first use; None for an index without it."""
+        entry = self.manifest.get(ASMK_KEY)
+        if not entry:
+            return None
+        if self._asmk is None or self._asmk.entry is not entry:
+            self._asmk = AsmkIndex(self.path, entry)
+        return self._asmk
+
     # ------------------------------------------------------------------ aux
 
     def read_aux(self, name: str) -> dict[str, np.ndarray] | None:
@@ -678,6 +693,7 @@ class IndexReader:
 
     def _close_stores(self) -> None:
         self._parts.close()
+        self._asmk = None
         for seg in self._segments:
             seg.close()
         self._segments = []

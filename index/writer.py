@@ -69,6 +69,7 @@ import h5py
 import numpy as np
 
 from . import faiss_index as fi
+from . import asmk_store
 from .aux_files import AUX_DIR, check_aux_name, write_aux_file
 from .hdf5 import COPY_CHUNK, h5_file
 from .lease import held_files
@@ -374,6 +375,7 @@ class IndexWriter(IndexReader):
         gpu: str = "auto",
         *,
         rebuild: bool = False,
+        asmk: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Publish complete shards as a new segment and bring the faiss index up to date (crash-safe).
 
@@ -390,7 +392,9 @@ class IndexWriter(IndexReader):
             nprobe: IVF lists probed per query; None keeps the existing value / default rule.
             shortlist: candidates re-scored exactly per query; None keeps the existing value / 100.
             gpu: "auto", "cpu" or "gpu" for training and adding.
-            rebuild: retrain from scratch even if the index could be extended.
+            rebuild: retrain from scratch even if the index could be extended (the ASMK codebook too).
+            asmk: add the ASMK inverted file (``index.asmk_store.asmk_request``) to an index without it; an
+                index that has it extends it with the new rows in any case (same manifest replacement).
 
         Returns:
             {"n_added", "n_duplicates", "n_total", "rebuilt", "rebuild_reason", "faiss": params, "seconds"}.
@@ -439,6 +443,10 @@ class IndexWriter(IndexReader):
                     float(n_local * (4 * 4 + 2 * local_dim) / max(1, xb.shape[0])) if has_local and local_dim else 0.0
                 )
                 manifest["package_version"] = package_version()
+                replaced = asmk_store.update_for_commit(self.path, manifest, segments,
+                                                        (self.manifest["config"].get("local") or {}).get("extractor"),
+                                                        asmk, rebuild)  # the ASMK inverted file of the new rows
+                drop_now += _retire(manifest, replaced, self.path)
                 write_manifest(self.path / MANIFEST_NAME, manifest)  # step 4: the commit point
             except BaseException:
                 if new_seg is not None:
@@ -891,6 +899,7 @@ class IndexWriter(IndexReader):
         if (self.path / LOCAL_SETS_DIR).is_dir():  # parts (and their temp files) no manifest names
             stale += [p for p in (self.path / LOCAL_SETS_DIR).glob("*/*")
                       if f"{LOCAL_SETS_DIR}/{p.parent.name}/{p.name}" not in parts and p.is_file()]
+        stale += asmk_store.stale_files(self.path, self.manifest, retired)
         if self._shards_dir.is_dir():
             stale += [p for p in self._shards_dir.glob(f"*{TMP_SUFFIX}") if not tmp_owner_alive(p)]
         removed = 0

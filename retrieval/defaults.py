@@ -32,6 +32,10 @@ DEFAULT_RECOGNITION_CONF: dict[str, Any] = {
     "global_rerank": "none",
     "global_rerank_k": 1,  # neighbours that refine a descriptor (small: one- and two-image landmarks are common)
     "num_candidates": 10,  # C: landmarks verified per query, in score order
+    # The ASMK channel (an index option, build-index --asmk): up to this many landmarks that ASMK's local-feature
+    # retrieval ranks first and the global vote did not propose are appended to the C candidates (0: the channel
+    # off). Appending never moves a global candidate (retrieval/asmk_channel.py); no effect on an index without it.
+    "asmk_candidates": 3,
     "refs_per_candidate": 2,  # R: best-ranked images of a candidate verified (all first images before any second)
     "max_verifications": 20,  # total verification pairs per query
     "inlier_threshold": 20,  # below this many inliers the answer is "no landmark" (tuned value lives in the manifest)

@@ -371,6 +371,7 @@ def main(
     write_shards: ShardWriter | None = None,
     extractor: FeatureExtractor | None = None,
     local_sets: Sequence[str] = (),
+    asmk: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build or extend the index at ``index_dir`` from a reference table (id, landmark_id, path).
 
@@ -393,6 +394,9 @@ def main(
     row that lacks them, together with the sets the index already holds (so new rows get every set). Stats of
     that pass under ``"local_sets"``. The first of them is recorded in the manifest (``"cascade_set"``) as the
     set the cascade's second matcher uses (``--cascade auto``).
+
+    ``asmk``: add the ASMK inverted file over the stored primary local features (``build-index --asmk``;
+    :func:`index.asmk_store.asmk_request`); an index that has it extends it with every commit regardless.
     """
     check_secondary_sets(local_sets)
     start = time.perf_counter()
@@ -400,6 +404,9 @@ def main(
     if isinstance(global_conf, str):
         global_conf = resolve_global_conf(global_conf)
     fx = extractor or FeatureExtractor(global_conf, local_conf, device=device)
+    if asmk is not None and fx.local_extractor is None:
+        raise ValueError("--asmk needs local features stored in the index: give a --local-conf that stores them "
+                         "(e.g. rootsift), not 'none'")
     db = IndexWriter.create_or_open(index_dir, fx.index_config(), fx.global_extractor.dim)
     held = [name for name in db.local_sets() if name not in local_sets]
     if held:
@@ -420,7 +427,8 @@ def main(
     # (or tune-threshold) on this index is refused at once, naming this process. Queries keep working.
     with db.writer_lock(what="build-index"):
         job = ShardJob(batch_size, num_workers, shard_size, shard_seconds, progress)
-        stats = _build(db, fx, references, index_dir, job, factory, nprobe, rebuild, write_shards or write_shards_here)
+        stats = _build(db, fx, references, index_dir, job, factory, nprobe, rebuild, write_shards or write_shards_here,
+                       asmk)
         if local_sets and db.manifest.get(CASCADE_SET_KEY) != local_sets[0]:
             # what --cascade auto verifies with: the set named second in the last --local-conf A+B
             db.update_manifest(**{CASCADE_SET_KEY: local_sets[0]})
@@ -624,6 +632,7 @@ def write_shards_here(db: IndexWriter, fx: FeatureExtractor, todo: pd.DataFrame,
 def _build(
     db: IndexWriter, fx: FeatureExtractor, references: pd.DataFrame, index_dir: Path, job: ShardJob,
     factory: str | None, nprobe: int | None, rebuild: bool, write_shards: ShardWriter,
+    asmk: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The body of :func:`main`, run under the index's writer lock."""
     # Labels of stored images (committed or in shards of an interrupted run) cannot change by a rerun:
@@ -652,7 +661,7 @@ def _build(
         raise ValueError(
             f"no image could be indexed ({n_skipped} of {len(references)} skipped); reasons in {index_dir / 'skipped.csv'}"
         )
-    stats = db.commit(factory=factory, nprobe=nprobe, rebuild=rebuild)
+    stats = db.commit(factory=factory, nprobe=nprobe, rebuild=rebuild, asmk=asmk)
     stats.update(report)
     stats.update(already_stored=len(references) - len(todo), index=str(index_dir))
     if n_skipped:

@@ -9,6 +9,7 @@ import numpy as np
 
 from index.reader import IndexReader
 
+from .asmk_channel import neighbours_with_asmk
 from .extract import FeatureExtractor
 
 logger = logging.getLogger(__name__)
@@ -16,7 +17,8 @@ logger = logging.getLogger(__name__)
 
 def neighbours_table(db: IndexReader, scores: np.ndarray, rows: np.ndarray) -> list[dict[str, Any]]:
     """Rows of one query's search result as dicts: rank, id, landmark_id (None = non-landmark), score, path and
-    channel (the retrieval channel that found the image: "global", the global descriptor's kNN search)."""
+    channel (the retrieval channel that found the image: "global", the global descriptor's kNN search; an index
+    built with ``--asmk`` adds its local-feature retrieval's rows, :func:`~retrieval.asmk_channel.neighbours_with_asmk`)."""
     valid = [(rank, s, int(r)) for rank, (s, r) in enumerate(zip(scores, rows), start=1) if r >= 0]
     ids, landmarks, paths = db.rows(np.array([r for _, _, r in valid], dtype=np.int64))  # just these rows
     return [
@@ -40,7 +42,8 @@ def main(
     db = index_dir if isinstance(index_dir, IndexReader) else IndexReader.open(index_dir)
     if db.size == 0:
         raise ValueError(f"{db.path}: the index is empty (build it with build-index)")
-    fx = FeatureExtractor.for_index(db, device=device, need_local=False)
+    with_asmk = db.asmk() is not None  # the ASMK channel (build-index --asmk) searches the query's local features
+    fx = FeatureExtractor.for_index(db, device=device, need_local=with_asmk)
     paths = [str(p) for p in images]
     results: list[dict[str, Any]] = []
     for pos, res in fx.iter_paths(paths, num_workers=num_workers):
@@ -49,5 +52,8 @@ def main(
             results.append({"image": paths[pos], "error": res})
             continue
         D, I = db.search(res.global_desc[None].astype(np.float32), min(k, db.size))
-        results.append({"image": paths[pos], "neighbours": neighbours_table(db, D[0], I[0])})
+        table = neighbours_table(db, D[0], I[0])
+        if with_asmk and res.local is not None:
+            table = neighbours_with_asmk(db, table, res.local.descriptors, k)
+        results.append({"image": paths[pos], "neighbours": table})
     return results

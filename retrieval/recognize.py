@@ -24,6 +24,7 @@ import numpy as np
 from index.local_sets import CASCADE_SET_KEY
 from index.reader import IndexReader
 
+from .asmk_channel import asmk_landmarks, merge_candidates
 from .cache import LRU
 from .decision import (  # noqa: F401 (re-exported: the decision's public names, as before)
     DECISION_KEYS, GUESS_SCALE, VERIFIED_BASE, Candidate, CandidateArrays, ConfidenceModel, Evidence, Prediction,
@@ -68,6 +69,7 @@ def resolve_recognition_conf(overrides: Mapping[str, Any] | None = None, base: M
         ("k", conf["k"] >= 1, "must be >= 1"),
         ("num_candidates", conf["num_candidates"] >= 1, "must be >= 1"),
         ("num_candidates", conf["num_candidates"] <= conf["k"], f"must be <= k ({conf['k']})"),
+        ("asmk_candidates", conf["asmk_candidates"] >= 0, "must be >= 0"),
         ("refs_per_candidate", conf["refs_per_candidate"] >= 1, "must be >= 1"),
         ("max_verifications", conf["max_verifications"] >= 0, "must be >= 0"),
         ("inlier_threshold", conf["inlier_threshold"] >= 0, "must be >= 0"),
@@ -267,6 +269,8 @@ class Recognizer:
         self._landmarks = db.column("landmark_id")
         self._paths = db.column("path")
         self._background: np.ndarray | None = None  # descriptors of the non-landmark references, loaded on demand
+        # the ASMK channel (index option build-index --asmk; None without it), its inverted file in memory
+        self.asmk = db.asmk() if self.stored_local and self.conf["asmk_candidates"] > 0 else None
 
     @classmethod
     def from_index(cls, path: str | Path, device: str | None = None, match_conf: Mapping[str, Any] | str | None = None,
@@ -330,6 +334,11 @@ class Recognizer:
         discount = self.distractor_discount(features.global_desc) if c["distractor_discount"] else 0.0
         cands = vote(sims, list(lms), c["candidate_score"], c["alpha"], discount)
         cands = cands[: int(c["num_candidates"])]
+        asmk_rows: dict[str, list[int]] = {}
+        if self.asmk is not None and c["asmk_candidates"] > 0 and features.local is not None:
+            start = time.perf_counter()  # the ASMK channel (retrieval/asmk_channel.py): its landmarks appended
+            cands, asmk_rows = self._asmk_candidates(features, cands, discount)
+            timings["asmk"] = time.perf_counter() - start
         evidence = Evidence(neighbours, cands, discount)
         if not verify or not cands or c["max_verifications"] == 0:
             return evidence, timings
@@ -339,6 +348,9 @@ class Recognizer:
         per_cand: dict[str, list[int]] = {}
         for r, lm in zip(rows, lms):  # each candidate's images in rank order
             per_cand.setdefault(str(lm), []).append(int(r))
+        for lm, extra in asmk_rows.items():  # an appended ASMK landmark's images in ASMK order
+            per_cand[lm] = extra[: int(c["refs_per_candidate"])]
+            id_of.update(zip(per_cand[lm], (str(i) for i in self._ids[np.asarray(per_cand[lm])])))
         pairs: list[tuple[Candidate, int]] = []
         for depth in range(int(c["refs_per_candidate"])):
             for cand in cands:
@@ -362,6 +374,20 @@ class Recognizer:
         if self.second is not None and features.local_image is not None and not resolved(cands, c):
             self._second_stage(features, cands, per_cand, id_of, timings)
         return evidence, timings
+
+    def _asmk_candidates(self, features: Features, cands: list[Candidate],
+                         discount: float) -> tuple[list[Candidate], dict[str, list[int]]]:
+        """The global candidates with the ASMK channel's landmarks merged in (:func:`merge_candidates`); an
+        appended landmark is voted for by the query's global similarity to its ASMK images."""
+        c = self.conf
+        q = np.asarray(features.global_desc, np.float32)
+        ranking = asmk_landmarks(self.asmk, features.local.descriptors, self._landmarks)
+
+        def make(landmark: str, rows: list[int]) -> Candidate:
+            sims = self.db.global_descriptors(np.asarray(rows, np.int64)) @ q
+            return vote(sims, [landmark] * len(rows), c["candidate_score"], c["alpha"], discount)[0]
+
+        return merge_candidates(cands, ranking, int(c["num_candidates"]), int(c["asmk_candidates"]), make)
 
     @staticmethod
     def _second_reference(cand: Candidate, rows: Sequence[int], id_of: Mapping[int, str]) -> int:

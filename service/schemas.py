@@ -34,7 +34,8 @@ class CandidateBody(_Open):
     inliers: int
     best_match_id: Optional[str]
     channels: list[str] = Field(default_factory=lambda: ["global"],
-                                description="The retrieval channels that proposed the candidate: 'global' (the global kNN)")
+                                description="The retrieval channels that proposed the candidate: 'global' (the global kNN), "
+                                            "'asmk' (local-feature retrieval, an index built with --asmk)")
 
 
 class Recognition(_Open):

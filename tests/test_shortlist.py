@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from eval import shortlist
-from retrieval.asmk import Codebook, InvertedFile, landmark_ranking, selective, train_codebook
+from index.asmk import Codebook, InvertedFile, landmark_ranking, selective, train_codebook
 from retrieval.decision import Candidate, Evidence, Prediction
 from retrieval.global_rerank import alpha_qe, dba, superglobal_rerank
 

@@ -19,7 +19,7 @@ global vote).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import faiss
 import numpy as np
@@ -41,15 +41,44 @@ def train_codebook(descriptors: np.ndarray, n_words: int, niter: int = 20, seed:
     return km.centroids.astype(np.float32)
 
 
-class Codebook:
-    """Visual-word assignment (exact L2 search over the centroids)."""
+# Codebooks larger than this assign descriptors through an HNSW graph over the centroids instead of an exact
+# search: the exact search costs n_words x dim flops a descriptor (65,536 words: 8.4 MFLOP, about 12 GFLOP for a
+# 1,500-feature photo), the graph a few thousand distance computations, with nearly the same nearest word.
+HNSW_FROM_WORDS = 8192
+# efSearch 64: 99.96 % of devset-large's RootSIFT get the exact nearest of 65,536 words, 6.5x faster than exact.
+HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 64
 
-    def __init__(self, centroids: np.ndarray):
+
+class Codebook:
+    """Visual-word assignment: exact L2 search over the centroids, or an HNSW graph over them for codebooks of
+    more than ``HNSW_FROM_WORDS`` words (built single-threaded, so the same centroids give the same graph and
+    the same assignments wherever it is built; ``graph``: that graph already built, e.g. read from the index,
+    where building it costs tens of seconds for 65,536 words)."""
+
+    def __init__(self, centroids: np.ndarray, hnsw: bool | None = None, graph: Any = None):
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         self.dim = self.centroids.shape[1]
         self.code_bytes = (self.dim + 7) // 8
-        self._index = faiss.IndexFlatL2(self.dim)
-        self._index.add(self.centroids)
+        self.hnsw = len(self.centroids) > HNSW_FROM_WORDS if hnsw is None else bool(hnsw)
+        if graph is not None:
+            if graph.ntotal != len(self.centroids) or graph.d != self.dim:
+                raise ValueError(f"codebook graph of {graph.ntotal} x {graph.d} does not match "
+                                 f"{len(self.centroids)} x {self.dim} centroids")
+            self._index, self.hnsw = graph, True
+            self._index.hnsw.efSearch = HNSW_EF_SEARCH
+        elif self.hnsw:
+            self._index = faiss.IndexHNSWFlat(self.dim, HNSW_M)
+            self._index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+            self._index.hnsw.efSearch = HNSW_EF_SEARCH
+            threads = faiss.omp_get_max_threads()
+            faiss.omp_set_num_threads(1)  # a parallel build inserts in a racy order: another graph each time
+            try:
+                self._index.add(self.centroids)
+            finally:
+                faiss.omp_set_num_threads(threads)
+        else:
+            self._index = faiss.IndexFlatL2(self.dim)
+            self._index.add(self.centroids)
 
     def aggregate(self, descriptors: np.ndarray, assign: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """One image's ASMK representation: (words (w,) int32 sorted, codes (w, code_bytes) uint8).
@@ -57,24 +86,44 @@ class Codebook:
         Each descriptor goes to its ``assign`` nearest words; per word the residuals are summed, normalised
         and binarised. An image without descriptors gives empty arrays.
         """
+        x = np.asarray(descriptors, dtype=np.float32).reshape(-1, self.dim)
+        words, codes, _ = self.aggregate_many(x, np.array([len(x)]), assign)
+        return words, codes
+
+    def aggregate_many(self, descriptors: np.ndarray, counts: np.ndarray, assign: int = 1
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Many images at once (image i has ``counts[i]`` consecutive rows of ``descriptors``): CSR
+        (words (m,) int32, codes (m, code_bytes) uint8, offsets (n + 1,) int64), each image's words sorted."""
         x = np.ascontiguousarray(descriptors, dtype=np.float32)
+        counts = np.asarray(counts, np.int64)
+        n = len(counts)
         if len(x) == 0:
-            return np.zeros(0, np.int32), np.zeros((0, self.code_bytes), np.uint8)
+            return np.zeros(0, np.int32), np.zeros((0, self.code_bytes), np.uint8), np.zeros(n + 1, np.int64)
         _, idx = self._index.search(x, int(assign))
-        words = idx.reshape(-1)
+        words = idx.reshape(-1).astype(np.int64)
         resid = np.repeat(x, int(assign), axis=0) - self.centroids[words]
         resid /= np.maximum(np.linalg.norm(resid, axis=1, keepdims=True), 1e-12)
-        uniq, inv = np.unique(words, return_inverse=True)
-        agg = np.zeros((len(uniq), self.dim), np.float32)
-        np.add.at(agg, inv, resid)
-        return uniq.astype(np.int32), np.packbits(agg > 0, axis=1)
+        image = np.repeat(np.arange(n, dtype=np.int64), counts * int(assign))
+        key = image * len(self.centroids) + words  # one entry per (image, word)
+        order = np.argsort(key, kind="stable")
+        key = key[order]
+        first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        agg = np.add.reduceat(resid[order], first, axis=0)  # summed residuals per (image, word)
+        per_image = np.bincount(key[first] // len(self.centroids), minlength=n)
+        offsets = np.concatenate([[0], np.cumsum(per_image)]).astype(np.int64)
+        return (key[first] % len(self.centroids)).astype(np.int32), np.packbits(agg > 0, axis=1), offsets
 
 
 def selective(codes: np.ndarray, q: np.ndarray, dim: int, alpha: float = ALPHA, tau: float = TAU) -> np.ndarray:
     """sigma(u) of each row of ``codes`` (n, b) against one query code ``q`` (b,), u = 1 - 2 hamming / dim."""
-    h = _POPCOUNT[np.bitwise_xor(codes, q)].sum(axis=1, dtype=np.int32)  # Hamming distance
-    u = 1.0 - 2.0 * h / dim
-    return np.where(u > tau, np.abs(u) ** alpha, 0.0)
+    codes, q = np.ascontiguousarray(codes), np.ascontiguousarray(q)
+    if codes.shape[1] % 8 == 0 and hasattr(np, "bitwise_count"):  # 64 bits at a time (numpy >= 2): ~10x faster
+        x = np.bitwise_xor(codes.view(np.uint64), q.view(np.uint64))
+        h = np.bitwise_count(x).sum(axis=1, dtype=np.int32)
+    else:
+        h = _POPCOUNT[np.bitwise_xor(codes, q)].sum(axis=1, dtype=np.int32)  # Hamming distance
+    u = 1.0 - 2.0 * np.arange(dim + 1) / dim  # sigma of every possible Hamming distance: one table look-up each
+    return np.where(u > tau, np.abs(u) ** alpha, 0.0)[h]
 
 
 @dataclass
@@ -83,7 +132,7 @@ class InvertedFile:
 
     dim: int
     n_words: int
-    rows: np.ndarray  # (M,) int64 image row of each entry, sorted by word
+    rows: np.ndarray  # (M,) image row of each entry (int32 when stored), sorted by word
     codes: np.ndarray  # (M, code_bytes) uint8
     starts: np.ndarray  # (n_words + 1,) int64: entries of word w are [starts[w], starts[w + 1])
     norms: np.ndarray  # (n_images,) float32: 1 / sqrt(#words) of each image (0 for none)
@@ -93,7 +142,7 @@ class InvertedFile:
         """From images in CSR form: image i has entries ``offsets[i]:offsets[i + 1]`` of ``words``/``codes``."""
         offsets = np.asarray(offsets, np.int64)
         counts = np.diff(offsets)
-        rows = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+        rows = np.repeat(np.arange(len(counts), dtype=np.int32), counts)  # int32: rows of one part
         order = np.argsort(words, kind="stable")
         starts = np.searchsorted(np.asarray(words)[order], np.arange(n_words + 1)).astype(np.int64)
         norms = np.where(counts > 0, 1.0 / np.sqrt(np.maximum(counts, 1)), 0.0).astype(np.float32)
@@ -103,8 +152,8 @@ class InvertedFile:
     def nbytes(self) -> int:
         return int(self.rows.nbytes + self.codes.nbytes + self.starts.nbytes + self.norms.nbytes)
 
-    def search(self, words: np.ndarray, codes: np.ndarray, k: int = 100) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, rows) of the ``k`` best images for one query's (words, codes), scores descending."""
+    def scores(self, words: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """(n_images,) ASMK similarity of every image to one query's (words, codes); 0 for no shared word."""
         n = len(self.norms)
         hit_rows, hit_sims = [], []
         for w, q in zip(np.asarray(words), np.asarray(codes)):
@@ -116,15 +165,22 @@ class InvertedFile:
                 hit_sims.append(sim[nz])
         scores = (np.bincount(np.concatenate(hit_rows), np.concatenate(hit_sims), minlength=n) if hit_rows
                   else np.zeros(n))
-        qnorm = 1.0 / np.sqrt(max(1, len(words)))
-        scores *= self.norms * qnorm
-        k = min(int(k), n)
-        if k == 0:
-            return np.zeros(0), np.zeros(0, np.int64)
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top], kind="stable")]
-        keep = scores[top] > 0
-        return scores[top][keep], top[keep]
+        return scores * self.norms / np.sqrt(max(1, len(words)))
+
+    def search(self, words: np.ndarray, codes: np.ndarray, k: int = 100) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, rows) of the ``k`` best images for one query's (words, codes), scores descending."""
+        return top_k(self.scores(words, codes), k)
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, rows) of the ``k`` highest positive ``scores``, descending (ties: lower row first)."""
+    k = min(int(k), len(scores))
+    if k <= 0:
+        return np.zeros(0), np.zeros(0, np.int64)
+    top = np.argpartition(-scores, k - 1)[:k]
+    top = top[np.lexsort((top, -scores[top]))]
+    keep = scores[top] > 0
+    return scores[top][keep], top[keep].astype(np.int64)
 
 
 def landmark_ranking(scores: np.ndarray, rows: np.ndarray, landmarks: Sequence[str]) -> list[tuple[str, float]]:
