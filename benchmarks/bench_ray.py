@@ -31,7 +31,7 @@ import torch
 from engines import RayOptions, build_index
 from engines.ray import CODE_ROOT, init_ray
 from eval import predict
-from index.database import IndexDatabase
+from index.reader import IndexReader
 from retrieval.data import read_references
 from retrieval.global_model import resolve_global_conf
 from synthetic import generate_demo_dataset
@@ -94,7 +94,7 @@ def main() -> None:
             predict.main(tmp / "local", data.holdout_csv, data.images_dir, tmp / f"{engine}.csv", progress=False,
                          num_workers=1, engine=engine, ray_options=options if engine == "ray" else None)
             out[f"predict_{engine}_s"] = round(time.perf_counter() - start, 2)
-        a, b = IndexDatabase.open(tmp / "local"), IndexDatabase.open(tmp / "ray")
+        a, b = IndexReader.open(tmp / "local"), IndexReader.open(tmp / "ray")
         ids_a, ids_b = list(a.metadata["id"]), list(b.metadata["id"])
         out["same_ids_and_order"] = ids_a == ids_b
         out["same_labels"] = list(a.metadata["landmark_id"]) == list(b.metadata["landmark_id"])

@@ -21,18 +21,20 @@ from pathlib import Path
 import numpy as np
 
 from eval import evaluate
-from index.database import IndexDatabase, ShardBatch
+from index import ShardBatch
+from index.reader import IndexReader
+from index.writer import IndexWriter
 from retrieval.recognize import Candidate, DECISION_KEYS, decide, resolve_recognition_conf, submission_answer
 
 
 def write_evidence(work: Path, n: int, seed: int = 0) -> tuple[Path, Path, Path]:
     """(index dir, queries csv, evidence file) of ``n`` synthetic queries."""
     rng = np.random.default_rng(seed)
-    db = IndexDatabase.create_or_open(work / "index", {"global": {"name": "bench-vectors"}, "local": None}, 8)
+    db = IndexWriter.create_or_open(work / "index", {"global": {"name": "bench-vectors"}, "local": None}, 8)
     xb = rng.standard_normal((64, 8)).astype(np.float32)
     db.write_shard(ShardBatch([f"r{i}" for i in range(64)], [str(i % 40) for i in range(64)], [f"/r{i}.jpg" for i in range(64)], xb))
     db.commit()
-    db = IndexDatabase.open(work / "index")
+    db = IndexReader.open(work / "index")
     header = {"evidence_version": 2, "index": str(db.path), "index_id": db.manifest.get("index_id"),
               "index_created": db.manifest.get("created"), "index_images": db.size, "params": {}, "match_conf": {},
               "verify": True, "early_exit": False, "confirm_inliers": None}

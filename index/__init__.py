@@ -3,8 +3,7 @@ features), a FAISS index, a manifest, one writer at a time.
 
 ``index/`` knows nothing about images or CNNs; it stores vectors, local-feature
 arrays and rows. Entry points: :class:`IndexReader` (``index/reader.py``: opens and reads, never locks or
-writes) and :class:`IndexWriter` (``index/writer.py``: builds, commits, compacts under the writer lock);
-:class:`IndexDatabase` (``index/database.py``) opens either.
+writes) and :class:`IndexWriter` (``index/writer.py``: builds, commits, compacts under the writer lock).
 
 The names below are imported on first use (PEP 562), so that the small modules every package shares
 (``index.choices``, ``index.vectors``) load without faiss, h5py and pandas (the CLI's ``--help`` stays fast).
@@ -15,7 +14,6 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "IndexDatabase": "database",
     "IndexReader": "reader",
     "IndexWriter": "writer",
     "build_faiss": "faiss_index",
@@ -26,7 +24,7 @@ _EXPORTS = {
     "ShardBatch": "shards",
 }
 
-__all__ = ["IndexDatabase", "IndexReader", "IndexWriter", "IndexFormatError", "ConfigMismatchError", "IndexLockedError",
+__all__ = ["IndexReader", "IndexWriter", "IndexFormatError", "ConfigMismatchError", "IndexLockedError",
            "ShardBatch", "choose_params", "build_faiss"]
 
 

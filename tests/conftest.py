@@ -26,7 +26,7 @@ def pytest_configure(config):
 def retire_grace_zero():
     """Replaced index files are deleted at once in tests (LANDMARKS_RETIRE_GRACE_S=0), so tests that count an
     index's files see no retired ones; tests of retirement set their own grace period."""
-    from index.database import RETIRE_GRACE_ENV
+    from index.writer import RETIRE_GRACE_ENV
 
     old = os.environ.get(RETIRE_GRACE_ENV)
     os.environ[RETIRE_GRACE_ENV] = "0"

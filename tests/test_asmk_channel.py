@@ -15,7 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from index.database import IndexDatabase
+from index.reader import IndexReader
+from index.writer import IndexWriter
 from tests.conftest import textured_image
 
 runner = CliRunner()
@@ -56,7 +57,7 @@ def asmk_index(tmp_path_factory):
     assert result.exit_code == 0, result.output
     manifest = json.loads((index / "manifest.json").read_text())
     assert "asmk" not in manifest and not (index / "asmk").exists()  # off by default: nothing new
-    assert IndexDatabase.open(index).asmk() is None
+    assert IndexReader.open(index).asmk() is None
     result = invoke("build-index", "--train", csv, "--images", root / "images", "--index", index, *BUILD,
                     "--asmk", "--asmk-words", 64)
     assert result.exit_code == 0, result.output
@@ -105,7 +106,7 @@ def test_added_images_extend_the_inverted_file_and_rebuild_retrains(asmk_index, 
     result = invoke("compact", "--index", index)  # segments merged: row numbers, hence the parts, stay valid
     assert result.exit_code == 0, result.output
     assert json.loads((index / "manifest.json").read_text())["asmk"] == after
-    db = IndexDatabase.open(index)
+    db = IndexReader.open(index)
     q = db.local_features(int(db.find_rows(["r9"])[0]))[1]
     lms = db.column("landmark_id")
     scores, rows = db.asmk().search(q[::2], 3)
@@ -139,7 +140,7 @@ def test_a_crash_while_writing_the_inverted_file_leaves_the_index_intact(asmk_in
     result = invoke("build-index", "--train", csv, "--images", root / "images", "--index", index, *BUILD)
     assert result.exit_code != 0
     assert json.loads((index / "manifest.json").read_text()) == before  # nothing published
-    db = IndexDatabase.open(index)  # and the previous index answers as before
+    db = IndexReader.open(index)  # and the previous index answers as before
     assert db.size == 8 and db.asmk().size == 8
     db.close()
     monkeypatch.setattr(asmk_store, "_write_part", original)
@@ -162,7 +163,6 @@ def test_a_large_codebook_is_searched_through_its_stored_graph(tmp_path, monkeyp
     """Codebooks over HNSW_FROM_WORDS words assign through an HNSW graph stored beside them (lowered here)."""
     from index import asmk
     from index.shards import ShardBatch
-    from index.writer import IndexWriter
     from index.asmk_store import asmk_request
 
     monkeypatch.setattr(asmk, "HNSW_FROM_WORDS", 16)
@@ -176,7 +176,7 @@ def test_a_large_codebook_is_searched_through_its_stored_graph(tmp_path, monkeyp
     entry = db.manifest["asmk"]
     assert entry["graph"].endswith(".hnsw") and (tmp_path / "idx" / entry["graph"]).is_file()
     db.close()
-    reader = IndexDatabase.open(tmp_path / "idx")
+    reader = IndexReader.open(tmp_path / "idx")
     index = reader.asmk()
     assert index.codebook.hnsw
     built = asmk.Codebook(index.codebook.centroids)  # built again: the same graph, the same words

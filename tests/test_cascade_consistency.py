@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 from cli import app
 from eval import evaluate
 from eval.evidence import EVIDENCE_KEYS, EVIDENCE_VERSION
-from index.database import IndexDatabase
+from index.reader import IndexReader
+from index.writer import IndexWriter
 from index.local_sets import CASCADE_SET_KEY
 from retrieval.decision import Candidate, ConfidenceModel, Evidence, decide, explain
 from retrieval.local_features import local_confs
@@ -79,7 +80,7 @@ def _with_sets(index, cascade=None):
     if cascade:
         manifest[CASCADE_SET_KEY] = cascade
     path.write_text(json.dumps(manifest))
-    return IndexDatabase.open(index)
+    return IndexReader.open(index)
 
 
 def test_cascade_auto_takes_the_set_the_index_was_built_with(index_copy, caplog):
@@ -164,7 +165,7 @@ def test_the_match_picture_draws_the_pair_of_the_matcher_that_decided():
 
 def _write_evidence(index, path, queries: dict[str, list[Candidate]], cascade: str | None, **params) -> None:
     """An evidence file of ``queries`` against ``index``, as evaluate would write it with the cascade ``cascade``."""
-    db = IndexDatabase.open(index)
+    db = IndexReader.open(index)
     conf = index_decision_conf(db, {"cascade": cascade or "none", **params})
     header = {"evidence_version": EVIDENCE_VERSION, "index": str(index), "index_id": db.manifest.get("index_id"),
               "index_created": db.manifest.get("created"), "index_images": int(db.size),
@@ -230,7 +231,7 @@ def test_a_stored_confidence_model_is_not_used_to_tune_and_bands_remove_it(index
     before = evaluate.tune(index_copy, csv, None, tmp_path / "a", **kwargs)
     # a model that ranks by similarity alone: with it, the wrong high-similarity answers would rank first
     model = ConfidenceModel([0.0, 0.0, 8.0], -4.0).to_json()
-    with IndexDatabase.open_for_write(index_copy) as writer:
+    with IndexWriter.open_for_write(index_copy) as writer:
         writer.update_manifest(thresholds={"confidence_model": model})
     after = evaluate.tune(index_copy, csv, None, tmp_path / "b", **kwargs)
     for key in ("chosen", "in_sample_gap", "cv_gap", "folds"):
@@ -238,7 +239,7 @@ def test_a_stored_confidence_model_is_not_used_to_tune_and_bands_remove_it(index
     # every threshold's GAP, not only the chosen one's (where the model happens to rank these answers alike)
     assert (tmp_path / "b" / "threshold_sweep.csv").read_text() == (tmp_path / "a" / "threshold_sweep.csv").read_text()
     evaluate.tune(index_copy, csv, None, tmp_path / "c", **{**kwargs, "write": True})
-    assert IndexDatabase.open(index_copy).manifest["thresholds"].get("confidence_model") is None
+    assert IndexReader.open(index_copy).manifest["thresholds"].get("confidence_model") is None
 
 
 def test_tune_json_never_holds_nan(index_copy, tmp_path, monkeypatch):

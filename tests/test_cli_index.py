@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from cli import app
 from retrieval.defaults import DEFAULT_GLOBAL
-from index.database import IndexDatabase
+from index.reader import IndexReader
+from index.writer import IndexWriter
 from tests.conftest import FAST_BUILD, read_csv
 
 runner = CliRunner()
@@ -44,7 +45,7 @@ def kill_extraction_after(monkeypatch, n_images: int):
 
 
 def test_build_and_query_json(demo_data, built_index):
-    db = IndexDatabase.open(built_index)
+    db = IndexReader.open(built_index)
     train = read_csv(demo_data.train_csv)
     assert db.size == len(train)
     assert set(db.metadata["id"]) == set(train["id"])
@@ -104,13 +105,13 @@ def test_resume_after_crash_matches_uninterrupted(demo_data, built_index, tmp_pa
                     "--index", index, "--local-conf", "rootsift", "--workers", "0")
     assert result.exit_code == 0, result.output
     assert "8 already stored" in result.output
-    resumed = IndexDatabase.open(index)
+    resumed = IndexReader.open(index)
 
     clean = tmp_path / "clean"
     result = invoke("build-index", "--train", demo_data.train_csv, "--images", demo_data.images_dir,
                     "--index", clean, "--local-conf", "rootsift", "--workers", "0")
     assert result.exit_code == 0, result.output
-    ref = IndexDatabase.open(clean)
+    ref = IndexReader.open(clean)
     assert resumed.size == ref.size
     a = dict(zip(resumed.metadata["id"], resumed.global_descriptors()))
     b = dict(zip(ref.metadata["id"], ref.global_descriptors()))
@@ -131,10 +132,10 @@ def test_incremental_add_and_config_mismatch(demo_data, tmp_path):
     index = tmp_path / "inc"
     result = build(half, demo_data.images_dir, index)
     assert result.exit_code == 0, result.output
-    assert IndexDatabase.open(index).size == len(train) // 2
+    assert IndexReader.open(index).size == len(train) // 2
     result = build(demo_data.train_csv, demo_data.images_dir, index)
     assert result.exit_code == 0, result.output
-    db = IndexDatabase.open(index)
+    db = IndexReader.open(index)
     assert db.size == len(train)
     assert f"{len(train) - len(train) // 2} added" in result.output
     # another configuration is refused, naming both
@@ -143,22 +144,22 @@ def test_incremental_add_and_config_mismatch(demo_data, tmp_path):
     assert result.exit_code == 2
     assert "image_size" in result.output and "224" in result.output and "160" in result.output
     # two commits made two segments: compact merges them, content unchanged
-    before = IndexDatabase.open(index).metadata
+    before = IndexReader.open(index).metadata
     result = invoke("compact", "--index", index)
     assert result.exit_code == 0, result.output
     assert "2 segments -> 1" in result.output
-    pd.testing.assert_frame_equal(IndexDatabase.open(index).metadata, before)
+    pd.testing.assert_frame_equal(IndexReader.open(index).metadata, before)
     # --rebuild retrains the FAISS index and says so
     result = build(demo_data.train_csv, demo_data.images_dir, index, "--rebuild")
     assert result.exit_code == 0, result.output
     assert "(re)trained: rebuild requested" in result.output
     # one writer at a time: while another writer holds the index, writers stop with its name
-    with IndexDatabase.open_for_write(index).writer_lock(what="another build"):
+    with IndexWriter.open_for_write(index).writer_lock(what="another build"):
         result = invoke("compact", "--index", index)
         assert result.exit_code == 2 and f"pid {os.getpid()}" in result.output and "another build" in result.output
         result = build(demo_data.train_csv, demo_data.images_dir, index)
         assert result.exit_code == 2 and "being written by" in result.output
-        assert IndexDatabase.open(index).size == len(train)  # readers are not blocked
+        assert IndexReader.open(index).size == len(train)  # readers are not blocked
 
 
 def test_bad_images_are_skipped_and_listed(demo_data, tmp_path):
@@ -182,7 +183,7 @@ def test_bad_images_are_skipped_and_listed(demo_data, tmp_path):
     assert "empty file" in skipped.loc["zerobyte", "reason"]
     assert "not found" in skipped.loc["missing", "reason"]
     assert "too small" in skipped.loc["tiny", "reason"]
-    assert IndexDatabase.open(index).size == 6
+    assert IndexReader.open(index).size == 6
 
 
 @pytest.mark.parametrize(
@@ -217,7 +218,7 @@ def test_folder_per_landmark_layout(demo_data, tmp_path):
     index = tmp_path / "idx"
     result = invoke("build-index", "--images", root, "--index", index, *FAST_BUILD)
     assert result.exit_code == 0, result.output
-    meta = IndexDatabase.open(index).metadata.set_index("id")
+    meta = IndexReader.open(index).metadata.set_index("id")
     assert len(meta) == 8
     for _, row in train.iloc[:8].iterrows():
         key = f"{row['landmark_id']}/{row['id']}" if row["landmark_id"] else row["id"]
@@ -260,7 +261,7 @@ def test_paths_absolute_and_relabel_refused(demo_data, tmp_path, monkeypatch):
     train.to_csv(tmp_path / "t.csv", index=False)
     result = invoke("build-index", "--train", tmp_path / "t.csv", "--images", "images", "--index", tmp_path / "idx", *FAST_BUILD)
     assert result.exit_code == 0, result.output
-    assert all(os.path.isabs(p) for p in IndexDatabase.open(tmp_path / "idx").metadata["path"])
+    assert all(os.path.isabs(p) for p in IndexReader.open(tmp_path / "idx").metadata["path"])
     relabelled = train.copy()
     relabelled.loc[relabelled.index[0], "landmark_id"] = "999"
     relabelled.to_csv(tmp_path / "t2.csv", index=False)

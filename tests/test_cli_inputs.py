@@ -11,7 +11,7 @@ import shutil
 from typer.testing import CliRunner
 
 from cli import app
-from index.database import IndexDatabase
+from index.reader import IndexReader
 from tests.conftest import read_csv
 
 runner = CliRunner()
@@ -38,7 +38,7 @@ def test_build_index_takes_the_index_configuration(demo_data, tmp_path):
     assert result.exit_code == 0, result.output
     assert f"using {index}'s configuration: global lite0-gem, local none" in result.output
     assert f"{len(train) - len(train) // 2} added" in result.output
-    db = IndexDatabase.open(index)
+    db = IndexReader.open(index)
     assert db.size == len(train) and db.manifest["config"] == stored and db.dim == 1280
 
     # --rebuild without options: the same

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from index import faiss_index as fi
-from index.database import IndexDatabase, ShardBatch
+from index import ShardBatch
+from index.reader import IndexReader
+from index.writer import IndexWriter
 from index.faiss_index import FLAT_MAX_N, choose_params
 
 CONFIG = {"global": {"model": "synthetic", "dim": 64}, "local": None}
@@ -30,8 +32,8 @@ def perturb(x: np.ndarray, sigma: float, seed: int) -> np.ndarray:
     return (y / np.linalg.norm(y, axis=1, keepdims=True)).astype(np.float32)
 
 
-def build_db(path, xb: np.ndarray, shard: int = 5000, **commit_kw) -> IndexDatabase:
-    db = IndexDatabase.create_or_open(path, CONFIG, xb.shape[1])
+def build_db(path, xb: np.ndarray, shard: int = 5000, **commit_kw) -> IndexReader:
+    db = IndexWriter.create_or_open(path, CONFIG, xb.shape[1])
     for a in range(0, len(xb), shard):
         b = min(len(xb), a + shard)
         db.write_shard(ShardBatch([f"im{i}" for i in range(a, b)], [str(i % 50) for i in range(a, b)],
@@ -130,7 +132,7 @@ def test_flat_search_is_exact_and_pads(tmp_path, caplog):
     xb = clustered(300, 32, 10, seed=3)
     build_db(tmp_path / "idx", xb, shard=128)
     with caplog.at_level(logging.WARNING):
-        db = IndexDatabase.open(tmp_path / "idx")
+        db = IndexReader.open(tmp_path / "idx")
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert not warnings, "a consistent index opens without repair warnings"
     assert db.manifest["faiss"]["factory"] == "Flat"
@@ -160,7 +162,7 @@ def test_search_bad_input(tmp_path):
 
 
 def test_empty_index_search(tmp_path):
-    db = IndexDatabase.create_or_open(tmp_path / "idx", CONFIG, 16)
+    db = IndexWriter.create_or_open(tmp_path / "idx", CONFIG, 16)
     stats = db.commit(gpu="cpu")
     assert stats["n_total"] == 0 and db.size == 0
     D, I = db.search(np.ones((2, 16), np.float32), 4)
@@ -188,7 +190,7 @@ def test_incremental_add_does_not_retrain(tmp_path, monkeypatch, caplog):
 
     calls = []
     monkeypatch.setattr(fi, "build_faiss", lambda *a, **k: calls.append(a) or pytest.fail("retrained"))
-    db = IndexDatabase.create_or_open(path, CONFIG, 32)
+    db = IndexWriter.create_or_open(path, CONFIG, 32)
     assert len(db.done_ids()) == 3000
     # a batch overlapping stored ids: the stored ones are skipped, not duplicated
     ids = [f"im{i}" for i in range(2900, 4000)]
@@ -199,7 +201,7 @@ def test_incremental_add_does_not_retrain(tmp_path, monkeypatch, caplog):
     assert "without retraining" in caplog.text
     assert (stats["n_added"], stats["n_duplicates"], stats["n_total"]) == (1000, 100, 4000)
 
-    db = IndexDatabase.open(path)
+    db = IndexReader.open(path)
     stored = fi.read_index(db.faiss_path)
     after = faiss.extract_index_ivf(stored)
     np.testing.assert_array_equal(after.quantizer.reconstruct_n(0, 32), centroids)
@@ -222,7 +224,7 @@ def test_exact_index_outgrown_becomes_ivfpq(tmp_path, caplog):
         stats = db.commit(gpu="cpu")
     assert stats["rebuilt"] and stats["faiss"]["factory"].startswith("IVF")
     assert "outgrow" in caplog.text
-    _, I = IndexDatabase.open(path).search(x[-100:], 1)
+    _, I = IndexReader.open(path).search(x[-100:], 1)
     assert np.mean(I[:, 0] == np.arange(len(x) - 100, len(x))) > 0.95
 
 
@@ -241,11 +243,11 @@ def test_factory_change_rebuilds_and_nprobe_change_does_not(tmp_path):
 
 def test_untrainable_factory_is_refused_before_writing(tmp_path):
     path = tmp_path / "idx"
-    db = IndexDatabase.create_or_open(path, CONFIG, 16)
+    db = IndexWriter.create_or_open(path, CONFIG, 16)
     db.write_shard(ShardBatch(["a", "b"], ["1", "2"], ["", ""], np.eye(2, 16, dtype=np.float32)))
     with pytest.raises(ValueError, match="needs at least 64 training vectors.*nothing was committed"):
         db.commit(factory="IVF64,Flat", gpu="cpu")
-    assert IndexDatabase.open(path).size == 0 and len(list((path / "shards").glob("*.h5"))) == 1
+    assert IndexReader.open(path).size == 0 and len(list((path / "shards").glob("*.h5"))) == 1
     assert db.commit(gpu="cpu")["n_total"] == 2
 
 

@@ -1,5 +1,5 @@
 """IndexReader and IndexWriter: a reader has no write method, writes no file and never waits for the writer
-lock; a writer re-reads what another writer committed when it takes the lock; the IndexDatabase facade opens
+lock; a writer re-reads what another writer committed when it takes the lock; the IndexReader facade opens
 the right one."""
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 import index
-from index.database import IndexDatabase, IndexLockedError, IndexReader, IndexWriter, ShardBatch
+from index import IndexLockedError, ShardBatch
+from index.reader import IndexReader
+from index.writer import IndexWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = {"global": {"model": "synthetic"}, "local": {"extractor": "synthetic"}}
@@ -37,7 +39,7 @@ def add_batch(db: IndexWriter, start: int, n: int, seed: int) -> np.ndarray:
 def built(tmp_path):
     """An index of 30 committed rows (two segments), a secondary local set and an aux array."""
     path = tmp_path / "idx"
-    with IndexDatabase.create_or_open(path, CONFIG, DIM) as db:
+    with IndexWriter.create_or_open(path, CONFIG, DIM) as db:
         xb = add_batch(db, 0, 20, 1)
         db.commit(gpu="cpu")
         xb = np.concatenate([xb, add_batch(db, 20, 10, 2)])
@@ -54,22 +56,19 @@ def snapshot(path: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*") if p.is_file()}
 
 
-def test_facade_opens_a_reader_or_a_writer(built):
+def test_a_reader_opens_read_only_and_a_writer_is_also_a_reader(built):
     path, _ = built
-    reader = IndexDatabase.open(path)
+    reader = IndexReader.open(path)
     assert type(reader) is IndexReader and not isinstance(reader, IndexWriter)
-    assert isinstance(reader, IndexDatabase)  # older isinstance checks keep working
-    with IndexDatabase.open_for_write(path) as w:
-        assert isinstance(w, IndexWriter) and isinstance(w, IndexReader) and isinstance(w, IndexDatabase)
-    with IndexDatabase.create_or_open(path, CONFIG, DIM) as w:
+    with IndexWriter.open_for_write(path) as w:
+        assert isinstance(w, IndexWriter) and isinstance(w, IndexReader)
+    with IndexWriter.create_or_open(path, CONFIG, DIM) as w:
         assert isinstance(w, IndexWriter) and w.size == 30
     with IndexWriter.open(path) as w:  # a writer opens as open_for_write does
         assert isinstance(w, IndexWriter)
-    assert IndexDatabase.exists(path) and IndexDatabase.read_manifest(path)["counts"]["images"] == 30
+    assert IndexReader.exists(path) and IndexReader.read_manifest(path)["counts"]["images"] == 30
     assert index.IndexReader is IndexReader and index.IndexWriter is IndexWriter
     assert repr(reader).startswith("IndexReader(") and "images=30" in repr(reader)
-    with pytest.raises(TypeError, match="not instantiated"):
-        IndexDatabase(path, {})
 
 
 def test_a_reader_has_no_write_method(built):
@@ -114,7 +113,7 @@ def test_a_reader_opens_and_searches_while_a_writer_holds_the_lock(built):
         with pytest.raises(IndexLockedError, match="a long build"):  # the lock is really held
             IndexWriter.open_for_write(path)
         t0 = time.monotonic()
-        reader = IndexDatabase.open(path, lock_timeout=60)  # a reader never waits, whatever its timeout
+        reader = IndexReader.open(path, lock_timeout=60)  # a reader never waits, whatever its timeout
         D, I = reader.search(xb[:4], 2)
         assert time.monotonic() - t0 < 10
         assert I[:, 0].tolist() == [0, 1, 2, 3] and reader.size == 30
@@ -155,9 +154,9 @@ def test_imports_run_one_way():
     tree = ast.parse((ROOT / "index" / "reader.py").read_text(encoding="utf-8"))
     imported = {(n.module or "") for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    assert not {m for m in imported if m.split(".")[-1] in ("writer", "database")}, imported
+    assert not {m for m in imported if m.split(".")[-1] in ("writer",)}, imported
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     out = subprocess.run([sys.executable, "-c", "import sys, index.reader; print(sorted(m for m in sys.modules "
-                          "if m in ('index.writer', 'index.database')))"], env=env, capture_output=True, text=True,
+                          "if m == 'index.writer'))"], env=env, capture_output=True, text=True,
                          cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]", out.stderr

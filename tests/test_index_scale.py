@@ -17,7 +17,9 @@ import pandas as pd
 import pytest
 
 from index import faiss_index as fi
-from index.database import RETRAIN_GROWTH, IndexDatabase, IndexFormatError, IndexLockedError, ShardBatch
+from index import IndexFormatError, IndexLockedError, ShardBatch
+from index.reader import IndexReader
+from index.writer import RETRAIN_GROWTH, IndexWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = {"global": {"model": "synthetic"}, "local": None}
@@ -32,7 +34,7 @@ def vectors(n: int, seed: int, dim: int = DIM) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def add_rows(db: IndexDatabase, start: int, xb: np.ndarray, batch: int = 50_000) -> None:
+def add_rows(db: IndexReader, start: int, xb: np.ndarray, batch: int = 50_000) -> None:
     for a in range(0, len(xb), batch):
         b = min(len(xb), a + batch)
         ids = [f"im{i:07d}" for i in range(start + a, start + b)]
@@ -46,9 +48,11 @@ WRITER_SCRIPT = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     import numpy as np
-    from index.database import IndexDatabase, ShardBatch
+    from index import ShardBatch
+    from index.reader import IndexReader
+    from index.writer import IndexWriter
     path, go = Path(sys.argv[1]), Path(sys.argv[2])
-    db = IndexDatabase.create_or_open(path, {config!r}, {dim})
+    db = IndexWriter.create_or_open(path, {config!r}, {dim})
     with db.writer_lock(what="test writer A"):  # what build-index does for its whole run
         print("locked", flush=True)
         x = np.random.default_rng(1).standard_normal((50, {dim})).astype(np.float32)
@@ -64,7 +68,7 @@ WRITER_SCRIPT = textwrap.dedent("""
 def test_second_writer_is_refused_then_serialised(tmp_path):
     """Process A holds the writer lock; B is refused naming A, then waits for it; nothing is lost."""
     path, go = tmp_path / "idx", tmp_path / "go"
-    stale = IndexDatabase.create_or_open(path, CONFIG, DIM)  # B's view, opened before A commits
+    stale = IndexWriter.create_or_open(path, CONFIG, DIM)  # B's view, opened before A commits
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen([sys.executable, "-c", WRITER_SCRIPT, str(path), str(go)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -72,12 +76,12 @@ def test_second_writer_is_refused_then_serialised(tmp_path):
         assert proc.stdout.readline().strip() == "locked", proc.stderr.read()
         # a second writer fails at once, naming the holder; a reader is not blocked
         with pytest.raises(IndexLockedError, match=rf"pid {proc.pid} .*test writer A"):
-            IndexDatabase.create_or_open(path, CONFIG, DIM)
+            IndexWriter.create_or_open(path, CONFIG, DIM)
         with pytest.raises(IndexLockedError, match=str(proc.pid)):
             stale.update_thresholds(inlier_threshold=12)  # tune-threshold's manifest write
         x = np.random.default_rng(2).standard_normal((70, DIM)).astype(np.float32)
         stale.write_shard(ShardBatch([f"b{i}" for i in range(70)], ["B"] * 70, [""] * 70, x))  # shards need no lock
-        assert IndexDatabase.open(path).size == 0
+        assert IndexReader.open(path).size == 0
         go.touch()
         # B waits for the lock, re-reads the manifest A published, and commits on top of it
         stale.lock_timeout = 60
@@ -87,7 +91,7 @@ def test_second_writer_is_refused_then_serialised(tmp_path):
         go.touch()
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    db = IndexDatabase.open(path)
+    db = IndexReader.open(path)
     ids = set(db.metadata["id"])
     assert db.size == 120 and {f"a{i}" for i in range(50)} <= ids and {f"b{i}" for i in range(70)} <= ids
     assert stats["n_total"] == 120
@@ -98,14 +102,14 @@ def test_second_writer_is_refused_then_serialised(tmp_path):
 def test_stale_writer_objects_lose_nothing(tmp_path):
     """Two writers opened on the same state commit one after the other: both sets of rows survive."""
     path = tmp_path / "idx"
-    a = IndexDatabase.create_or_open(path, CONFIG, DIM)
-    b = IndexDatabase.create_or_open(path, CONFIG, DIM)
+    a = IndexWriter.create_or_open(path, CONFIG, DIM)
+    b = IndexWriter.create_or_open(path, CONFIG, DIM)
     a.write_shard(ShardBatch([f"a{i}" for i in range(50)], ["A"] * 50, [""] * 50, vectors(50, 1)))
     a.commit(gpu="cpu")
     b.update_manifest(thresholds={"vote_weight": 0.5})  # from b's stale view: a's segment is kept
     b.write_shard(ShardBatch([f"b{i}" for i in range(70)], ["B"] * 70, [""] * 70, vectors(70, 2)))
     b.commit(gpu="cpu")
-    db = IndexDatabase.open(path)
+    db = IndexReader.open(path)
     assert db.size == 120 and len(db.manifest["segments"]) == 2
     assert db.manifest["thresholds"] == {"vote_weight": 0.5}
     assert db.find_rows(["a0", "b69"]).tolist() == [0, 119]
@@ -118,7 +122,7 @@ def test_retrain_when_grown_and_on_request(tmp_path, caplog, monkeypatch):
     monkeypatch.setattr(fi, "FLAT_MAX_N", 1_000)  # IVF-PQ from 1k vectors: small and fast
     path = tmp_path / "idx"
     x = vectors(4_500, 3)
-    db = IndexDatabase.create_or_open(path, CONFIG, DIM)
+    db = IndexWriter.create_or_open(path, CONFIG, DIM)
     add_rows(db, 0, x[:1_000])
     first = db.commit(gpu="cpu")["faiss"]
     assert first["factory"].startswith("IVF") and first["trained_n"] == 1_000
@@ -135,13 +139,13 @@ def test_retrain_when_grown_and_on_request(tmp_path, caplog, monkeypatch):
     assert "retraining the faiss index" in caplog.text
     assert stats["faiss"]["trained_n"] == 4_500 and stats["faiss"]["nlist"] > first["nlist"]
     assert stats["faiss"]["factory"] == fi.choose_params(4_500, DIM)["factory"]
-    db = IndexDatabase.open(path)
+    db = IndexReader.open(path)
     q = np.arange(0, 4_500, 45)
     _, I = db.search(x[q], 1)
     assert np.mean(I[:, 0] == q) >= 0.98  # search stays correct, old and new rows
     db.close()  # (an open reader's lease would keep the faiss file the rebuild replaces)
     # --rebuild forces it; nothing else changes
-    stats = IndexDatabase.create_or_open(path, CONFIG, DIM).commit(gpu="cpu", rebuild=True)
+    stats = IndexWriter.create_or_open(path, CONFIG, DIM).commit(gpu="cpu", rebuild=True)
     assert stats["rebuilt"] and stats["rebuild_reason"] == "rebuild requested" and stats["n_total"] == 4_500
     assert len(list(path.glob("faiss-*.index"))) == 1  # the replaced faiss files are gone
 
@@ -149,7 +153,7 @@ def test_retrain_when_grown_and_on_request(tmp_path, caplog, monkeypatch):
 def test_forced_factory_is_never_retrained_automatically(tmp_path):
     path = tmp_path / "idx"
     x = vectors(5_000, 4)
-    db = IndexDatabase.create_or_open(path, CONFIG, DIM)
+    db = IndexWriter.create_or_open(path, CONFIG, DIM)
     add_rows(db, 0, x[:1_000])
     db.commit(factory="IVF16,PQ4x4", gpu="cpu")
     add_rows(db, 1_000, x[1_000:])
@@ -173,7 +177,7 @@ def test_training_reads_a_sample_and_adds_in_chunks(tmp_path, monkeypatch):
     """build_faiss never reads more than max(training sample, add chunk) rows at once, and gets float16."""
     path = tmp_path / "idx"
     x = vectors(6_000, 5)
-    db = IndexDatabase.create_or_open(path, CONFIG, DIM)
+    db = IndexWriter.create_or_open(path, CONFIG, DIM)
     add_rows(db, 0, x[:3_000])
     db.commit(factory="Flat", gpu="cpu")
     add_rows(db, 3_000, x[3_000:])
@@ -242,7 +246,7 @@ def test_metadata_lookups_stay_under_a_memory_bound(tmp_path):
     """300k rows: opening, reading a few rows and looking ids up allocate kilobytes, not the table."""
     n = 300_000
     path = tmp_path / "idx"
-    db = IndexDatabase.create_or_open(path, CONFIG, 4)
+    db = IndexWriter.create_or_open(path, CONFIG, 4)
     rng = np.random.default_rng(0)
     add_rows_dim = rng.standard_normal((n, 4)).astype(np.float32)
     for a in range(0, n, 100_000):  # two commits: two segments
@@ -257,7 +261,7 @@ def test_metadata_lookups_stay_under_a_memory_bound(tmp_path):
 
     tracemalloc.start()
     try:
-        db = IndexDatabase.open(path)
+        db = IndexReader.open(path)
         ids, landmarks, paths = db.rows(rows)
         found = db.find_rows(wanted)
         one = db.column("path")[123_456]
@@ -276,17 +280,17 @@ def test_metadata_lookups_stay_under_a_memory_bound(tmp_path):
 
 
 def test_local_image_sizes_round_trip(tmp_path):
-    db = IndexDatabase.create_or_open(tmp_path / "idx", CONFIG, DIM)
+    db = IndexWriter.create_or_open(tmp_path / "idx", CONFIG, DIM)
     kp = [np.zeros((2, 4), np.float32), np.zeros((1, 4), np.float32)]
     desc = [np.ones((2, 8), np.float32), np.ones((1, 8), np.float32)]
     db.write_shard(ShardBatch(["a", "b"], ["1", "2"], ["pa", "pb"], vectors(2, 6), kp, desc,
                               local_sizes=np.array([[640, 480], [1024, 768]])))
     db.write_shard(ShardBatch(["c"], ["1"], ["pc"], vectors(1, 7), kp[:1], desc[:1]))  # a batch without sizes
     db.commit(gpu="cpu")
-    db = IndexDatabase.open(tmp_path / "idx")
+    db = IndexReader.open(tmp_path / "idx")
     assert db.local_image_size(0) == (640, 480) and db.local_image_size(1) == (1024, 768)
     assert db.local_image_size(2) is None
-    with IndexDatabase.open_for_write(tmp_path / "idx") as writer, pytest.raises(ValueError, match="local_sizes"):
+    with IndexWriter.open_for_write(tmp_path / "idx") as writer, pytest.raises(ValueError, match="local_sizes"):
         writer.write_shard(ShardBatch(["d"], ["1"], ["pd"], vectors(1, 8), kp[:1], desc[:1],
                                       local_sizes=np.zeros((2, 2))))
 
@@ -295,7 +299,7 @@ def test_local_image_sizes_round_trip(tmp_path):
 
 
 def test_skipped_list_is_append_only_until_commit(tmp_path):
-    db = IndexDatabase.create_or_open(tmp_path / "idx", CONFIG, DIM)
+    db = IndexWriter.create_or_open(tmp_path / "idx", CONFIG, DIM)
     spath = tmp_path / "idx" / "skipped.csv"
     db.record_skipped("a", "/a.jpg", "empty file")
     db.flush_skipped()
@@ -338,9 +342,9 @@ def test_format_1_index_is_refused_for_reading_and_upgraded_by_a_writer(tmp_path
                 "thresholds": {"inlier_threshold": 17}}
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(IndexFormatError, match="landmarks compact --index"):
-        IndexDatabase.open(path)
-    IndexDatabase.open_for_write(path).compact()  # what `landmarks compact` does
-    db = IndexDatabase.open(path)
+        IndexReader.open(path)
+    IndexWriter.open_for_write(path).compact()  # what `landmarks compact` does
+    db = IndexReader.open(path)
     assert db.manifest["format_version"] == 2 and db.size == 30 and db.manifest["thresholds"]["inlier_threshold"] == 17
     assert db.rows([1])[0][0] == "o1" and db.rows([0])[1][0] == "L1" and db.column("path")[29] == "/p/29.jpg"
     _, I = db.search(x[:5], 1)
@@ -355,12 +359,12 @@ def test_reader_retries_when_a_writer_removed_what_its_manifest_named(tmp_path, 
     from index import reader
 
     path = tmp_path / "idx"
-    db = IndexDatabase.create_or_open(path, CONFIG, DIM)
+    db = IndexWriter.create_or_open(path, CONFIG, DIM)
     for start in (0, 30):
         add_rows(db, start, vectors(30, start))
         db.commit(gpu="cpu")
     stale = json.loads((path / "manifest.json").read_text())
-    IndexDatabase.open_for_write(path).compact()  # deletes the two segments `stale` names
+    IndexWriter.open_for_write(path).compact()  # deletes the two segments `stale` names
     real, calls = reader.read_manifest, []
 
     def first_read_is_stale(p):
@@ -368,6 +372,6 @@ def test_reader_retries_when_a_writer_removed_what_its_manifest_named(tmp_path, 
         return copy.deepcopy(stale) if len(calls) == 1 else real(p)
 
     monkeypatch.setattr(reader, "read_manifest", first_read_is_stale)
-    db = IndexDatabase.open(path)
+    db = IndexReader.open(path)
     assert len(calls) >= 2 and db.size == 60 and len(db.manifest["segments"]) == 1
     assert db.rows([59])[0][0] == "im0000059"

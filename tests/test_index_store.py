@@ -15,7 +15,9 @@ import pandas as pd
 import pytest
 
 from index import faiss_index as fi
-from index.database import ConfigMismatchError, IndexDatabase, IndexFormatError, ShardBatch
+from index import ConfigMismatchError, IndexFormatError, ShardBatch
+from index.reader import IndexReader
+from index.writer import IndexWriter
 from index.shards import write_shard_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,9 +45,9 @@ def make_batches(n: int = 1200, batch: int = 300, seed: int = 0) -> list[dict]:
     return out
 
 
-def run_build(path: Path, batches: list[dict], factory: str | None = FACTORY) -> IndexDatabase:
+def run_build(path: Path, batches: list[dict], factory: str | None = FACTORY) -> IndexReader:
     """What a build-index run does: resume from done_ids, write the missing batches, commit."""
-    db = IndexDatabase.create_or_open(path, CONFIG, DIM)
+    db = IndexWriter.create_or_open(path, CONFIG, DIM)
     done = db.done_ids()
     for b in batches:
         keep = [i for i, id_ in enumerate(b["ids"]) if id_ not in done]
@@ -58,7 +60,7 @@ def run_build(path: Path, batches: list[dict], factory: str | None = FACTORY) ->
 
 
 def assert_same_index(a_path: Path, b_path: Path) -> None:
-    a, b = IndexDatabase.open(a_path), IndexDatabase.open(b_path)
+    a, b = IndexReader.open(a_path), IndexReader.open(b_path)
     assert a.size == b.size
     pd.testing.assert_frame_equal(a.metadata, b.metadata)
     np.testing.assert_array_equal(a.global_descriptors(), b.global_descriptors())
@@ -102,13 +104,13 @@ def reference(tmp_path_factory, batches) -> Path:
 def stored(reference):
     """The reference index opened for reading, closed afterwards (an open reader's lease would keep retired
     files of a copy alive in the compaction tests)."""
-    with IndexDatabase.open(reference) as db:
+    with IndexReader.open(reference) as db:
         yield db
 
 
 def test_a_consistent_index_opens_without_repair_warnings(reference, caplog):
     with caplog.at_level(logging.WARNING):
-        IndexDatabase.open(reference)
+        IndexReader.open(reference)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
@@ -175,21 +177,21 @@ def test_the_manifest_counts_what_was_stored(stored, batches, reference):
 def test_a_second_open_searches_identically(stored, reference):
     xq = stored.global_descriptors(np.arange(50))
     D1, I1 = stored.search(xq, 10)
-    D2, I2 = IndexDatabase.open(reference).search(xq, 10)
+    D2, I2 = IndexReader.open(reference).search(xq, 10)
     np.testing.assert_array_equal(I1, I2)
     np.testing.assert_array_equal(D1, D2)
     assert np.mean(I1[:, 0] == np.arange(50)) == 1.0
 
 
 def test_no_local_features(tmp_path):
-    db = IndexDatabase.create_or_open(tmp_path / "idx", CONFIG, DIM)
+    db = IndexWriter.create_or_open(tmp_path / "idx", CONFIG, DIM)
     db.write_shard(ShardBatch(["a", "b"], ["1", ""], ["pa", "pb"], np.eye(2, DIM, dtype=np.float32)))
     db.commit(gpu="cpu")
-    db = IndexDatabase.open(tmp_path / "idx")
+    db = IndexReader.open(tmp_path / "idx")
     assert not db.has_local() and db.local_features(0) is None
     assert not (tmp_path / "idx" / "local.h5").exists()
     assert db.manifest["counts"] == {"images": 2, "landmarks": 1, "nonlandmarks": 1, "local_features": 0}
-    with IndexDatabase.open_for_write(tmp_path / "idx") as writer, pytest.raises(ValueError, match="no local features"):
+    with IndexWriter.open_for_write(tmp_path / "idx") as writer, pytest.raises(ValueError, match="no local features"):
         writer.write_shard(ShardBatch(["c"], ["1"], ["pc"], np.ones((1, DIM), np.float32),
                                       [np.zeros((1, 4), np.float32)], [np.zeros((1, LOCAL_DIM), np.float32)]))
 
@@ -200,7 +202,7 @@ def test_no_local_features(tmp_path):
 def test_resume_after_extraction_crash(tmp_path, batches, reference):
     path = tmp_path / "idx"
     run_build(path, batches[:3])
-    db = IndexDatabase.create_or_open(path, CONFIG, DIM)
+    db = IndexWriter.create_or_open(path, CONFIG, DIM)
     b = batches[3]
     db.write_shard(ShardBatch(b["ids"][:100], b["landmark_ids"][:100], b["paths"][:100], b["xb"][:100],
                               b["local_keypoints"][:100], b["local_descriptors"][:100]))
@@ -208,7 +210,7 @@ def test_resume_after_extraction_crash(tmp_path, batches, reference):
     stray.write_bytes(b"partial")
     (path / "segments" / "seg-000001-0badc0de.h5.999999999.abcd1234.tmp").write_bytes(b"partial")
     (path / "segments" / "seg-000007-0badc0de.h5").write_bytes(b"an unpublished segment")
-    done = IndexDatabase.open(path).done_ids()
+    done = IndexReader.open(path).done_ids()
     assert len(done) == 1000 and b["ids"][99] in done and b["ids"][100] not in done
     run_build(path, batches)  # same calls again
     assert_same_index(path, reference)
@@ -233,8 +235,9 @@ CRASH_SCRIPT = textwrap.dedent("""
             os._exit(77)
 
     os.replace, Path.unlink = replace, unlink
-    from index.database import IndexDatabase
-    db = IndexDatabase.create_or_open(path, {config!r}, {dim})
+    from index.reader import IndexReader
+    from index.writer import IndexWriter
+    db = IndexWriter.create_or_open(path, {config!r}, {dim})
     if op == "commit":
         db.commit(factory={factory!r}, gpu="cpu")
     else:
@@ -267,7 +270,7 @@ def test_kill_during_commit_then_rerun(tmp_path, batches, reference, run, when, 
     todo = batches[:3] if run == 1 else batches
     if run == 2:
         run_build(path, batches[:3])
-    db = IndexDatabase.create_or_open(path, CONFIG, DIM)
+    db = IndexWriter.create_or_open(path, CONFIG, DIM)
     done = db.done_ids()
     for b in todo:
         if b["ids"][0] not in done:
@@ -277,7 +280,7 @@ def test_kill_during_commit_then_rerun(tmp_path, batches, reference, run, when, 
     crash(path, "commit", when, target)
     committed = (when, target) in (("after", "manifest.json"), ("unlink", "shard-"))  # the manifest is the commit point
     expected = (900 if run == 1 else 1200) if committed else (0 if run == 1 else 900)
-    crashed = IndexDatabase.open(path)
+    crashed = IndexReader.open(path)
     assert crashed.size == expected and len(crashed.metadata) == expected
     if expected:
         _, I = crashed.search(crashed.global_descriptors(np.arange(0, expected, 50)), 1)  # readable as is
@@ -301,14 +304,14 @@ def test_kill_during_compaction(tmp_path, batches, reference, when, target):
 
     path = tmp_path / "idx"
     shutil.copytree(reference, path)
-    before = IndexDatabase.open(path)
+    before = IndexReader.open(path)
     assert len(before.manifest["segments"]) == 2
     before.close()
     crash(path, "compact", when, target)
-    db = IndexDatabase.open(path)
+    db = IndexReader.open(path)
     assert db.size == 1200 and len(db.manifest["segments"]) == (2 if target == "seg-" and when == "after" else 1)
     db.close()
-    stats = IndexDatabase.open_for_write(path).compact()  # finishes (or is a no-op) and collects garbage
+    stats = IndexWriter.open_for_write(path).compact()  # finishes (or is a no-op) and collects garbage
     assert stats["segments_after"] == 1
     assert_same_index(path, reference)
 
@@ -317,7 +320,7 @@ def test_commit_fails_before_publishing_changes_nothing(tmp_path, batches, refer
     """In-process variant: commit dies after writing its segment, before the manifest: nothing is visible."""
     path = tmp_path / "idx"
     run_build(path, batches[:3])
-    db = IndexDatabase.create_or_open(path, CONFIG, DIM)
+    db = IndexWriter.create_or_open(path, CONFIG, DIM)
     b = batches[3]
     db.write_shard(ShardBatch(b["ids"], b["landmark_ids"], b["paths"], b["xb"], b["local_keypoints"], b["local_descriptors"]))
 
@@ -330,7 +333,7 @@ def test_commit_fails_before_publishing_changes_nothing(tmp_path, batches, refer
     monkeypatch.undo()
     assert len(list((path / "segments").iterdir())) == 2  # one orphan
     with caplog.at_level(logging.WARNING, logger="index.reader"):
-        db = IndexDatabase.open(path)
+        db = IndexReader.open(path)
         assert db.size == 900 and db.manifest["counts"]["images"] == 900
         D, I = db.search(db.global_descriptors(np.arange(0, 900, 9)), 1)
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
@@ -345,27 +348,27 @@ def test_commit_fails_before_publishing_changes_nothing(tmp_path, batches, refer
 
 
 def test_config_mismatch_names_both(tmp_path):
-    IndexDatabase.create_or_open(tmp_path / "idx", CONFIG, DIM)
+    IndexWriter.create_or_open(tmp_path / "idx", CONFIG, DIM)
     other = {**CONFIG, "global": {"model": "other-net", "image_size": 224}}
     with pytest.raises(ConfigMismatchError) as e:
-        IndexDatabase.create_or_open(tmp_path / "idx", other, DIM)
+        IndexWriter.create_or_open(tmp_path / "idx", other, DIM)
     msg = str(e.value)
     assert "global.model" in msg and "synthetic" in msg and "other-net" in msg
     assert "Index configuration" in msg and "Requested configuration" in msg
     with pytest.raises(ConfigMismatchError, match="64"):
-        IndexDatabase.create_or_open(tmp_path / "idx", CONFIG, 64)
-    IndexDatabase.create_or_open(tmp_path / "idx", json.loads(json.dumps(CONFIG)), DIM)  # equal: fine
+        IndexWriter.create_or_open(tmp_path / "idx", CONFIG, 64)
+    IndexWriter.create_or_open(tmp_path / "idx", json.loads(json.dumps(CONFIG)), DIM)  # equal: fine
 
 
 def test_missing_and_foreign_directories(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope"):
-        IndexDatabase.open(tmp_path / "nope")
+        IndexReader.open(tmp_path / "nope")
     (tmp_path / "plain").mkdir()
     (tmp_path / "plain" / "photo.jpg").write_bytes(b"x")
     with pytest.raises(FileNotFoundError, match="manifest.json"):
-        IndexDatabase.open(tmp_path / "plain")
+        IndexReader.open(tmp_path / "plain")
     with pytest.raises(FileExistsError, match="not an index"):
-        IndexDatabase.create_or_open(tmp_path / "plain", CONFIG, DIM)
+        IndexWriter.create_or_open(tmp_path / "plain", CONFIG, DIM)
 
 
 def _truncate(path: Path, keep: float = 0.5) -> None:
@@ -387,11 +390,11 @@ def test_truncated_file_raises_naming_it(tmp_path, reference, which):
     else:
         _truncate(path / name)
     with pytest.raises(IndexFormatError, match=Path(name).name.replace(".", r"\.")):
-        IndexDatabase.open(path)
+        IndexReader.open(path)
 
 
 def test_write_shard_validation(tmp_path):
-    db = IndexDatabase.create_or_open(tmp_path / "idx", CONFIG, DIM)
+    db = IndexWriter.create_or_open(tmp_path / "idx", CONFIG, DIM)
     x = np.ones((2, DIM), np.float32)
     kp = [np.zeros((3, 4), np.float32), np.zeros((0, 4), np.float32)]
     ld = [np.zeros((3, LOCAL_DIM), np.float32), np.zeros((0, LOCAL_DIM), np.float32)]
@@ -426,17 +429,17 @@ def test_write_shard_validation(tmp_path):
 
 
 def test_skipped_round_trip(tmp_path):
-    db = IndexDatabase.create_or_open(tmp_path / "idx", CONFIG, DIM)
+    db = IndexWriter.create_or_open(tmp_path / "idx", CONFIG, DIM)
     db.record_skipped("a", "/x/a.jpg", "empty file")
     db.record_skipped("b", "/x/b.jpg", "not an image, really")
     db.record_skipped("a", "/x/a.jpg", "truncated")  # last reason wins
     assert db.skipped()["id"].tolist() == ["a", "b"]  # visible before flushing
     assert not (tmp_path / "idx" / "skipped.csv").exists()
     db.flush_skipped()
-    db2 = IndexDatabase.create_or_open(tmp_path / "idx", CONFIG, DIM)
+    db2 = IndexWriter.create_or_open(tmp_path / "idx", CONFIG, DIM)
     db2.record_skipped("c", "/x/c.jpg", "too small")
     db2.commit(gpu="cpu")  # flushes
-    df = IndexDatabase.open(tmp_path / "idx").skipped()
+    df = IndexReader.open(tmp_path / "idx").skipped()
     assert df.to_dict("records") == [
         {"id": "a", "path": "/x/a.jpg", "reason": "truncated"},
         {"id": "b", "path": "/x/b.jpg", "reason": "not an image, really"},
@@ -446,15 +449,15 @@ def test_skipped_round_trip(tmp_path):
     db2.write_shard(ShardBatch(["b"], ["1"], ["/x/b.jpg"], np.ones((1, DIM), np.float32),
                                [np.zeros((0, 4), np.float32)], [np.zeros((0, LOCAL_DIM), np.float32)]))
     db2.commit(gpu="cpu")
-    assert IndexDatabase.open(tmp_path / "idx").skipped()["id"].tolist() == ["a", "c"]
+    assert IndexReader.open(tmp_path / "idx").skipped()["id"].tolist() == ["a", "c"]
 
 
 def test_aux_round_trip(tmp_path):
-    db = IndexDatabase.create_or_open(tmp_path / "idx", CONFIG, DIM)
+    db = IndexWriter.create_or_open(tmp_path / "idx", CONFIG, DIM)
     assert db.read_aux("pca") is None
     mean, proj = np.arange(8, dtype=np.float32), np.eye(8, 4, dtype=np.float64)
     db.write_aux("pca", {"mean": mean, "proj": proj, "dim": np.array(4)})
-    out = IndexDatabase.open(tmp_path / "idx").read_aux("pca")
+    out = IndexReader.open(tmp_path / "idx").read_aux("pca")
     np.testing.assert_array_equal(out["mean"], mean)
     assert out["proj"].dtype == np.float64 and int(out["dim"]) == 4
     assert not list((tmp_path / "idx" / "aux").glob("*.tmp"))
@@ -466,10 +469,10 @@ def test_aux_round_trip(tmp_path):
 
 
 def test_update_manifest(tmp_path):
-    db = IndexDatabase.create_or_open(tmp_path / "idx", CONFIG, DIM)
+    db = IndexWriter.create_or_open(tmp_path / "idx", CONFIG, DIM)
     db.update_manifest(thresholds={"inlier_threshold": 20, "vote": 0.5})
     db.update_manifest(thresholds={"inlier_threshold": 25}, tuned_on="holdout-v1")
-    m = IndexDatabase.open(tmp_path / "idx").manifest
+    m = IndexReader.open(tmp_path / "idx").manifest
     assert m["thresholds"] == {"inlier_threshold": 25, "vote": 0.5} and m["tuned_on"] == "holdout-v1"
     assert m["config"] == CONFIG
     assert not list((tmp_path / "idx").glob("*.tmp"))
@@ -486,9 +489,9 @@ def test_find_rows_survives_hash_collisions(tmp_path, monkeypatch):
 
     monkeypatch.setattr(reader, "hash_ids", few_buckets)
     monkeypatch.setattr(writer, "hash_ids", few_buckets)
-    db = IndexDatabase.create_or_open(tmp_path / "idx", {"global": {"model": "synthetic"}, "local": None}, 4)
+    db = IndexWriter.create_or_open(tmp_path / "idx", {"global": {"model": "synthetic"}, "local": None}, 4)
     ids = [f"img{i}" for i in range(40)]
     db.write_shard(ShardBatch(ids, ["1"] * 40, ["p"] * 40, np.random.default_rng(0).random((40, 4), np.float32)))
     db.commit(factory="Flat", gpu="cpu")
-    rows = IndexDatabase.open(tmp_path / "idx").find_rows(["img7", "nope", "img39", "img0", "img7"])
+    rows = IndexReader.open(tmp_path / "idx").find_rows(["img7", "nope", "img39", "img0", "img7"])
     np.testing.assert_array_equal(rows, [7, -1, 39, 0, 7])

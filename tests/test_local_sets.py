@@ -12,7 +12,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cli import app
-from index.database import ConfigMismatchError, IndexDatabase, ShardBatch
+from index import ConfigMismatchError, ShardBatch
+from index.reader import IndexReader
+from index.writer import IndexWriter
 from retrieval import extract
 from retrieval.local_features import (
     XFeatExtractor,
@@ -73,7 +75,7 @@ def test_build_index_with_two_sets_through_the_cli(demo_data, tmp_path):
     result = runner.invoke(app, [*args, "--local-conf", "rootsift+xfeat"])
     assert result.exit_code == 0, result.output
     assert "local set xfeat: 3 images extracted (0 unreadable)" in result.output
-    db = IndexDatabase.open(index)
+    db = IndexReader.open(index)
     assert db.size == 3 and db.manifest["config"]["local"]["extractor"] == "rootsift"  # a normal rootsift index
     assert db.local_sets() == {"xfeat": make_local_extractor("xfeat", device="cpu").conf}
     assert db.missing_local_rows("xfeat").tolist() == []
@@ -90,7 +92,7 @@ def test_build_index_with_two_sets_through_the_cli(demo_data, tmp_path):
     result = runner.invoke(app, [*args, "--local-conf", "rootsift"])  # the log goes to the captured stderr
     assert result.exit_code == 0, result.output
     assert "also holds local set(s) xfeat" in result.output and "local set xfeat: 1 images extracted" in result.output
-    db = IndexDatabase.open(index)
+    db = IndexReader.open(index)
     assert db.size == 4 and db.missing_local_rows("xfeat").tolist() == []
     assert db.local_features(3, "xfeat")[1].shape[1] == 64
 
@@ -102,7 +104,7 @@ def test_add_set_to_existing_index_leaves_the_rest_untouched(index_copy, caplog)
     manifest = json.loads((index_copy / "manifest.json").read_text())
     files = {e["file"]: digest(index_copy / e["file"]) for e in manifest["segments"]}
     files[manifest["faiss"]["file"]] = digest(index_copy / manifest["faiss"]["file"])
-    db = IndexDatabase.open(index_copy)
+    db = IndexReader.open(index_copy)
     xb, primary = db.global_descriptors(), set_features(db, None)
     with caplog.at_level(logging.INFO, logger="retrieval.extract"):
         stats = extract.add_local_sets(index_copy, ["xfeat"], part_size=8, progress=False,
@@ -114,7 +116,7 @@ def test_add_set_to_existing_index_leaves_the_rest_untouched(index_copy, caplog)
     after = json.loads((index_copy / "manifest.json").read_text())
     assert after["config"] == manifest["config"] and after["segments"] == manifest["segments"]
     assert {f: digest(index_copy / f) for f in files} == files  # segments and faiss file not rewritten
-    db = IndexDatabase.open(index_copy)
+    db = IndexReader.open(index_copy)
     np.testing.assert_array_equal(db.global_descriptors(), xb)
     for (kp, d), (kp0, d0) in zip(set_features(db, None), primary):
         np.testing.assert_array_equal(kp, kp0)
@@ -149,7 +151,7 @@ def test_resume_after_a_crash_extracts_each_row_once(index_copy, monkeypatch):
     crash = [True]
     monkeypatch.setattr(XFeatExtractor, "extract", counting)
     # one unreadable image: reported, stored without features, not retried by the rerun
-    bad = str(IndexDatabase.open(index_copy).column("path")[2])
+    bad = str(IndexReader.open(index_copy).column("path")[2])
     real_load = extract.load_image
 
     def load(path, *args, **kwargs):
@@ -161,7 +163,7 @@ def test_resume_after_a_crash_extracts_each_row_once(index_copy, monkeypatch):
     with pytest.raises(RuntimeError, match="simulated crash"):
         extract.add_local_sets(index_copy, ["xfeat"], part_size=4, progress=False,
                                extractors={"xfeat": small_xfeat()})
-    db = IndexDatabase.open(index_copy)
+    db = IndexReader.open(index_copy)
     n = db.size
     assert db.missing_local_rows("xfeat").tolist() == list(range(4, n))  # the first part survived
     assert db.local_image_size(2, "xfeat") is None and len(db.local_features(2, "xfeat")[0]) == 0
@@ -172,7 +174,7 @@ def test_resume_after_a_crash_extracts_each_row_once(index_copy, monkeypatch):
     stats = extract.add_local_sets(index_copy, ["xfeat"], part_size=4, progress=False,
                                    extractors={"xfeat": small_xfeat()})["xfeat"]
     assert stats["rows_extracted"] == n - 4 and len(calls) == n - 4  # no row extracted twice
-    db = IndexDatabase.open(index_copy)
+    db = IndexReader.open(index_copy)
     assert db.missing_local_rows("xfeat").tolist() == []
     parts = db.manifest["local_sets"]["xfeat"]["parts"]
     assert [p["start"] for p in parts] == list(range(0, n, 4)) and sum(p["rows"] for p in parts) == n
@@ -188,7 +190,7 @@ def publish_fake_part(db, conf, start=0, rows=1, dim=64):
 
 def test_conf_mismatch_for_an_existing_set_is_refused(index_copy, monkeypatch):
     assert small_xfeat().conf == SMALL_XFEAT_CONF
-    db = IndexDatabase.open_for_write(index_copy)
+    db = IndexWriter.open_for_write(index_copy)
     publish_fake_part(db, SMALL_XFEAT_CONF, rows=2)
     other = make_local_extractor({**SMALL_XFEAT, "max_keypoints": 64}, device="cpu")
     monkeypatch.setattr(XFeatExtractor, "extract", lambda *a: pytest.fail("extracted before the conf check"))
@@ -202,12 +204,12 @@ def test_conf_mismatch_for_an_existing_set_is_refused(index_copy, monkeypatch):
         publish_fake_part(db, SMALL_XFEAT_CONF, start=1)
     with pytest.raises(ValueError, match="no local set 'aliked'"):
         db.local_features(0, "aliked")
-    assert IndexDatabase.open(index_copy).missing_local_rows("xfeat").tolist() == list(range(2, db.size))
+    assert IndexReader.open(index_copy).missing_local_rows("xfeat").tolist() == list(range(2, db.size))
 
 
 def test_compact_keeps_secondary_features_by_row(index_copy):
     """New rows in a second segment, xfeat parts over both; compact merges segments and parts, rows unchanged."""
-    db = IndexDatabase.open_for_write(index_copy)
+    db = IndexWriter.open_for_write(index_copy)
     n0 = db.size
     rng = np.random.default_rng(0)
     kp = [np.c_[rng.uniform(0, 100, (5, 2)), np.ones((5, 2))].astype(np.float32) for _ in range(3)]
@@ -217,16 +219,16 @@ def test_compact_keeps_secondary_features_by_row(index_copy):
     db.commit()
     assert len(db.manifest["segments"]) == 2
     extract.add_local_sets(index_copy, ["xfeat"], part_size=5, progress=False, extractors={"xfeat": small_xfeat()})
-    reader = IndexDatabase.open(index_copy)  # a reader that opened before the compaction
+    reader = IndexReader.open(index_copy)  # a reader that opened before the compaction
     before = set_features(reader, "xfeat")
     sizes = [reader.local_image_size(r, "xfeat") for r in range(reader.size)]
     reader.close()
-    reader = IndexDatabase.open(index_copy)
+    reader = IndexReader.open(index_copy)
     old_parts = [p["file"] for p in reader.manifest["local_sets"]["xfeat"]["parts"]]
     assert len(old_parts) > 1
     assert set(old_parts) <= reader._held_files()  # its lease names the parts (index/lease.py) ...
     reader._lease.release()  # ... but here it is a reader that could not write one (a read-only filesystem)
-    stats = IndexDatabase.open_for_write(index_copy).compact()
+    stats = IndexWriter.open_for_write(index_copy).compact()
     assert stats["segments_after"] == 1 and stats["local_set_parts_before"] == len(old_parts)
     assert stats["local_set_parts_after"] == 1
     assert not any((index_copy / f).exists() for f in old_parts)
@@ -235,18 +237,18 @@ def test_compact_keeps_secondary_features_by_row(index_copy):
         kp_r, d_r = reader.local_features(r, "xfeat")
         np.testing.assert_array_equal(kp_r, before[r][0])
         np.testing.assert_array_equal(d_r, before[r][1])
-    db = IndexDatabase.open(index_copy)
+    db = IndexReader.open(index_copy)
     assert [db.local_image_size(r, "xfeat") for r in range(db.size)] == sizes
     assert db.missing_local_rows("xfeat").tolist() == []
 
 
 def test_unpublished_part_files_are_garbage(index_copy):
-    publish_fake_part(IndexDatabase.open_for_write(index_copy), SMALL_XFEAT_CONF)
+    publish_fake_part(IndexWriter.open_for_write(index_copy), SMALL_XFEAT_CONF)
     stray = index_copy / "local_sets" / "xfeat" / "part-000000001-deadbeef.h5"
     stray.write_bytes(b"left by a killed writer")
-    IndexDatabase.open_for_write(index_copy)
+    IndexWriter.open_for_write(index_copy)
     assert not stray.exists()
-    assert IndexDatabase.open(index_copy).local_features(0, "xfeat")[1].shape == (3, 64)
+    assert IndexReader.open(index_copy).local_features(0, "xfeat")[1].shape == (3, 64)
 
 
 def test_a_set_extracted_with_other_settings_keeps_them_and_says_so(index_copy, demo_data, caplog):
@@ -257,7 +259,7 @@ def test_a_set_extracted_with_other_settings_keeps_them_and_says_so(index_copy, 
     from retrieval.registry import outdated_set
 
     extract.add_local_sets(index_copy, ["xfeat"], progress=False, extractors={"xfeat": small_xfeat()})
-    stored = IndexDatabase.open(index_copy).local_sets()["xfeat"]
+    stored = IndexReader.open(index_copy).local_sets()["xfeat"]
     message = outdated_set("xfeat", stored)
     assert "max_keypoints 128 (shipped 1024)" in message and "'feats-xfeat-n1024-r1024'" in message
     assert "resize_max 128 (shipped 1024)" in message
@@ -274,4 +276,4 @@ def test_a_set_extracted_with_other_settings_keeps_them_and_says_so(index_copy, 
                                  *FAST_BUILD])
     assert result.exit_code == 0, result.output
     assert "new rows are extracted with the stored settings" in result.output
-    assert IndexDatabase.open(index_copy).local_sets()["xfeat"] == stored
+    assert IndexReader.open(index_copy).local_sets()["xfeat"] == stored

@@ -14,7 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from index.database import IndexDatabase
+from index.reader import IndexReader
+from index.writer import IndexWriter
 from tests.conftest import FAST_BUILD
 
 runner = CliRunner()
@@ -52,7 +53,7 @@ def ray_cluster():
 
 
 def assert_same_index(a_dir, b_dir):
-    a, b = IndexDatabase.open(a_dir), IndexDatabase.open(b_dir)
+    a, b = IndexReader.open(a_dir), IndexReader.open(b_dir)
     assert a.size == b.size
     assert len(set(b.metadata["id"])) == b.size  # no duplicate rows
     ma, mb = a.metadata.set_index("id"), b.metadata.set_index("id")
@@ -74,7 +75,7 @@ def test_build_index_on_two_nodes_matches_local(ray_cluster, demo_data, built_in
     assert result.exit_code == 0, result.output
     assert_same_index(built_index, index)
     # the local engine's row order, and the shards were written on both nodes, by the actors
-    assert list(IndexDatabase.open(index).metadata["id"]) == list(IndexDatabase.open(built_index).metadata["id"])
+    assert list(IndexReader.open(index).metadata["id"]) == list(IndexReader.open(built_index).metadata["id"])
     assert "received by the driver, 2 node(s)" in result.output, result.output  # the CLI's log (INFO)
 
 
@@ -148,7 +149,7 @@ def test_a_retried_task_publishes_its_shard_once(demo_data, tmp_path, monkeypatc
     refs = read_references(demo_data.train_csv, demo_data.images_dir, None).head(3)
     fx = FeatureExtractor(resolve_global_conf(DEFAULT_GLOBAL, image_size=128), "rootsift", device="cpu")
     index = tmp_path / "idx"
-    db = IndexDatabase.create_or_open(index, fx.index_config(), fx.global_extractor.dim)
+    db = IndexWriter.create_or_open(index, fx.index_config(), fx.global_extractor.dim)
     actor = ShardActor(str(index), fx.index_config(), db.dim, None, "cpu", 4, runtime_versions())
     batch = {"pos": np.arange(3), "id": refs["id"].to_numpy(object), "landmark_id": refs["landmark_id"].to_numpy(object),
              "path": refs["path"].to_numpy(object), "shard": np.full(3, 1_000_000), "shard_rows": np.full(3, 3)}

@@ -10,7 +10,9 @@ from typer.testing import CliRunner
 
 from cli import app
 from eval.csv_io import read_submission
-from index.database import IndexDatabase, ShardBatch
+from index import ShardBatch
+from index.reader import IndexReader
+from index.writer import IndexWriter
 from retrieval.recognize import Candidate, Evidence, Recognizer, decide, resolve_recognition_conf, vote
 from tests.conftest import read_csv
 
@@ -46,11 +48,11 @@ def test_vote_by_hand():
 
 def _vector_index(path, rows, dim=16):
     """An index of hand-made unit vectors: rows = [(id, landmark_id, vector)]."""
-    db = IndexDatabase.create_or_open(path, {"global": {"name": "test-vectors"}, "local": None}, dim)
+    db = IndexWriter.create_or_open(path, {"global": {"name": "test-vectors"}, "local": None}, dim)
     xb = np.stack([v / np.linalg.norm(v) for _, _, v in rows]).astype(np.float32)
     db.write_shard(ShardBatch([r[0] for r in rows], [r[1] for r in rows], [f"/nonexistent/{r[0]}.jpg" for r in rows], xb))
     db.commit()
-    return IndexDatabase.open(path)
+    return IndexReader.open(path)
 
 
 def _recognizer(db, **conf):
@@ -236,7 +238,7 @@ def test_on_demand_local_features(demo_data, tmp_path, holdout):
     result = invoke("build-index", "--train", demo_data.train_csv, "--images", demo_data.images_dir, "--index", index,
                     "--local-conf", "none", "--image-size", "224", "--workers", "0")
     assert result.exit_code == 0, result.output
-    assert not IndexDatabase.open(index).has_local()
+    assert not IndexReader.open(index).has_local()
     seen = df[df["landmark_id"] != ""].iloc[1]
     rec = Recognizer.from_index(index)
     pred = rec.recognize(demo_data.images_dir / f"{seen['id']}.jpg")
@@ -389,7 +391,7 @@ def test_evidence_of_one_index_is_never_reused_for_another(evaluated, demo_data,
 
 def test_a_manifest_threshold_changes_later_predictions(index_copy, demo_data):
     # an impossible threshold turns every answer into a guess
-    with IndexDatabase.open_for_write(index_copy) as writer:
+    with IndexWriter.open_for_write(index_copy) as writer:
         writer.update_manifest(thresholds={"inlier_threshold": 100000})
     rec = Recognizer.from_index(index_copy)
     assert rec.conf["inlier_threshold"] == 100000

@@ -22,7 +22,7 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from cli import app as cli_app  # noqa: E402
-from index.database import IndexDatabase  # noqa: E402
+from index.reader import IndexReader  # noqa: E402
 from service.app import Limits, create_app  # noqa: E402
 from service.engine import RecognitionService  # noqa: E402
 from tests.conftest import FAST_BUILD, read_csv  # noqa: E402
@@ -128,7 +128,7 @@ def test_neighbours_match_query_json(client, built_index, demo_data, queries):
 
 
 def test_thumbnails_and_path_traversal(client, built_index, demo_data):
-    meta = IndexDatabase.open(built_index).metadata
+    meta = IndexReader.open(built_index).metadata
     ok = client.get(f"/thumbnails/{meta['id'].iloc[0]}")
     assert ok.status_code == 200 and ok.headers["content-type"] == "image/jpeg"
     thumb = cv2.imdecode(np.frombuffer(ok.content, np.uint8), cv2.IMREAD_COLOR)
