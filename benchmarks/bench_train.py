@@ -108,7 +108,7 @@ def describe_all(data: Path, conf: dict, views: int, seed: int, cache: Path) -> 
     return out
 
 
-def fit_on(d: dict, rows: np.ndarray, conf: dict, views: int) -> tuple[np.ndarray, np.ndarray]:
+def fit_on(d: dict, rows: np.ndarray, conf: dict, views: int) -> tuple[np.ndarray, np.ndarray, float]:
     """Whitening fitted on the index rows ``rows`` (landmark images) and up to ``views`` of their views each."""
     keep_v = np.isin(d["view_of"], rows)
     vo = d["view_of"][keep_v]
@@ -246,7 +246,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--global", dest="gconf", default=DEFAULT_GLOBAL)
     ap.add_argument("--views", type=int, default=8, help="augmented views computed per index image (the grid uses 0..this)")
-    ap.add_argument("--shrinkage", default="0.1,0.3,0.6,1.0")
+    ap.add_argument("--shrinkage", default="0.1,0.3,0.6,1.0,auto", help="shrinkage grid: numbers in [0, 1] or auto (Ledoit-Wolf)")
     ap.add_argument("--folds", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pipeline", action="store_true", help="also run train + build-index + predict (minutes)")
@@ -287,20 +287,20 @@ def main() -> None:
               f"{base['outside_10']:4d} {base_disjoint:8.3f}   {base.get('hard_ranks')}")
         grid = []
         for views in ([] if args.skip_grid else sorted({0, args.views // 2, args.views})):
-            for a in [float(s) for s in args.shrinkage.split(",")]:
+            for a in [s if s == "auto" else float(s) for s in args.shrinkage.split(",")]:
                 wconf = {**whiten.DEFAULT_WHITEN_CONF, "shrinkage": a}
-                m, p = fit_on(d, lm_rows, wconf, views)
+                m, p, used = fit_on(d, lm_rows, wconf, views)
                 r = first_stage(whiten.apply_whitening(d["xq"], m, p), q_ids, whiten.apply_whitening(d["xb"], m, p),
                                 d["b_labels"], solution, hard)
 
                 def tf(rows, x, wconf=wconf, views=views):
-                    mm, pp = fit_on(d, rows, wconf, views)
+                    mm, pp, _ = fit_on(d, rows, wconf, views)
                     return whiten.apply_whitening(x, mm, pp)
 
                 r["disjoint_gap"] = round(disjoint(tf), 4)
-                r.update(views=views, shrinkage=a)
+                r.update(views=views, shrinkage=a, shrinkage_used=round(used, 4))
                 grid.append(r)
-                print(f"{f'whiten views {views} shrink {a:g}':28s} {r['gap']:8.3f} {r['r1']:6.3f} {r['median_rank']:8.1f} "
+                print(f"{f'whiten views {views} shrink {a}' + (f' ({used:.2f})' if a == 'auto' else ''):28s} {r['gap']:8.3f} {r['r1']:6.3f} {r['median_rank']:8.1f} "
                       f"{r['outside_10']:4d} {r['disjoint_gap']:8.3f}   {r.get('hard_ranks')}")
         default = next((g for g in grid if g["views"] == whiten.DEFAULT_WHITEN_CONF["views"]
                         and g["shrinkage"] == whiten.DEFAULT_WHITEN_CONF["shrinkage"]), None)

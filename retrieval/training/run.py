@@ -64,6 +64,10 @@ def main(out: str | Path, train: str | Path | None = None, images: str | Path | 
         from .whiten import train_whiten
 
         conf = {**DEFAULT_WHITEN_CONF, **{k: v for k, v in (whiten or {}).items() if v is not None}}
+        if conf["shrinkage"] != "auto":  # checked before minutes of feature extraction, not after
+            from .whiten import resolve_shrinkage
+
+            conf["shrinkage"] = resolve_shrinkage(conf["shrinkage"], [])
         logger.info("training configuration: route whiten %s, global %s, seed %d, val fraction %.2f",
                     json.dumps(conf), json.dumps(base, default=str), seed, val_fraction)
         decoded = decode_rows(rows, base, progress)
