@@ -15,7 +15,9 @@ For the whiten route (what a CPU user runs) it prints:
   GAP (verified answers only), true pairs verified, wrong verified answers, and the shortlist rank of the true
   landmark on the hard queries (sources.csv notes ``hard:``).
 
-The fine-tune route is measured with ``--finetune`` (slow on a CPU; meant for a GPU).
+With ``--finetune``: the fine-tune route with its defaults (``--ft-epochs``, ``--ft-size``) on every labelled index
+image (seconds per epoch, holdout 1-NN before/after, hard ranks), then the landmark-disjoint check on the first
+``--ft-folds`` folds (one fine-tuning each) against the frozen descriptors on the same folds.
 
     python benchmarks/bench_train.py --data ../shared/devset-large --views 4 --pipeline
 
@@ -305,6 +307,15 @@ def main() -> None:
         default = next((g for g in grid if g["views"] == whiten.DEFAULT_WHITEN_CONF["views"]
                         and g["shrinkage"] == whiten.DEFAULT_WHITEN_CONF["shrinkage"]), None)
         pipe = pipeline(args.data, work, args.gconf, args.seed) if args.pipeline else None
+        if pipe:
+            print(f"\npipeline: landmarks train --route whiten {pipe['train_s']:.0f} s; predict GAP (shipped defaults) "
+                  f"{pipe['predict_gap_before']:.3f} -> {pipe['predict_gap_after']:.3f}; train.json figures "
+                  f"{json.dumps(pipe['train_summary']['figures'])}")
+            for tag in ("before", "after"):
+                v = pipe[tag]
+                print(f"  {tag:6s} strict GAP {v['strict_gap']:.3f}, true pairs verified {v['verified_right']} of "
+                      f"{v['landmark_queries']}, wrong verified {v['verified_wrong']}, shortlist rank of the true landmark "
+                      f"on the hard queries {v['hard_shortlist_ranks']}")
         ftr = finetune_figures(args, d, work, solution, q_ids, hard, fold_of) if args.finetune else None
         if ftr:
             a = ftr["after"]
@@ -315,15 +326,6 @@ def main() -> None:
             if "disjoint_after" in ftr:
                 print(f"finetune landmark-disjoint 1-NN GAP (folds {ftr['disjoint_folds']}): {ftr['disjoint_before']:.3f} -> "
                       f"{ftr['disjoint_after']:.3f}")
-        if pipe:
-            print(f"\npipeline: landmarks train --route whiten {pipe['train_s']:.0f} s; predict GAP (shipped defaults) "
-                  f"{pipe['predict_gap_before']:.3f} -> {pipe['predict_gap_after']:.3f}; train.json figures "
-                  f"{json.dumps(pipe['train_summary']['figures'])}")
-            for tag in ("before", "after"):
-                v = pipe[tag]
-                print(f"  {tag:6s} strict GAP {v['strict_gap']:.3f}, true pairs verified {v['verified_right']} of "
-                      f"{v['landmark_queries']}, wrong verified {v['verified_wrong']}, shortlist rank of the true landmark "
-                      f"on the hard queries {v['hard_shortlist_ranks']}")
     print(json.dumps({
         "data": str(args.data), "global": args.gconf, "frozen_1nn_gap": base["gap"], "frozen_disjoint_gap": round(base_disjoint, 4),
         "frozen_outside_10": base["outside_10"], "frozen_hard_ranks": base.get("hard_ranks"), "default": default,
