@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_WHITEN_CONF: dict[str, Any] = {
     "views": 4,  # augmented views of each image: matching pairs (image, view) for C_S
-    "shrinkage": 0.6,  # a in (1 - a) C_S + a tr(C_S)/d I; chosen on real photos (docs/figures.md)
+    "shrinkage": 0.6,  # a in (1 - a) C_S + a tr(C_S)/d I, or "auto" (Ledoit-Wolf); chosen on real photos (docs/figures.md)
     "dim": None,  # output dimension (top eigenvectors of C_D); None: the backbone's width (index unchanged)
     "max_pairs_per_landmark": 100,  # matching pairs of images taken from one landmark (a large one dominates C_S)
 }
