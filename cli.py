@@ -225,7 +225,7 @@ def train_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of every random choice (split, sampling, augmentation)."),
     val_fraction: float = typer.Option(0.2, "--val-fraction", min=0.0, max=0.9, help="Share of images held out for validation, as whole landmarks (with >= 2 images)."),
     views: Optional[int] = typer.Option(None, "--views", min=0, help="whiten: augmented views per image (matching pairs; default 4)."),
-    shrinkage: Optional[float] = typer.Option(None, "--shrinkage", min=0.0, max=1.0, help="whiten: shrinkage of the matching-pair covariance towards the identity (default 0.6)."),
+    shrinkage: Optional[str] = typer.Option(None, "--shrinkage", help="whiten: shrinkage of the matching-pair covariance towards the identity, a number in [0, 1] or auto (Ledoit-Wolf, from the pairs; default 0.6)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="finetune: epochs (default 10)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="finetune: peak learning rate of the backbone (the neck and head get 10x; default 1e-4)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Images per step (finetune: the global batch, split over workers; default 16)."),

@@ -67,6 +67,24 @@ def test_learned_whitening_math():
         learn_whitening(x, diffs, 1.5)
 
 
+def test_ledoit_wolf_shrinkage_adapts_to_the_number_of_pairs():
+    """shrinkage "auto": the Ledoit-Wolf intensity of the pair differences: large with few pairs (an unshrunk
+    C_S^-1/2 would blow up what they do not constrain), small with many; a bad value is refused by name."""
+    from retrieval.training.whiten import learn_whitening, resolve_shrinkage
+
+    rng = np.random.default_rng(1)
+    scales = np.linspace(3, 0.2, 32)  # an anisotropic nuisance: shrinking towards the identity costs something
+    few, many = (rng.normal(size=(n, 32)) * scales for n in (8, 4000))
+    a_few, a_many = resolve_shrinkage("auto", few), resolve_shrinkage("auto", many)
+    assert 0 <= a_many < 0.1 < a_few <= 1, (a_few, a_many)
+    assert resolve_shrinkage("auto", few[:1]) == 1.0 and resolve_shrinkage("0.25", few) == 0.25
+    x = rng.normal(size=(50, 32))
+    np.testing.assert_allclose(learn_whitening(x, few, "auto")[1], learn_whitening(x, few, a_few)[1], atol=1e-5)
+    for bad in ("much", 1.5, "-0.1"):
+        with pytest.raises(ValueError, match="shrinkage"):
+            resolve_shrinkage(bad, few)
+
+
 def test_finetune_math():
     """Dynamic margins fall with landmark size; the ArcFace loss prefers the true landmark; warm-up then cosine;
     the validation split holds out whole landmarks that have a second image."""
@@ -148,6 +166,8 @@ def test_train_bad_input(tmp_path):
     assert res.exit_code == 2 and "no labelled landmark image at all" in res.output
     errors = [line for line in res.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "none.csv" in errors[0]
+    res = _invoke("train", "--train", csv, "--images", images, "--out", tmp_path / "x", *TINY, "--shrinkage", "lots")
+    assert res.exit_code == 2 and "'lots'" in res.output and not (tmp_path / "x" / "model.pt").exists()
     (images / "l0i1.jpg").write_bytes(b"not a jpeg")
     res = _invoke("train", "--train", csv, "--images", images, "--out", tmp_path / "g", *TINY, "--views", 1)
     assert res.exit_code == 1, res.output

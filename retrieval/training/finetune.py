@@ -290,15 +290,16 @@ def train_loop(job: Mapping[str, Any], rank: int = 0, world: int = 1, device: to
             if step % steps_per_epoch == 0:
                 break
         record = {"epoch": epoch + 1, "step": step, "loss": round(float(np.mean(losses)) if losses else float("nan"), 4),
-                  "images_per_s": round(seen * world / max(1e-9, time.perf_counter() - t0), 1)}
+                  "images_per_s": round(seen * world / max(1e-9, time.perf_counter() - t0), 1),
+                  "seconds": round(time.perf_counter() - t0, 1)}
         if rank == 0 and val_x is not None and step % steps_per_epoch == 0:
             x_db = describe_images(net, val_x["images"], mean, std, device)
             record["val"] = leave_one_out_figures(x_db, val_x["labels"], val_x["query_mask"])
         if step % steps_per_epoch == 0:
             history.append(record)
-            logger.info("epoch %d/%d: loss %.4f, %s, %.1f images/s", epoch + 1, int(conf["epochs"]), record["loss"],
+            logger.info("epoch %d/%d: loss %.4f, %s, %.1f images/s, %.1f s", epoch + 1, int(conf["epochs"]), record["loss"],
                         f"val 1-NN R@1 {record['val']['r1']:.3f} GAP {record['val']['gap']:.3f}" if "val" in record
-                        else "no validation", record["images_per_s"])
+                        else "no validation", record["images_per_s"], record["seconds"])
             if report:
                 report(record)
             if rank == 0 and step < total:

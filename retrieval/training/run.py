@@ -29,8 +29,9 @@ def choose_route(route: str, device: str | None, engine: str = "local") -> tuple
     dev = select_device(device)
     if dev.type == "cuda":
         return "finetune", f"a GPU is available ({torch.cuda.get_device_name(dev)})"
-    return "whiten", (f"no GPU ({dev.type}): fine-tuning a backbone takes hours on a CPU, learned whitening minutes "
-                      "(--route finetune to fine-tune anyway)")
+    return "whiten", (f"no GPU ({dev.type}): learned whitening needs forward passes only and did not hurt unseen "
+                      "landmarks on real photos, where fine-tuning did (docs/training.md; --route finetune to fine-tune "
+                      "anyway)")
 
 
 def main(out: str | Path, train: str | Path | None = None, images: str | Path | None = None,
@@ -64,6 +65,10 @@ def main(out: str | Path, train: str | Path | None = None, images: str | Path | 
         from .whiten import train_whiten
 
         conf = {**DEFAULT_WHITEN_CONF, **{k: v for k, v in (whiten or {}).items() if v is not None}}
+        if conf["shrinkage"] != "auto":  # checked before minutes of feature extraction, not after
+            from .whiten import resolve_shrinkage
+
+            conf["shrinkage"] = resolve_shrinkage(conf["shrinkage"], [])
         logger.info("training configuration: route whiten %s, global %s, seed %d, val fraction %.2f",
                     json.dumps(conf), json.dumps(base, default=str), seed, val_fraction)
         decoded = decode_rows(rows, base, progress)

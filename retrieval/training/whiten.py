@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_WHITEN_CONF: dict[str, Any] = {
     "views": 4,  # augmented views of each image: matching pairs (image, view) for C_S
-    "shrinkage": 0.6,  # a in (1 - a) C_S + a tr(C_S)/d I; chosen on real photos (docs/figures.md)
+    "shrinkage": 0.6,  # a in (1 - a) C_S + a tr(C_S)/d I, or "auto" (Ledoit-Wolf); chosen on real photos (docs/figures.md)
     "dim": None,  # output dimension (top eigenvectors of C_D); None: the backbone's width (index unchanged)
     "max_pairs_per_landmark": 100,  # matching pairs of images taken from one landmark (a large one dominates C_S)
 }
@@ -62,22 +62,42 @@ def matching_pairs(labels: Sequence[str], max_per_landmark: int, seed: int) -> n
     return np.concatenate(pairs) if pairs else np.zeros((0, 2), int)
 
 
-def learn_whitening(x: np.ndarray, diffs: np.ndarray, shrinkage: float, dim: int | None = None,
+def resolve_shrinkage(shrinkage: float | str, diffs: np.ndarray) -> float:
+    """The shrinkage intensity: a number in [0, 1] as given, or ``"auto"``: the Ledoit-Wolf estimate (Ledoit and
+    Wolf, "A well-conditioned estimator for large-dimensional covariance matrices", 2004) from the matching-pair
+    differences themselves (zero-mean by construction), so that few pairs get much shrinkage and many pairs little."""
+    if isinstance(shrinkage, str):
+        if shrinkage != "auto":
+            try:
+                shrinkage = float(shrinkage)
+            except ValueError:
+                raise ValueError(f"shrinkage must be a number in [0, 1] or 'auto', got {shrinkage!r}") from None
+        elif len(diffs) < 2:
+            return 1.0
+        else:
+            from sklearn.covariance import ledoit_wolf_shrinkage
+
+            return float(ledoit_wolf_shrinkage(np.asarray(diffs, np.float64), assume_centered=True))
+    if not 0.0 <= float(shrinkage) <= 1.0:
+        raise ValueError(f"shrinkage must be in [0, 1] or 'auto', got {shrinkage}")
+    return float(shrinkage)
+
+
+def learn_whitening(x: np.ndarray, diffs: np.ndarray, shrinkage: float | str, dim: int | None = None,
                     eps: float = 1e-9) -> tuple[np.ndarray, np.ndarray]:
     """Learned whitening (module docstring). Pure math.
 
     Args:
         x: (n, d) unit descriptors whose mean and spread are modelled (C_D).
         diffs: (p, d) differences of matching descriptors (C_S); p = 0 leaves C_S isotropic.
-        shrinkage: a in [0, 1].
+        shrinkage: a in [0, 1], or "auto" (:func:`resolve_shrinkage`).
         dim: output dimension (<= d); None keeps d.
     Returns:
         (m (d,), P (dim, d)) so that a descriptor becomes ``P @ (x - m)`` (then L2).
     """
     x = np.asarray(x, np.float64)
     d = x.shape[1]
-    if not 0.0 <= shrinkage <= 1.0:
-        raise ValueError(f"shrinkage must be in [0, 1], got {shrinkage}")
+    shrinkage = resolve_shrinkage(shrinkage, diffs)
     dim = d if dim is None else int(dim)
     if not 1 <= dim <= d:
         raise ValueError(f"dim must be in 1..{d}, got {dim}")
@@ -103,14 +123,17 @@ def apply_whitening(x: np.ndarray, m: np.ndarray, p: np.ndarray) -> np.ndarray:
 
 
 def fit(x: np.ndarray, labels: Sequence[str], views: np.ndarray, view_of: np.ndarray, conf: Mapping[str, Any],
-        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Whitening from clean descriptors ``x`` (landmark ``labels``) and augmented ``views`` (row ``view_of``)."""
+        seed: int = 0) -> tuple[np.ndarray, np.ndarray, float]:
+    """Whitening from clean descriptors ``x`` (landmark ``labels``) and augmented ``views`` (row ``view_of``):
+    (m, P, the shrinkage intensity used)."""
     pairs = matching_pairs(labels, int(conf["max_pairs_per_landmark"]), seed)
     diffs = [x[pairs[:, 0]] - x[pairs[:, 1]]] if len(pairs) else []
     if len(views):
         diffs.append(x[view_of] - views)
     d = np.concatenate(diffs) if diffs else np.zeros((0, x.shape[1]), np.float32)
-    return learn_whitening(np.concatenate([x, views]) if len(views) else x, d, float(conf["shrinkage"]), conf["dim"])
+    a = resolve_shrinkage(conf["shrinkage"], d)
+    m, p = learn_whitening(np.concatenate([x, views]) if len(views) else x, d, a, conf["dim"])
+    return m, p, a
 
 
 def train_whiten(decoded, base_conf: Mapping[str, Any], conf: Mapping[str, Any], val_mask: np.ndarray,
@@ -149,11 +172,13 @@ def train_whiten(decoded, base_conf: Mapping[str, Any], conf: Mapping[str, Any],
     figures: dict[str, Any] = {"images": len(x), "views": len(views), "seconds_features": round(seconds_features, 1)}
     if val_mask.any():
         train = ~val_mask
-        m, p = fit(x[train], labels[train], views[train[view_of]], _reindex(view_of[train[view_of]], train), conf, seed)
+        m, p, _ = fit(x[train], labels[train], views[train[view_of]], _reindex(view_of[train[view_of]], train), conf, seed)
         figures["val_before"] = leave_one_out_figures(x, labels, val_mask)
         figures["val_after"] = leave_one_out_figures(apply_whitening(x, m, p), labels, val_mask)
         figures["val_landmarks"] = int(len(np.unique(labels[val_mask])))
-    m, p = fit(x, labels, views, view_of, conf, seed)
+    m, p, a = fit(x, labels, views, view_of, conf, seed)
+    figures["shrinkage"] = round(a, 4)
+    logger.info("whitening fitted on %d images and %d views, shrinkage %.3f (%s)", len(x), len(views), a, conf["shrinkage"])
     figures["train_before"] = leave_one_out_figures(x, labels)
     figures["train_after"] = leave_one_out_figures(apply_whitening(x, m, p), labels)
     figures["seconds"] = round(time.perf_counter() - start, 1)
