@@ -11,9 +11,9 @@ from typing import Any
 
 DEFAULT_GLOBAL = "lite2-gem"  # global configuration of build-index (retrieval.global_model.global_confs)
 # Local features build-index stores (a name in retrieval.registry): RootSIFT verifies every candidate, ALIKED +
-# LightGlue (800 px, 1024 keypoints) the first 3 candidates of a query it leaves unresolved. Chosen on devset-large:
-# the most candidates the learned matcher verifies with no wrong verified answer (best strict GAP), at a cost per
-# photo fixed by ALIKED's working size and keypoints (the <= 1.5 s target at 1024 px awaits a quiet timing: docs/figures.md).
+# LightGlue (640 px, 1024 keypoints) the first 3 candidates of a query it leaves unresolved. Chosen on devset-large
+# (benchmarks/bench_second.py, bench_cascade.py): no wrong verified answer at any depth up to 10 pairs at 640 px,
+# and 3 pairs are the most that keep recognize at <= 1.5 s a photo at 1024 px on 2 cores (docs/figures.md).
 DEFAULT_LOCAL = "rootsift+aliked"
 
 DEFAULT_RECOGNITION_CONF: dict[str, Any] = {
