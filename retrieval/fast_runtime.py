@@ -207,6 +207,17 @@ def cached_onnx(aliked: nn.Module, model_name: str) -> bytes | Path:
     return path
 
 
+def _readable_onnx(path: Path) -> bool:
+    """Whether ``path`` holds a whole, well-formed ONNX model (a truncated or garbage file does not)."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(onnx.load(str(path)))
+        return True
+    except Exception:  # onnx raises DecodeError, ValidationError, OSError...
+        return False
+
+
 def _session(aliked: nn.Module, model_name: str, threads: int):
     """A cached ONNX Runtime session of ALIKED's dense network; ``threads``: intra-op threads."""
     import onnxruntime as ort
@@ -220,12 +231,15 @@ def _session(aliked: nn.Module, model_name: str, threads: int):
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
             opts.log_severity_level = 3  # warnings about unused initialisers etc. are noise here
+            # Idle threads sleep instead of spinning: PyTorch (keypoints, descriptors, LightGlue) runs next on the
+            # same cores, and in the service other workers run beside it.
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             try:
                 sess = ort.InferenceSession(str(source) if isinstance(source, Path) else source, opts,
                                             providers=["CPUExecutionProvider"])
             except Exception as exc:  # ONNX Runtime raises its own error types: a damaged cached file?
-                if not isinstance(source, Path):
-                    raise
+                if not isinstance(source, Path) or _readable_onnx(source):
+                    raise  # a sound file this runtime cannot run (e.g. no DeformConv kernel): not the cache's fault
                 logger.warning("cached model %s is unreadable (%s): exporting it again", source, exc)
                 source.unlink(missing_ok=True)
                 source = cached_onnx(aliked, model_name)

@@ -107,3 +107,22 @@ def test_runtime_that_cannot_run_falls_back(monkeypatch, caplog):
     monkeypatch.setenv(RUNTIME_ENV, "onnxruntime")
     with pytest.raises(RuntimeError, match="DeformConv"):
         make_local_extractor("aliked")
+
+
+def test_a_sound_cached_model_is_kept_when_the_runtime_cannot_open_it(monkeypatch, caplog):
+    """Only a damaged cached file is exported again: a runtime that cannot open a sound one (no DeformConv
+    kernel, another version) raises, and the file stays for the runtimes that can."""
+    import onnxruntime as ort
+
+    ex = make_local_extractor("aliked")  # exports (or finds) the cached model
+    path = fast_runtime.cached_onnx(ex.model, ex.conf["model_name"])
+    before = path.stat().st_mtime_ns
+    fast_runtime._sessions.clear()
+
+    def cannot_open(*args, **kwargs):
+        raise RuntimeError("NOT_IMPLEMENTED : Could not find an implementation for DeformConv(19)")
+
+    monkeypatch.setattr(ort, "InferenceSession", cannot_open)
+    with pytest.raises(RuntimeError, match="DeformConv"):
+        fast_runtime._session(ex.model, ex.conf["model_name"], 1)
+    assert path.is_file() and path.stat().st_mtime_ns == before and "unreadable" not in caplog.text
