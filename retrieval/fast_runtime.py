@@ -223,6 +223,9 @@ def _session(aliked: nn.Module, model_name: str, threads: int):
     import onnxruntime as ort
 
     key = (model_name, str(threads))
+    sess = _sessions.get(key)  # every query comes here: no lock once the session exists
+    if sess is not None:
+        return sess
     with _lock:
         sess = _sessions.get(key)
         if sess is None:
